@@ -1,0 +1,315 @@
+//! The `dns` check: resolve a registry host with the node's resolver config, cache off,
+//! A and AAAA asked apart and timed, so a broken family or a slow server is visible.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::{Resolver, TokioResolver};
+
+use super::{CheckError, Evidence, short_duration};
+use crate::reason::Reason;
+
+/// Addresses per family kept for the tcp check (DESIGN.md: up to 4 per family).
+pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
+
+/// A resolver built from a resolv.conf file, with its cache turned off.
+#[derive(Clone)]
+pub struct DnsResolver {
+    resolver: TokioResolver,
+    nameservers: String,
+}
+
+/// A resolv.conf that cannot be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolvConfError {
+    #[error("--resolv-conf {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--resolv-conf {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("--resolv-conf {path}: no nameserver line")]
+    NoNameserver { path: String },
+}
+
+impl DnsResolver {
+    /// Reads and parses `path` once (at start-up), so a bad file is a clear error, not a failed check.
+    pub fn from_resolv_conf(path: &Path) -> Result<Self, ResolvConfError> {
+        let shown = path.display().to_string();
+        let data = std::fs::read(path).map_err(|source| ResolvConfError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let (config, mut options) = hickory_resolver::system_conf::parse_resolv_conf(&data)
+            .map_err(|e| ResolvConfError::Parse {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        if config.name_servers().is_empty() {
+            return Err(ResolvConfError::NoNameserver { path: shown });
+        }
+        let nameservers = config
+            .name_servers()
+            .iter()
+            .map(|ns| ns.ip.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // Measure the network, not a cache: every check asks the server.
+        options.cache_size = 0;
+        options.positive_max_ttl = Some(Duration::ZERO);
+        options.negative_max_ttl = Some(Duration::ZERO);
+        let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+            .map_err(|e| ResolvConfError::Parse {
+                path: shown,
+                message: e.to_string(),
+            })?;
+        Ok(DnsResolver {
+            resolver,
+            nameservers,
+        })
+    }
+}
+
+/// What the lookup found.
+#[derive(Clone, Debug)]
+pub struct DnsOutcome {
+    pub v4: Vec<IpAddr>,
+    pub v6: Vec<IpAddr>,
+    a: FamilyAnswer,
+    aaaa: FamilyAnswer,
+    nameservers: String,
+}
+
+impl DnsOutcome {
+    /// Addresses to connect to, IPv4 first, capped per family.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.v4.iter().chain(&self.v6).copied().collect()
+    }
+
+    /// For a host that is already an IP address: no lookup happens, as in the runtime.
+    pub fn literal(ip: IpAddr) -> Self {
+        let answer = FamilyAnswer {
+            result: Err(FamilyError::NoData),
+            took: Duration::ZERO,
+        };
+        let (v4, v6) = if ip.is_ipv4() {
+            (vec![ip], vec![])
+        } else {
+            (vec![], vec![ip])
+        };
+        DnsOutcome {
+            v4,
+            v6,
+            a: answer.clone(),
+            aaaa: answer,
+            nameservers: String::new(),
+        }
+    }
+}
+
+impl Evidence for DnsOutcome {
+    fn detail(&self) -> String {
+        if self.nameservers.is_empty() {
+            return format!("{} is an IP address, no lookup", self.addresses()[0]);
+        }
+        format!(
+            "A {}, AAAA {} (nameserver {})",
+            self.a, self.aaaa, self.nameservers
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+struct FamilyAnswer {
+    result: Result<Vec<IpAddr>, FamilyError>,
+    took: Duration,
+}
+
+impl std::fmt::Display for FamilyAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.result {
+            Ok(addresses) => {
+                let shown: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+                write!(f, "{}", shown.join(" "))?;
+            }
+            Err(error) => write!(f, "{error}")?,
+        }
+        write!(f, " in {}", short_duration(self.took))
+    }
+}
+
+/// How one family's query failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FamilyError {
+    NxDomain,
+    NoData,
+    ServerFailure(String),
+    Timeout,
+}
+
+impl std::fmt::Display for FamilyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FamilyError::NxDomain => f.write_str("NXDOMAIN"),
+            FamilyError::NoData => f.write_str("none"),
+            FamilyError::ServerFailure(what) => write!(f, "failed ({what})"),
+            FamilyError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+/// The dns check failed: no usable address.
+#[derive(Debug, thiserror::Error)]
+#[error("{host}: A {a}, AAAA {aaaa} (nameserver {nameservers})")]
+pub struct LookupFailed {
+    host: String,
+    a: FamilyAnswer,
+    aaaa: FamilyAnswer,
+    nameservers: String,
+    reason: Reason,
+}
+
+impl CheckError for LookupFailed {
+    fn reason(&self) -> Reason {
+        self.reason
+    }
+}
+
+/// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently.
+pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, LookupFailed> {
+    let (a, aaaa) = tokio::join!(
+        lookup(&resolver.resolver, host, RecordType::A),
+        lookup(&resolver.resolver, host, RecordType::AAAA)
+    );
+    let v4 = a.result.clone().unwrap_or_default();
+    let v6 = aaaa.result.clone().unwrap_or_default();
+    if v4.is_empty() && v6.is_empty() {
+        let reason = combined_reason(&a.result, &aaaa.result);
+        return Err(LookupFailed {
+            host: host.to_string(),
+            a,
+            aaaa,
+            nameservers: resolver.nameservers.clone(),
+            reason,
+        });
+    }
+    Ok(DnsOutcome {
+        v4,
+        v6,
+        a,
+        aaaa,
+        nameservers: resolver.nameservers.clone(),
+    })
+}
+
+async fn lookup(resolver: &TokioResolver, host: &str, record_type: RecordType) -> FamilyAnswer {
+    let start = Instant::now();
+    let result = match resolver.lookup(host, record_type).await {
+        Ok(lookup) => {
+            let mut addresses: Vec<IpAddr> = lookup
+                .answers()
+                .iter()
+                .filter_map(|record| record.data.ip_addr())
+                .collect();
+            addresses.truncate(MAX_ADDRESSES_PER_FAMILY);
+            if addresses.is_empty() {
+                Err(FamilyError::NoData)
+            } else {
+                Ok(addresses)
+            }
+        }
+        Err(error) => Err(classify(&error)),
+    };
+    FamilyAnswer {
+        result,
+        took: start.elapsed(),
+    }
+}
+
+fn classify(error: &NetError) -> FamilyError {
+    match error {
+        NetError::Dns(HickoryDnsError::NoRecordsFound(no_records)) => {
+            match no_records.response_code {
+                ResponseCode::NXDomain => FamilyError::NxDomain,
+                ResponseCode::NoError => FamilyError::NoData,
+                other => FamilyError::ServerFailure(other.to_string()),
+            }
+        }
+        NetError::Dns(HickoryDnsError::ResponseCode(code)) => {
+            FamilyError::ServerFailure(code.to_string())
+        }
+        NetError::Timeout => FamilyError::Timeout,
+        other => FamilyError::ServerFailure(other.to_string()),
+    }
+}
+
+/// Both families failed: the more specific answer wins (a missing name beats a flaky server).
+fn combined_reason(
+    a: &Result<Vec<IpAddr>, FamilyError>,
+    aaaa: &Result<Vec<IpAddr>, FamilyError>,
+) -> Reason {
+    let errors = [a.as_ref().err(), aaaa.as_ref().err()];
+    let any = |want: fn(&FamilyError) -> bool| errors.iter().flatten().any(|e| want(e));
+    if any(|e| *e == FamilyError::NxDomain) {
+        Reason::DnsNxdomain
+    } else if any(|e| matches!(e, FamilyError::ServerFailure(_))) {
+        Reason::DnsServfail
+    } else if any(|e| *e == FamilyError::Timeout) {
+        Reason::DnsTimeout
+    } else {
+        Reason::DnsNoAddresses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combines_family_answers_into_one_reason() {
+        use FamilyError::*;
+        let server = || ServerFailure("SERVFAIL".into());
+        let cases: [(FamilyError, FamilyError, Reason); 6] = [
+            (NxDomain, NxDomain, Reason::DnsNxdomain),
+            (NoData, NxDomain, Reason::DnsNxdomain),
+            (server(), NoData, Reason::DnsServfail),
+            (Timeout, Timeout, Reason::DnsTimeout),
+            (NoData, Timeout, Reason::DnsTimeout),
+            (NoData, NoData, Reason::DnsNoAddresses),
+        ];
+        for (a, aaaa, want) in cases {
+            assert_eq!(
+                combined_reason(&Err(a.clone()), &Err(aaaa.clone())),
+                want,
+                "{a:?} {aaaa:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_resolv_conf_names_the_file() {
+        let missing = DnsResolver::from_resolv_conf(Path::new("/nonexistent/resolv.conf"))
+            .err()
+            .unwrap();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("--resolv-conf /nonexistent/resolv.conf:"),
+            "{missing}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("resolv.conf");
+        std::fs::write(&empty, "# nothing\nsearch example.org\n").unwrap();
+        let error = DnsResolver::from_resolv_conf(&empty).err().unwrap();
+        assert!(error.to_string().contains("no nameserver"), "{error}");
+    }
+}

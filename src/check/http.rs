@@ -1,0 +1,220 @@
+//! The `http` check: `GET /v2/` on the endpoint. A registry answers 200 or 401 and names its API
+//! version; anything else that answers is not a registry, and 5xx means it is failing.
+
+use std::error::Error as _;
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+use super::{CheckError, Evidence};
+use crate::reason::Reason;
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// The answer to `/v2/`.
+#[derive(Clone, Debug)]
+pub struct HttpOutcome {
+    pub status: u16,
+    pub api_version: Option<String>,
+    /// The raw `WWW-Authenticate` header, for the auth check.
+    pub challenge: Option<String>,
+}
+
+impl Evidence for HttpOutcome {
+    fn detail(&self) -> String {
+        let mut detail = format!("GET /v2/ answered {}", status_text(self.status));
+        if let Some(version) = &self.api_version {
+            detail.push_str(&format!(", API {version}"));
+        }
+        if let Some(challenge) = &self.challenge {
+            let scheme = challenge.split_whitespace().next().unwrap_or_default();
+            detail.push_str(&format!(", auth {scheme}"));
+        }
+        detail
+    }
+}
+
+/// `/v2/` failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HttpFailed {
+    pub reason: Reason,
+    pub message: String,
+    /// The status, when the server answered at all.
+    pub status: Option<u16>,
+}
+
+impl CheckError for HttpFailed {
+    fn reason(&self) -> Reason {
+        self.reason
+    }
+}
+
+fn status_text(status: u16) -> String {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("{status} {reason}").trim_end().to_string()
+}
+
+/// Pings `base_url` + `/v2/` with a client built for this endpoint. `proxied` says whether
+/// connection errors belong to a proxy.
+pub async fn check(
+    client: &reqwest::Client,
+    base_url: &str,
+    proxied: bool,
+) -> Result<HttpOutcome, HttpFailed> {
+    let response = client
+        .get(format!("{base_url}/v2/"))
+        .send()
+        .await
+        .map_err(|error| request_failed(&error, proxied))?;
+    judge(response.status().as_u16(), response.headers())
+}
+
+/// Decides from status and headers alone (pure, table-tested).
+fn judge(status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let api_version = header(API_VERSION_HEADER);
+    let challenge = header("www-authenticate");
+    let fail = |reason, message: String| {
+        Err(HttpFailed {
+            reason,
+            message,
+            status: Some(status),
+        })
+    };
+    match status {
+        200 | 401 if api_version.is_some() || challenge.is_some() => Ok(HttpOutcome {
+            status,
+            api_version,
+            challenge,
+        }),
+        200 | 401 => fail(
+            Reason::NotARegistry,
+            format!(
+                "GET /v2/ answered {} without Docker-Distribution-API-Version: not a registry API",
+                status_text(status)
+            ),
+        ),
+        429 => fail(
+            Reason::RateLimited,
+            format!("GET /v2/ answered {}", status_text(status)),
+        ),
+        403 => fail(
+            Reason::Forbidden,
+            format!(
+                "GET /v2/ answered {}: the registry refuses this client",
+                status_text(status)
+            ),
+        ),
+        500..=599 => fail(
+            Reason::RegistryUnavailable,
+            format!("GET /v2/ answered {}", status_text(status)),
+        ),
+        _ => fail(
+            Reason::NotARegistry,
+            format!(
+                "GET /v2/ answered {}: not a registry API",
+                status_text(status)
+            ),
+        ),
+    }
+}
+
+/// A request that got no HTTP answer: find the cause in the error chain.
+pub fn request_failed(error: &reqwest::Error, proxied: bool) -> HttpFailed {
+    // No HTTP answer and no better clue: the server hung up on us.
+    let mut reason = Reason::RegistryUnavailable;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            reason = Reason::TlsHandshake;
+            break;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let inner_tls = io
+                .get_ref()
+                .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some());
+            reason = if inner_tls {
+                Reason::TlsHandshake
+            } else {
+                super::tcp::classify_io(io)
+            };
+            break;
+        }
+        source = cause.source();
+    }
+    if proxied && error.is_connect() {
+        reason = Reason::ProxyError;
+    }
+    if error.is_timeout() {
+        reason = Reason::RegistryUnavailable;
+    }
+    let message = error_chain(error);
+    HttpFailed {
+        reason,
+        message,
+        status: None,
+    }
+}
+
+/// The error and its causes in one line (reqwest's Display alone hides the cause). URLs in
+/// reqwest errors carry no credentials: pullwatch never puts them in URLs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn judges_v2_answers() {
+        let registry = || {
+            let mut h = HeaderMap::new();
+            h.insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+            h
+        };
+        let challenge_only = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "www-authenticate",
+                HeaderValue::from_static("Bearer realm=\"https://auth.example/token\""),
+            );
+            h
+        };
+        let cases: [(u16, HeaderMap, Option<Reason>); 9] = [
+            (200, registry(), None),
+            (401, registry(), None),
+            (401, challenge_only(), None),
+            (200, HeaderMap::new(), Some(Reason::NotARegistry)),
+            (404, registry(), Some(Reason::NotARegistry)),
+            (302, HeaderMap::new(), Some(Reason::NotARegistry)),
+            (503, registry(), Some(Reason::RegistryUnavailable)),
+            (429, HeaderMap::new(), Some(Reason::RateLimited)),
+            (403, HeaderMap::new(), Some(Reason::Forbidden)),
+        ];
+        for (status, headers, want) in cases {
+            let got = judge(status, &headers).err().map(|e| e.reason);
+            assert_eq!(got, want, "status {status}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Flags and `PULLWATCH_*` environment variables → typed, validated settings, once at start-up.
+//! A bad value is an error naming the flag and the value; nothing is checked again later.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::check::dns::DnsResolver;
+use crate::diagnose::Diagnoser;
+use crate::proxy::ProxySettings;
+use crate::route::split_host_port;
+use crate::trust::Trust;
+
+/// Flags shared by `agent` and `diagnose` (DESIGN.md "Shared flags"); crictl's names where it has one.
+#[derive(Args, Debug, Clone)]
+pub struct CommonFlags {
+    /// Resolver configuration the dns check uses (the node's, as the runtime sees it).
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: PathBuf,
+
+    /// Extra trusted CA certificates (PEM) for every registry; repeatable.
+    #[arg(
+        long = "ca-file",
+        global = true,
+        env = "PULLWATCH_CA_FILE",
+        value_delimiter = ','
+    )]
+    pub ca_files: Vec<PathBuf>,
+
+    /// A registry (host or host:port) reached over plain HTTP, as the runtime's insecure setting; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "PULLWATCH_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+
+    /// Timeout of each check, e.g. 5s, 500ms.
+    #[arg(long, global = true, env = "PULLWATCH_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "PULLWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A flag value that parsed but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| format!("{e} (expected e.g. 5s, 500ms)"))?;
+    if duration.is_zero() || duration > Duration::from_secs(300) {
+        return Err("must be more than 0 and at most 5m".into());
+    }
+    Ok(duration)
+}
+
+impl CommonFlags {
+    /// Validates everything the checks need and builds the engine.
+    pub fn diagnoser(&self) -> Result<Diagnoser, ConfigError> {
+        let resolver = DnsResolver::from_resolv_conf(&self.resolv_conf)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let trust =
+            Trust::load(&self.ca_files).map_err(|e| ConfigError(format!("--ca-file: {e}")))?;
+        for registry in &self.insecure_registries {
+            split_host_port(registry)
+                .map_err(|e| ConfigError(format!("--insecure-registry: {e}")))?;
+        }
+        let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Diagnoser {
+            resolver,
+            trust,
+            proxies,
+            timeout: self.timeout,
+            insecure_registries: self.insecure_registries.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["0s", "fast", "10m", "-1s", ""] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+}

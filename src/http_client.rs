@@ -1,0 +1,58 @@
+//! The reqwest client for one endpoint, built to follow the route the checks measured: the
+//! address the tcp check reached, the endpoint's trust, the runtime's proxy decision; bounded everything.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::proxy::Proxy;
+use crate::route::Endpoint;
+use crate::trust::TlsClient;
+
+/// Redirects followed at most (registries redirect blobs to storage; manifests rarely).
+const MAX_REDIRECTS: usize = 5;
+
+/// Sent on every request, so registry operators can tell pullwatch's probes apart.
+pub const USER_AGENT: &str = concat!("pullwatch/", env!("CARGO_PKG_VERSION"));
+
+/// Builds a client that talks to `endpoint` only through `connect_to` (or `proxy`).
+pub fn build(
+    endpoint: &Endpoint,
+    connect_to: Option<SocketAddr>,
+    tls: Option<&TlsClient>,
+    proxy: Option<&Proxy>,
+    timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .pool_max_idle_per_host(1)
+        .no_proxy();
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls((*tls.config).clone());
+    }
+    if let Some(addr) = connect_to {
+        builder = builder.resolve(&endpoint.host, addr);
+    }
+    if let Some(proxy) = proxy {
+        builder = builder.proxy(reqwest::Proxy::all(proxy.url_with_credentials())?);
+    }
+    builder.build()
+}
+
+/// Reads at most `limit` bytes of a body; the rest is dropped unread.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}

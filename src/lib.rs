@@ -1,0 +1,19 @@
+//! pullwatch: can this node pull its images right now, and if not, why?
+//! The engine behind `pullwatch diagnose` (and, later, the agent): checks, reasons, routes, reports.
+
+pub mod check;
+pub mod config;
+pub mod diagnose;
+pub mod http_client;
+pub mod proxy;
+pub mod reason;
+pub mod reference;
+pub mod report;
+pub mod route;
+pub mod trust;
+
+/// The CRI API version pullwatch speaks (the `k8s-cri` crate's `v1`).
+pub const CRI_API_VERSION: &str = "v1";
+
+/// Git revision baked in at build time (`unknown` outside a checkout).
+pub const REVISION: &str = env!("PULLWATCH_REVISION");

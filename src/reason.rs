@@ -1,0 +1,171 @@
+//! The closed list of failure reasons (DESIGN.md "Reasons"): the `reason` label and JSON field.
+//! Every failed check or pull is explained by exactly one of these, never by free text.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a check or a pull failed. The string form is the metric label and JSON value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    InvalidReference,
+    DnsNxdomain,
+    DnsServfail,
+    DnsTimeout,
+    DnsNoAddresses,
+    TcpRefused,
+    TcpTimeout,
+    TcpUnreachable,
+    TlsUnknownAuthority,
+    TlsExpired,
+    TlsHostnameMismatch,
+    TlsHandshake,
+    ProxyError,
+    NotARegistry,
+    RegistryUnavailable,
+    AuthRequired,
+    AuthFailed,
+    Forbidden,
+    RepositoryUnknown,
+    ManifestUnknown,
+    PlatformMismatch,
+    RateLimited,
+    PullTimeout,
+    DiskFull,
+    Blocked,
+    NeverPull,
+    SignatureInvalid,
+    RuntimeError,
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason, in the order of DESIGN.md (dashboards and tests iterate over it).
+    pub const ALL: [Reason; 29] = [
+        Reason::InvalidReference,
+        Reason::DnsNxdomain,
+        Reason::DnsServfail,
+        Reason::DnsTimeout,
+        Reason::DnsNoAddresses,
+        Reason::TcpRefused,
+        Reason::TcpTimeout,
+        Reason::TcpUnreachable,
+        Reason::TlsUnknownAuthority,
+        Reason::TlsExpired,
+        Reason::TlsHostnameMismatch,
+        Reason::TlsHandshake,
+        Reason::ProxyError,
+        Reason::NotARegistry,
+        Reason::RegistryUnavailable,
+        Reason::AuthRequired,
+        Reason::AuthFailed,
+        Reason::Forbidden,
+        Reason::RepositoryUnknown,
+        Reason::ManifestUnknown,
+        Reason::PlatformMismatch,
+        Reason::RateLimited,
+        Reason::PullTimeout,
+        Reason::DiskFull,
+        Reason::Blocked,
+        Reason::NeverPull,
+        Reason::SignatureInvalid,
+        Reason::RuntimeError,
+        Reason::Unknown,
+    ];
+
+    /// The fixed label value, e.g. `dns_nxdomain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidReference => "invalid_reference",
+            Reason::DnsNxdomain => "dns_nxdomain",
+            Reason::DnsServfail => "dns_servfail",
+            Reason::DnsTimeout => "dns_timeout",
+            Reason::DnsNoAddresses => "dns_no_addresses",
+            Reason::TcpRefused => "tcp_refused",
+            Reason::TcpTimeout => "tcp_timeout",
+            Reason::TcpUnreachable => "tcp_unreachable",
+            Reason::TlsUnknownAuthority => "tls_unknown_authority",
+            Reason::TlsExpired => "tls_expired",
+            Reason::TlsHostnameMismatch => "tls_hostname_mismatch",
+            Reason::TlsHandshake => "tls_handshake",
+            Reason::ProxyError => "proxy_error",
+            Reason::NotARegistry => "not_a_registry",
+            Reason::RegistryUnavailable => "registry_unavailable",
+            Reason::AuthRequired => "auth_required",
+            Reason::AuthFailed => "auth_failed",
+            Reason::Forbidden => "forbidden",
+            Reason::RepositoryUnknown => "repository_unknown",
+            Reason::ManifestUnknown => "manifest_unknown",
+            Reason::PlatformMismatch => "platform_mismatch",
+            Reason::RateLimited => "rate_limited",
+            Reason::PullTimeout => "pull_timeout",
+            Reason::DiskFull => "disk_full",
+            Reason::Blocked => "blocked",
+            Reason::NeverPull => "never_pull",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::RuntimeError => "runtime_error",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    /// One sentence a person can act on, given the registry (and endpoint) concerned.
+    pub fn fix(self, registry: &str, endpoint: &str) -> String {
+        match self {
+            Reason::InvalidReference => "correct the image name in the pod spec: lowercase repository, optional :tag or @sha256:digest".into(),
+            Reason::DnsNxdomain => format!("check the spelling of {registry}; if it is an internal name, make it resolvable from the node's resolver (resolv.conf)"),
+            Reason::DnsServfail => "the node's DNS server fails for this name: check the upstream resolver or the zone's delegation".into(),
+            Reason::DnsTimeout => "the node's DNS server does not answer: check the nameserver in resolv.conf and that UDP/TCP 53 egress is allowed".into(),
+            Reason::DnsNoAddresses => format!("{registry} exists in DNS but has no A/AAAA records: add them or use the right host name"),
+            Reason::TcpRefused => format!("nothing listens at {endpoint}: check the port and that the registry is running"),
+            Reason::TcpTimeout => format!("connections to {endpoint} are dropped: allow egress from the nodes to it (firewall, security group, NetworkPolicy on hostNetwork)"),
+            Reason::TcpUnreachable => format!("the node has no route to {endpoint}: check routing and the node's network"),
+            Reason::TlsUnknownAuthority => format!("make the node trust the issuing CA: add it to the system trust store or as `ca` in certs.d/{registry}/hosts.toml"),
+            Reason::TlsExpired => format!("renew the certificate of {endpoint} (or fix the node's clock)"),
+            Reason::TlsHostnameMismatch => format!("reissue the certificate of {endpoint} with {registry} in its subject alternative names, or use the name it is valid for"),
+            Reason::TlsHandshake => format!("{endpoint} does not speak TLS as expected: if it is plain HTTP, configure it as an insecure registry on the runtime, or enable TLS on it"),
+            Reason::ProxyError => "the HTTP proxy refused or failed: check HTTPS_PROXY/NO_PROXY for the runtime and the proxy's allow-list".into(),
+            Reason::NotARegistry => format!("{endpoint} answers but is not a registry API (/v2/): check the host name, port and any load balancer path routing"),
+            Reason::RegistryUnavailable => format!("{registry} is failing on its side (5xx): check the registry's health or status page, then retry"),
+            Reason::AuthRequired => format!("create an imagePullSecret for {registry} and reference it from the pod (or the service account)"),
+            Reason::AuthFailed => format!("the credentials for {registry} were rejected: update the imagePullSecret's username/password or token"),
+            Reason::Forbidden => format!("the credentials for {registry} lack pull permission on this repository: grant it"),
+            Reason::RepositoryUnknown => format!("the repository does not exist in {registry}: check the image name (and its organisation prefix)"),
+            Reason::ManifestUnknown => "the tag or digest does not exist: check the tag (see the nearest tags) or push the image".into(),
+            Reason::PlatformMismatch => "build and push the image for the node's platform (multi-arch), or schedule the pod on matching nodes".into(),
+            Reason::RateLimited => format!("{registry} is throttling this node: authenticate pulls, use a pull-through mirror, or wait for the window to reset"),
+            Reason::PullTimeout => "the pull ran out of time: check bandwidth to the registry and the image size".into(),
+            Reason::DiskFull => "free space on the node's image filesystem (crictl rmi --prune) or enlarge it".into(),
+            Reason::Blocked => format!("the runtime's registry configuration blocks {registry}: use an allowed registry or change the policy"),
+            Reason::NeverPull => "the pod has imagePullPolicy: Never and the image is not on the node: pre-load it or change the policy".into(),
+            Reason::SignatureInvalid => "the image's signature was rejected by the node's policy: sign it with an accepted key or fix the policy".into(),
+            Reason::RuntimeError => "the container runtime failed: check its logs (journalctl -u containerd) on this node".into(),
+            Reason::Unknown => "run `pullwatch diagnose IMAGE` on the node and check the runtime's logs".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_match_serde_names() {
+        for reason in Reason::ALL {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
+
+    #[test]
+    fn labels_are_unique() {
+        let mut seen: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), Reason::ALL.len());
+    }
+}

@@ -1,0 +1,221 @@
+//! Where the runtime would pull from: a registry's route, the ordered endpoints it tries
+//! (mirrors first, then the upstream). Without runtime config, the route is the upstream alone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::trust::TlsOptions;
+
+/// Docker Hub's registry name in references, and the host that actually serves it.
+pub const DOCKER_HUB: &str = "docker.io";
+pub const DOCKER_HUB_UPSTREAM: &str = "registry-1.docker.io";
+
+/// What an endpoint is to its registry; the `role` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Mirror,
+    Upstream,
+    Auth,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mirror => "mirror",
+            Role::Upstream => "upstream",
+            Role::Auth => "auth",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// One `scheme://host:port` the runtime contacts for a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub role: Role,
+    /// Where this endpoint came from: `default`, `--insecure-registry`, or a config file path.
+    pub source: String,
+    pub tls: TlsOptions,
+}
+
+impl Endpoint {
+    /// `https://host[:port]`, the port shown only when it is not the scheme's default.
+    pub fn url(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = match self.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        if self.port == default_port {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{}", self.port)
+        }
+    }
+}
+
+/// The ordered endpoints for one registry; pullable when any of them is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub registry: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A registry name that is not `host[:port]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("registry {registry:?}: {problem}")]
+pub struct RegistryNameError {
+    pub registry: String,
+    pub problem: &'static str,
+}
+
+/// Splits `host`, `host:port`, `[v6]:port` into host and optional port.
+pub fn split_host_port(registry: &str) -> Result<(String, Option<u16>), RegistryNameError> {
+    let fail = |problem| RegistryNameError {
+        registry: registry.to_string(),
+        problem,
+    };
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| fail("unclosed [ in IPv6 address"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match registry.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            Some(_) => return Err(fail("IPv6 addresses need brackets: [::1]:5000")),
+            None => (registry, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(fail("empty host"));
+    }
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| fail("port must be 1-65535"))
+        })
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
+/// The route when no runtime config says otherwise: the upstream itself, over HTTPS unless the
+/// registry is declared insecure (then plain HTTP, as the runtime does).
+pub fn default_route(
+    registry: &str,
+    insecure_registries: &[String],
+) -> Result<Route, RegistryNameError> {
+    let insecure = insecure_registries.iter().any(|r| r == registry);
+    let (host, port) = if registry == DOCKER_HUB {
+        (DOCKER_HUB_UPSTREAM.to_string(), None)
+    } else {
+        split_host_port(registry)?
+    };
+    let scheme = if insecure {
+        Scheme::Http
+    } else {
+        Scheme::Https
+    };
+    let endpoint = Endpoint {
+        scheme,
+        port: port.unwrap_or(if insecure { 80 } else { 443 }),
+        host,
+        role: Role::Upstream,
+        source: if insecure {
+            "--insecure-registry".into()
+        } else {
+            "default".into()
+        },
+        tls: TlsOptions::default(),
+    };
+    Ok(Route {
+        registry: registry.to_string(),
+        endpoints: vec![endpoint],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes() {
+        struct Case {
+            registry: &'static str,
+            insecure: &'static [&'static str],
+            want_url: &'static str,
+        }
+        let cases = [
+            Case {
+                registry: "docker.io",
+                insecure: &[],
+                want_url: "https://registry-1.docker.io",
+            },
+            Case {
+                registry: "ghcr.io",
+                insecure: &[],
+                want_url: "https://ghcr.io",
+            },
+            Case {
+                registry: "10.0.0.5:5000",
+                insecure: &[],
+                want_url: "https://10.0.0.5:5000",
+            },
+            Case {
+                registry: "10.0.0.5:5000",
+                insecure: &["10.0.0.5:5000"],
+                want_url: "http://10.0.0.5:5000",
+            },
+            Case {
+                registry: "reg.local",
+                insecure: &["reg.local"],
+                want_url: "http://reg.local",
+            },
+            Case {
+                registry: "[::1]:5000",
+                insecure: &[],
+                want_url: "https://[::1]:5000",
+            },
+        ];
+        for case in cases {
+            let insecure: Vec<String> = case.insecure.iter().map(|s| s.to_string()).collect();
+            let route = default_route(case.registry, &insecure).unwrap();
+            assert_eq!(route.endpoints.len(), 1);
+            assert_eq!(route.endpoints[0].url(), case.want_url, "{}", case.registry);
+            assert_eq!(route.endpoints[0].role, Role::Upstream);
+        }
+    }
+
+    #[test]
+    fn bad_registry_names() {
+        for bad in [
+            "host:0",
+            "host:99999",
+            "host:x",
+            "[::1",
+            ":5000",
+            "::1:5000",
+        ] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

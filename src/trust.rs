@@ -1,0 +1,252 @@
+//! Which certificates the node trusts (system roots plus extra CA files) and the rustls client
+//! configs built from them: one verifier that records the peer's chain even when it rejects it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The trust store every check uses: system roots plus `--ca-file`s, ring as the one provider.
+#[derive(Clone)]
+pub struct Trust {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// Per-endpoint TLS settings (route-specific CA files, client certificate, skip_verify).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub ca_files: Vec<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub skip_verify: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("CA file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("client certificate {path}: {message}")]
+    ClientCert { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// A client config for one endpoint, with the slot its handshakes record the peer chain into.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub config: Arc<ClientConfig>,
+    pub chain: PeerChain,
+    pub skip_verify: bool,
+}
+
+/// The chain the server presented in the last handshake made with a config, verified or not.
+#[derive(Clone, Debug, Default)]
+pub struct PeerChain(Arc<Mutex<Vec<CertificateDer<'static>>>>);
+
+impl PeerChain {
+    pub fn certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.0.lock().map(|chain| chain.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
+        if let Ok(mut chain) = self.0.lock() {
+            *chain = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect();
+        }
+    }
+}
+
+impl Trust {
+    /// Loads the system roots and `ca_files` (each must hold at least one PEM certificate).
+    pub fn load(ca_files: &[PathBuf]) -> Result<Self, TrustError> {
+        install_ring_provider();
+        let mut roots = RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            tracing::warn!(%error, "some system CA certificates could not be loaded");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, ignored, "system CA certificates");
+        let trust = Trust {
+            roots: Arc::new(roots),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        };
+        trust.with_ca_files(ca_files)
+    }
+
+    /// This trust plus `ca_files`, for one route's `ca` entries.
+    pub fn with_ca_files(&self, ca_files: &[PathBuf]) -> Result<Self, TrustError> {
+        if ca_files.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut roots = (*self.roots).clone();
+        for path in ca_files {
+            let certs = read_certificates(path)?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| TrustError::CaFile {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        Ok(Trust {
+            roots: Arc::new(roots),
+            provider: self.provider.clone(),
+        })
+    }
+
+    /// A client for one endpoint's TLS settings.
+    pub fn client(&self, options: &TlsOptions) -> Result<TlsClient, TrustError> {
+        let trust = self.with_ca_files(&options.ca_files)?;
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            trust.roots.clone(),
+            trust.provider.clone(),
+        )
+        .build()
+        .map_err(|e| TrustError::Config(e.to_string()))?;
+        let chain = PeerChain::default();
+        let verifier = Arc::new(RecordingVerifier {
+            inner,
+            chain: chain.clone(),
+            skip_verify: options.skip_verify,
+        });
+        let builder = ClientConfig::builder_with_provider(trust.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TrustError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &options.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let certs = read_certificates(cert)?;
+                let key = read_private_key(key)?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| TrustError::ClientCert {
+                        path: cert.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+        };
+        // What a Go client (the runtime) offers.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsClient {
+            config: Arc::new(config),
+            chain,
+            skip_verify: options.skip_verify,
+        })
+    }
+}
+
+/// Makes ring the process-wide provider too, for clients that build their own TLS config
+/// (reqwest for plain-HTTP endpoints, kube): one crypto provider across the build.
+pub fn install_ring_provider() {
+    // Err means one is installed already; ring is the only one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    let fail = |message: String| TrustError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
+    let fail = |message: String| TrustError::ClientCert {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| fail(format!("not PEM: {e}")))?
+        .ok_or_else(|| fail("no PEM private key in the file".into()))
+}
+
+/// Delegates to webpki, but first keeps a copy of the chain so a rejected one can be explained.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    chain: PeerChain,
+    skip_verify: bool,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.chain.record(end_entity, intermediates);
+        if self.skip_verify {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let cases = [
+            (PathBuf::from("/nonexistent/ca.pem"), "No such file"),
+            (not_pem, "no PEM certificate"),
+        ];
+        for (path, want) in cases {
+            let error = Trust::load(std::slice::from_ref(&path))
+                .err()
+                .expect("must fail");
+            let text = error.to_string();
+            assert!(
+                text.contains(&path.display().to_string()) && text.contains(want),
+                "{text}"
+            );
+        }
+    }
+}
