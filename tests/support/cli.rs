@@ -1,0 +1,219 @@
+//! Runs the pullwatch binary the way a user does: real argv and environment, a bounded
+//! wait, optionally inside a test network namespace; parses `--output json` lines.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::netns::Netns;
+
+/// Proxy variables cleared from the child's environment unless set explicitly.
+const PROXY_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "all_proxy",
+];
+
+/// What a finished process left behind.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code; `None` if killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The exit code; panics (showing stderr) when the process died from a signal.
+    pub fn exit_code(&self) -> i32 {
+        self.code
+            .unwrap_or_else(|| panic!("process was killed by a signal; stderr:\n{}", self.stderr))
+    }
+}
+
+/// Spawns `cmd` with piped stdio, feeds `stdin`, and waits at most `timeout`.
+/// On timeout the process is killed and an error naming the timeout is returned.
+pub fn run_bounded(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<Output> {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(data)?;
+    }
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{cmd:?} still running after {timeout:?}; killed it. stderr:\n{err}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Output {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+/// A pullwatch invocation being assembled.
+///
+/// ```ignore
+/// let out = Pullwatch::new().args(["--resolv-conf", path]).arg("version").run();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Pullwatch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    netns: Option<String>,
+    timeout: Duration,
+}
+
+impl Default for Pullwatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pullwatch {
+    /// The built binary, no arguments, proxy variables cleared, 60 s limit.
+    pub fn new() -> Self {
+        Self {
+            args: Vec::new(),
+            env: Vec::new(),
+            netns: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the child only (proxy variables included).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the binary inside `ns` (`ip netns exec NS pullwatch …`).
+    pub fn in_netns(mut self, ns: &Netns) -> Self {
+        self.netns = Some(ns.name().to_owned());
+        self
+    }
+
+    /// Kills the process and panics if it has not exited after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The command that [`Pullwatch::run`] would spawn.
+    pub fn command(&self) -> Command {
+        let bin = env!("CARGO_BIN_EXE_pullwatch");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(&self.args);
+        for var in PROXY_VARS {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs to completion; panics if it cannot start or outlives the timeout.
+    pub fn run(&self) -> Output {
+        run_bounded(&mut self.command(), None, self.timeout)
+            .unwrap_or_else(|e| panic!("running pullwatch {:?}: {e}", self.args))
+    }
+
+    /// Runs `pullwatch diagnose --output json ARGS…` and parses one JSON object per
+    /// stdout line. Panics on a line that is not JSON or on an exit from a signal.
+    pub fn diagnose_json<I, S>(self, args: I) -> (i32, Vec<serde_json::Value>)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let out = self.args(["diagnose", "--output", "json"]).args(args).run();
+        let reports = parse_json_lines(&out);
+        (out.exit_code(), reports)
+    }
+}
+
+/// Parses each non-empty stdout line as JSON; panics with the whole output otherwise.
+pub fn parse_json_lines(out: &Output) -> Vec<serde_json::Value> {
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "stdout line is not JSON ({e}): {l}\nstdout:\n{}\nstderr:\n{}",
+                    out.stdout, out.stderr
+                )
+            })
+        })
+        .collect()
+}
+
+/// `pullwatch diagnose --output json ARGS…` with default settings; see
+/// [`Pullwatch::diagnose_json`]. Global flags may be mixed in with the images.
+pub fn diagnose_json(args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    Pullwatch::new().diagnose_json(args.iter().copied())
+}
