@@ -458,3 +458,69 @@ fn process_runner_kills_what_outlives_its_timeout() {
         out.stderr
     );
 }
+
+/// Run only as a child of `watchdogs_clean_up_after_a_killed_test_process`: holds a
+/// netns and a registry, says so on stdout, and waits to be SIGKILLed.
+#[test]
+#[ignore = "helper process for watchdogs_clean_up_after_a_killed_test_process"]
+fn helper_holds_resources_until_killed() {
+    let ns = Netns::new();
+    let reg = Registry::start();
+    println!("READY {} {}", ns.name(), reg.port());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn watchdogs_clean_up_after_a_killed_test_process() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "helper_holds_resources_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn helper");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("READY ") {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    child.kill().expect("SIGKILL helper");
+    child.wait().expect("reap helper");
+    let ready = ready.expect("helper did not report READY in 30 s");
+    let (ns_name, port) = ready.split_once(' ').expect("READY <netns> <port>");
+    let port: u16 = port.parse().expect("port");
+
+    support::wait_for(
+        "the killed process's netns to be deleted",
+        Duration::from_secs(10),
+        || {
+            let list = support::run_tool("ip", &["netns", "list"], None, Duration::from_secs(10));
+            (!list
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns_name)))
+            .then_some(())
+        },
+    );
+    support::wait_for(
+        "the killed process's registry to stop listening",
+        Duration::from_secs(10),
+        || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
+        },
+    );
+}

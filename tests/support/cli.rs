@@ -2,12 +2,17 @@
 //! wait, optionally inside a test network namespace; parses `--output json` lines.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::Netns;
+use tempfile::TempDir;
 
-/// Proxy variables cleared from the child's environment unless set explicitly.
+use super::netns::Netns;
+use super::watchdog::{Watchdog, end_child};
+
+/// Proxy variables cleared from the child's environment unless set explicitly
+/// (as are all `PULLWATCH_*` variables).
 const PROXY_VARS: &[&str] = &[
     "HTTPS_PROXY",
     "HTTP_PROXY",
@@ -67,21 +72,14 @@ pub fn run_bounded(
         let _ = stderr.read_to_end(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{cmd:?} still running after {timeout:?}; killed it. stderr:\n{err}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_bounded(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{cmd:?} still running after {timeout:?}; killed it. stderr:\n{err}"),
+        ));
     };
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
@@ -90,6 +88,18 @@ pub fn run_bounded(
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+/// Waits for `child` to exit, at most `timeout`; `None` if it is still running.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
 }
 
 /// A pullwatch invocation being assembled.
@@ -171,6 +181,12 @@ impl Pullwatch {
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
+        // Flags can come from PULLWATCH_* variables; a developer's shell must not leak in.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("PULLWATCH_") {
+                cmd.env_remove(var);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -183,16 +199,49 @@ impl Pullwatch {
             .unwrap_or_else(|e| panic!("running pullwatch {:?}: {e}", self.args))
     }
 
+    /// Starts it in the background (for `agent`), stdout and stderr going to files.
+    /// The process is killed when the handle drops, even if the test process dies.
+    pub fn spawn(&self) -> Running {
+        let dir = tempfile::Builder::new()
+            .prefix("pw-run-")
+            .tempdir()
+            .expect("run tempdir");
+        let stdout_path = dir.path().join("stdout");
+        let stderr_path = dir.path().join("stderr");
+        let file = |p: &PathBuf| std::fs::File::create(p).expect("create output file");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(file(&stdout_path))
+            .stderr(file(&stderr_path))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning pullwatch {:?}: {e}", self.args));
+        let watchdog = Watchdog::killing("pullwatch", &child);
+        Running {
+            child,
+            watchdog: Some(watchdog),
+            stdout_path,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
     /// Runs `pullwatch diagnose --output json ARGS…` and parses one JSON object per
-    /// stdout line. Panics on a line that is not JSON or on an exit from a signal.
+    /// stdout line. Panics (showing stderr) on a line that is not JSON or on an exit
+    /// code other than 0 or 1.
     pub fn diagnose_json<I, S>(self, args: I) -> (i32, Vec<serde_json::Value>)
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let out = self.args(["diagnose", "--output", "json"]).args(args).run();
-        let reports = parse_json_lines(&out);
-        (out.exit_code(), reports)
+        let code = out.exit_code();
+        assert!(
+            code == 0 || code == 1,
+            "pullwatch diagnose exited {code} (want 0 or 1; use run() to test usage errors):\nstderr:\n{}",
+            out.stderr
+        );
+        (code, parse_json_lines(&out))
     }
 }
 
@@ -216,4 +265,79 @@ pub fn parse_json_lines(out: &Output) -> Vec<serde_json::Value> {
 /// [`Pullwatch::diagnose_json`]. Global flags may be mixed in with the images.
 pub fn diagnose_json(args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     Pullwatch::new().diagnose_json(args.iter().copied())
+}
+
+/// A pullwatch process running in the background; killed on drop.
+pub struct Running {
+    child: Child,
+    watchdog: Option<Watchdog>,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Running {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        super::run_tool(
+            "kill",
+            &["-s", name, &self.pid().to_string()],
+            None,
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Waits for it to exit by itself, at most `timeout`; panics (with stderr) otherwise.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let status = wait_bounded(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "pullwatch (pid {}) still running after {timeout:?}; stderr:\n{}",
+                self.pid(),
+                self.stderr()
+            )
+        });
+        // Reaped: its pid may be reused, so the watchdog must not kill it any more.
+        if let Some(w) = self.watchdog.take() {
+            w.disarm();
+        }
+        Output {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// SIGTERM, then [`Running::wait`].
+    pub fn terminate(self, timeout: Duration) -> Output {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            end_child(&mut self.child, w);
+        }
+    }
 }

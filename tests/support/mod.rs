@@ -19,6 +19,7 @@ pub mod image;
 pub mod netns;
 pub mod registry;
 pub mod scripted;
+pub mod watchdog;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

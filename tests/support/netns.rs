@@ -3,14 +3,17 @@
 //! or answers host-unreachable on three ports. Deleted on drop.
 //!
 //! The /30 index is claimed with a lock file (holding the owner's pid) so parallel test
-//! processes never share addresses; a lock left by a dead process is reclaimed together
-//! with the namespace and veth it left behind.
+//! processes never share addresses. A watchdog removes everything even when the test
+//! process is killed; should that fail too, a lock whose owner is dead is reclaimed
+//! together with the namespace and veth it left behind.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use super::watchdog::Watchdog;
 
 /// Directory of the lock files that hand out /30 indexes.
 const LOCK_DIR: &str = "/tmp/pullwatch-test-netns";
@@ -34,7 +37,9 @@ pub struct Netns {
     host_veth: String,
     host_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
-    lock: PathBuf,
+    /// Deletes the namespace, the veth and the lock file: on drop, or when this
+    /// process dies without dropping it.
+    cleanup: Option<Watchdog>,
 }
 
 impl Netns {
@@ -49,12 +54,20 @@ impl Netns {
         }
         let (slot, lock) = claim_slot();
         let base = u32::from(Ipv4Addr::new(10, 254, 0, 0)) + slot * 4;
+        let (name, host_veth) = (format!("pw-n{slot}"), format!("pwh{slot}"));
+        let lock = lock.to_str().expect("lock path is UTF-8").to_owned();
+        let cleanup = Watchdog::arm(
+            &format!("netns {name}"),
+            "ip netns delete \"$1\" 2>/dev/null; ip link delete \"$2\" 2>/dev/null; rm -f \"$3\"",
+            &[&name, &host_veth, &lock],
+        );
+        // Built before the first step, so a failed step still cleans up on unwind.
         let ns = Self {
-            name: format!("pw-n{slot}"),
-            host_veth: format!("pwh{slot}"),
+            name,
+            host_veth,
             host_ip: Ipv4Addr::from(base + 1),
             ns_ip: Ipv4Addr::from(base + 2),
-            lock,
+            cleanup: Some(cleanup),
         };
         let ns_veth = format!("pwn{slot}");
         let (name, host_veth) = (ns.name.as_str(), ns.host_veth.as_str());
@@ -135,8 +148,9 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        remove_leftovers(&self.name, &self.host_veth);
-        let _ = std::fs::remove_file(&self.lock);
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup.fire();
+        }
     }
 }
 

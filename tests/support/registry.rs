@@ -1,6 +1,7 @@
 //! The real CNCF registry (`/usr/bin/docker-registry`, distribution 2.8) on
 //! 127.0.0.1:<free port>, optionally with TLS and htpasswd Basic auth, storing into a
-//! tempdir; killed on drop. Its log (including the access log) goes to a file.
+//! tempdir; killed on drop (or by a watchdog if the test process dies first). Its log,
+//! including the access log, goes to a file.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use tempfile::TempDir;
 
 use super::http::{Client, Trust};
 use super::image::{self, Image, Platform, Pushed};
+use super::watchdog::{Watchdog, end_child};
 
 const BINARY: &str = "/usr/bin/docker-registry";
 /// How long the registry may take to listen.
@@ -78,10 +80,12 @@ impl RegistryBuilder {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+            let watchdog = Watchdog::killing("docker-registry", &child);
             match wait_listening(&mut child, port, &log_path) {
                 Ok(()) => {
                     return Registry {
                         child,
+                        watchdog: Some(watchdog),
                         addr: SocketAddr::from(([127, 0, 0, 1], port)),
                         tls: self.tls.is_some(),
                         credentials: self.htpasswd,
@@ -90,8 +94,7 @@ impl RegistryBuilder {
                     };
                 }
                 Err(log) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    end_child(&mut child, watchdog);
                     last_log = log;
                     if !last_log.contains("address already in use") {
                         break;
@@ -178,6 +181,7 @@ pub struct AccessLogEntry {
 /// ```
 pub struct Registry {
     child: Child,
+    watchdog: Option<Watchdog>,
     addr: SocketAddr,
     tls: bool,
     credentials: Option<(String, String)>,
@@ -259,8 +263,9 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(w) = self.watchdog.take() {
+            end_child(&mut self.child, w);
+        }
     }
 }
 
