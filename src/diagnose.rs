@@ -45,9 +45,17 @@ impl Probe {
     }
 }
 
+/// Sees each check record the moment it is made (the agent's `Diagnose` API streams them).
+pub type OnCheck<'a> = &'a (dyn Fn(&Endpoint, &CheckResult) + Sync);
+
 impl Diagnoser {
     /// Diagnoses one image as typed by a person or a pod spec.
     pub async fn diagnose(&self, input: &str) -> Report {
+        self.diagnose_observed(input, &|_, _| {}).await
+    }
+
+    /// [`Diagnoser::diagnose`], telling `on_check` about every check as it completes.
+    pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
         let image = match ImageRef::parse(input) {
             Ok(image) => image,
             Err(error) => return invalid_reference(input, "", error.to_string()),
@@ -60,7 +68,7 @@ impl Diagnoser {
         };
         let mut endpoints = Vec::with_capacity(route.endpoints.len());
         for endpoint in &route.endpoints {
-            let probe = self.probe(endpoint).await;
+            let probe = self.probe_observed(endpoint, on_check).await;
             endpoints.push(EndpointReport {
                 endpoint: endpoint.url(),
                 role: endpoint.role,
@@ -73,7 +81,16 @@ impl Diagnoser {
 
     /// Runs dns → tcp → tls → http against one endpoint, stopping at the first failure.
     pub async fn probe(&self, endpoint: &Endpoint) -> Probe {
+        self.probe_observed(endpoint, &|_, _| {}).await
+    }
+
+    /// [`Diagnoser::probe`], telling `on_check` about every check as it completes.
+    pub async fn probe_observed(&self, endpoint: &Endpoint, on_check: OnCheck<'_>) -> Probe {
         let mut probe = Probe::default();
+        let record = |probe: &mut Probe, result: CheckResult| {
+            on_check(endpoint, &result);
+            probe.checks.push(result);
+        };
         let proxy = self.proxies.for_endpoint(endpoint);
         // Through a proxy, the node's own connection goes to the proxy, not the registry.
         let (host, port) = match proxy {
@@ -92,7 +109,7 @@ impl Diagnoser {
                 .await
             }
         };
-        probe.checks.push(blame_proxy(result, proxy));
+        record(&mut probe, blame_proxy(result, proxy));
         let Some(dns) = dns else { return probe };
         let addresses = dns.addresses();
         probe.dns = Some(dns);
@@ -104,7 +121,7 @@ impl Diagnoser {
             check::tcp::check(&addresses, port, per_address),
         )
         .await;
-        probe.checks.push(blame_proxy(result, proxy));
+        record(&mut probe, blame_proxy(result, proxy));
         let Some(tcp) = tcp else { return probe };
         let target = tcp.reachable()[0];
         probe.tcp = Some(tcp);
@@ -114,9 +131,10 @@ impl Diagnoser {
             Scheme::Https => match self.trust.client(&endpoint.tls) {
                 Ok(client) => Some(client),
                 Err(error) => {
-                    probe
-                        .checks
-                        .push(config_failure(CheckKind::Tls, error.to_string()));
+                    record(
+                        &mut probe,
+                        config_failure(CheckKind::Tls, error.to_string()),
+                    );
                     return probe;
                 }
             },
@@ -127,7 +145,7 @@ impl Diagnoser {
                 check::tls::check(stream, &endpoint.host, client).await
             };
             let (result, tls) = check::run(CheckKind::Tls, self.timeout, handshake).await;
-            probe.checks.push(result);
+            record(&mut probe, result);
             if tls.is_none() {
                 return probe;
             }
@@ -144,9 +162,10 @@ impl Diagnoser {
         ) {
             Ok(client) => client,
             Err(error) => {
-                probe
-                    .checks
-                    .push(config_failure(CheckKind::Http, error.to_string()));
+                record(
+                    &mut probe,
+                    config_failure(CheckKind::Http, error.to_string()),
+                );
                 return probe;
             }
         };
@@ -156,7 +175,7 @@ impl Diagnoser {
             check::http::check(&client, &endpoint.url(), proxy.is_some()),
         )
         .await;
-        probe.checks.push(result);
+        record(&mut probe, result);
         probe.http = http;
         debug_assert!(probe.failed() || probe.http.is_some());
         probe
@@ -240,7 +259,7 @@ fn invalid_reference(image: &str, registry: &str, message: String) -> Report {
 
 /// Pullable when any endpoint passed (the runtime falls back along the route); otherwise the
 /// cause is the last endpoint's failure, the one the runtime reports.
-fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>) -> Report {
+pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>) -> Report {
     if let Some(good) = endpoints.iter().find(|e| e.passed()) {
         let evidence = good
             .checks
