@@ -353,6 +353,29 @@ fn netns_firewall_drops_resets_and_rejects_unreachable() {
         "{unreachable}"
     );
 
+    // Servers on the host end of the veth are reachable from inside the namespace.
+    let reg = Registry::builder().listen_ip(ns.host_ip()).start();
+    let code = ns.exec_ok(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}/v2/", reg.url()),
+        ],
+        None,
+    );
+    assert_eq!(code, "200");
+    let dns = DnsServer::builder()
+        .a("x.test", Ipv4Addr::LOCALHOST)
+        .listen_ip(ns.host_ip())
+        .start();
+    let answer = dns_query(dns.addr(), "x.test.", RecordType::A).expect("DNS on the veth");
+    assert_eq!(answer.answers.len(), 1);
+    drop((reg, dns));
+
     // The runner can put a process inside the namespace.
     let out = support::cli::Pullwatch::new()
         .in_netns(&ns)
@@ -457,6 +480,19 @@ fn process_runner_kills_what_outlives_its_timeout() {
         "pullwatch died from a signal: {}",
         out.stderr
     );
+
+    // A background run (as the agent will be) can be signalled and reaped.
+    let dns = DnsServer::builder().silent("slow.test").start();
+    let mut running = support::cli::Pullwatch::new()
+        .args(["--resolv-conf", dns.resolv_conf_str(), "--timeout", "30s"])
+        .args(["diagnose", "slow.test/app:1"])
+        .spawn();
+    support::wait_for("pullwatch to query DNS", Duration::from_secs(10), || {
+        (dns.queries("slow.test") > 0).then_some(())
+    });
+    assert!(running.is_running(), "stderr: {}", running.stderr());
+    let done = running.terminate(Duration::from_secs(10));
+    assert_ne!(done.code, Some(0), "{done:?}");
 }
 
 /// Run only as a child of `watchdogs_clean_up_after_a_killed_test_process`: holds a

@@ -75,6 +75,7 @@ fn key(name: &str) -> String {
 #[derive(Default)]
 pub struct DnsServerBuilder {
     zone: HashMap<String, Answer>,
+    listen_ip: Option<Ipv4Addr>,
 }
 
 impl DnsServerBuilder {
@@ -129,6 +130,13 @@ impl DnsServerBuilder {
         self
     }
 
+    /// Listens on port 53 of `ip` instead of a fresh 127.53.X.Y: e.g. a
+    /// [`super::netns::Netns::host_ip`], to serve a pullwatch running inside that netns.
+    pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.listen_ip = Some(ip);
+        self
+    }
+
     fn addresses(&mut self, name: &str) -> (&mut Vec<Ipv4Addr>, &mut Vec<Ipv6Addr>) {
         let entry = self
             .zone
@@ -144,9 +152,17 @@ impl DnsServerBuilder {
     }
 
     /// Binds UDP and TCP port 53 on a fresh 127.53.X.Y address (retrying on
-    /// EADDRINUSE), writes the resolv.conf, and serves on a background thread.
+    /// EADDRINUSE) or on the `listen_ip`, writes the resolv.conf, and serves on a
+    /// background thread.
     pub fn start(self) -> DnsServer {
-        let (ip, udp, tcp) = bind_fresh_address();
+        let (ip, udp, tcp) = match self.listen_ip {
+            None => bind_fresh_address(),
+            Some(ip) => {
+                let (udp, tcp) =
+                    bind_at(ip).unwrap_or_else(|e| panic!("DNS server cannot bind {ip}:53: {e}"));
+                (ip, udp, tcp)
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("pw-dns-")
             .tempdir()
@@ -252,26 +268,33 @@ impl Drop for DnsServer {
     }
 }
 
+/// Binds UDP and TCP port 53 on `ip`; `Err` only when one of them is in use.
+fn bind_at(ip: Ipv4Addr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let addr = SocketAddr::from((ip, 53));
+    let udp = std::net::UdpSocket::bind(addr).inspect_err(|e| {
+        if e.kind() != std::io::ErrorKind::AddrInUse {
+            panic!("DNS server cannot bind UDP {addr} (tests must run as root): {e}")
+        }
+    })?;
+    let tcp = std::net::TcpListener::bind(addr).inspect_err(|e| {
+        if e.kind() != std::io::ErrorKind::AddrInUse {
+            panic!("DNS server cannot bind TCP {addr}: {e}")
+        }
+    })?;
+    udp.set_nonblocking(true).expect("nonblocking UDP");
+    tcp.set_nonblocking(true).expect("nonblocking TCP");
+    Ok((udp, tcp))
+}
+
 /// Picks 127.53.X.Y addresses until both UDP and TCP port 53 bind there.
 fn bind_fresh_address() -> (Ipv4Addr, std::net::UdpSocket, std::net::TcpListener) {
     let mut last_err = None;
     for _ in 0..64 {
         let r = super::entropy();
         let ip = Ipv4Addr::new(127, 53, (r >> 8) as u8, 1 + (r as u8 % 254));
-        let addr = SocketAddr::from((ip, 53));
-        let udp = match std::net::UdpSocket::bind(addr) {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("DNS server cannot bind UDP {addr} (tests must run as root): {e}"),
-        };
-        match std::net::TcpListener::bind(addr) {
-            Ok(tcp) => {
-                udp.set_nonblocking(true).expect("nonblocking UDP");
-                tcp.set_nonblocking(true).expect("nonblocking TCP");
-                return (ip, udp, tcp);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(e),
-            Err(e) => panic!("DNS server cannot bind TCP {addr}: {e}"),
+        match bind_at(ip) {
+            Ok((udp, tcp)) => return (ip, udp, tcp),
+            Err(e) => last_err = Some(e),
         }
     }
     panic!("DNS server found no free 127.53.X.Y:53 after 64 tries: {last_err:?}");

@@ -216,6 +216,7 @@ fn build_and_upload_manifest(
     let tar = tar_one_file("pullwatch-test.txt", content.as_bytes());
     let layer = gzip_stored(&tar);
     let mut config = json!({
+        "created": "2024-01-01T00:00:00Z",
         "architecture": platform.architecture,
         "os": platform.os,
         "config": { "Cmd": ["/pullwatch-test.txt"] },

@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod containerd;
 pub mod dns;
 pub mod http;
 pub mod image;

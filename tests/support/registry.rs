@@ -1,9 +1,9 @@
 //! The real CNCF registry (`/usr/bin/docker-registry`, distribution 2.8) on
-//! 127.0.0.1:<free port>, optionally with TLS and htpasswd Basic auth, storing into a
+//! 127.0.0.1:<free port> (or another local address), optionally with TLS and htpasswd Basic auth, storing into a
 //! tempdir; killed on drop (or by a watchdog if the test process dies first). Its log,
 //! including the access log, goes to a file.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Options for [`Registry::start`].
 #[derive(Debug, Default, Clone)]
 pub struct RegistryBuilder {
+    listen_ip: Option<Ipv4Addr>,
     tls: Option<(PathBuf, PathBuf)>,
     htpasswd: Option<(String, String)>,
 }
@@ -29,6 +30,13 @@ impl RegistryBuilder {
     /// Serve HTTPS with this PEM certificate and key (e.g. a [`super::certs::Leaf`]'s).
     pub fn tls(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
         self.tls = Some((cert.as_ref().to_owned(), key.as_ref().to_owned()));
+        self
+    }
+
+    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`super::netns::Netns::host_ip`],
+    /// to be reached from inside that netns).
+    pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.listen_ip = Some(ip);
         self
     }
 
@@ -60,15 +68,16 @@ impl RegistryBuilder {
             path
         });
         let log_path = dir.path().join("registry.log");
+        let ip = self.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
         let mut last_log = String::new();
         // A free port found by binding :0 can be taken again before the registry binds
         // it; then the registry exits with "address already in use" and we try another.
         for _ in 0..5 {
-            let port = free_port();
+            let addr = SocketAddr::from((ip, free_port(ip)));
             let config_path = dir.path().join("config.yml");
             std::fs::write(
                 &config_path,
-                self.config_yaml(dir.path(), port, htpasswd_path.as_deref()),
+                self.config_yaml(dir.path(), addr, htpasswd_path.as_deref()),
             )
             .expect("write config.yml");
             let log = std::fs::File::create(&log_path).expect("create registry.log");
@@ -81,12 +90,12 @@ impl RegistryBuilder {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
             let watchdog = Watchdog::killing("docker-registry", &child);
-            match wait_listening(&mut child, port, &log_path) {
+            match wait_listening(&mut child, addr, &log_path) {
                 Ok(()) => {
                     return Registry {
                         child,
                         watchdog: Some(watchdog),
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        addr,
                         tls: self.tls.is_some(),
                         credentials: self.htpasswd,
                         log_path,
@@ -105,12 +114,12 @@ impl RegistryBuilder {
         panic!("docker-registry did not start; its log:\n{last_log}");
     }
 
-    fn config_yaml(&self, dir: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+    fn config_yaml(&self, dir: &Path, addr: SocketAddr, htpasswd: Option<&Path>) -> String {
         let mut yaml = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: pullwatch-test-secret\n",
+             http:\n  addr: {addr}\n  secret: pullwatch-test-secret\n",
             dir.join("data").display()
         );
         if let Some((cert, key)) = &self.tls {
@@ -130,19 +139,18 @@ impl RegistryBuilder {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A port that was free a moment ago on `ip`.
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
         .port()
 }
 
-/// Waits until the registry logged that it listens on `port` and the port accepts TCP,
+/// Waits until the registry logged that it listens on `addr` and the port accepts TCP,
 /// while the process stays alive. `Err` carries the log.
-fn wait_listening(child: &mut Child, port: u16, log_path: &Path) -> Result<(), String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let marker = format!("listening on 127.0.0.1:{port}");
+fn wait_listening(child: &mut Child, addr: SocketAddr, log_path: &Path) -> Result<(), String> {
+    let marker = format!("listening on {addr}");
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let log = std::fs::read_to_string(log_path).unwrap_or_default();
@@ -200,7 +208,7 @@ impl Registry {
         Self::builder().start()
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or the `listen_ip`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -210,7 +218,7 @@ impl Registry {
         self.addr.port()
     }
 
-    /// `https://127.0.0.1:<port>` or `http://…`.
+    /// `https://<addr>` or `http://<addr>`.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
@@ -234,7 +242,7 @@ impl Registry {
     /// A client for setup: trusts any certificate, sends the configured credentials.
     pub fn client(&self) -> Client {
         let client = if self.tls {
-            Client::https(self.addr, "127.0.0.1", Trust::Insecure)
+            Client::https(self.addr, &self.addr.ip().to_string(), Trust::Insecure)
         } else {
             Client::http(self.addr)
         };

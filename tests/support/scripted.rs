@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +102,7 @@ struct Route {
 /// Routes and options of a [`ScriptedServer`].
 #[derive(Default)]
 pub struct ScriptedServerBuilder {
+    listen_ip: Option<Ipv4Addr>,
     routes: Vec<Route>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -128,6 +129,12 @@ impl ScriptedServerBuilder {
         self
     }
 
+    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`super::netns::Netns::host_ip`]).
+    pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.listen_ip = Some(ip);
+        self
+    }
+
     /// Serves HTTPS with this PEM certificate and key.
     pub fn tls(
         mut self,
@@ -138,9 +145,11 @@ impl ScriptedServerBuilder {
         self
     }
 
-    /// Binds 127.0.0.1:0 and serves on background threads until dropped.
+    /// Binds 127.0.0.1:0 (or `listen_ip`:0) and serves on background threads until dropped.
     pub fn start(self) -> ScriptedServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted server");
+        let ip = self.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
+        let listener = TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("scripted server cannot bind {ip}:0: {e}"));
         let addr = listener.local_addr().expect("scripted server address");
         let shared = Arc::new(Shared {
             routes: self.routes,
@@ -221,7 +230,7 @@ impl ScriptedServer {
             .start()
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or the `listen_ip`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -231,7 +240,7 @@ impl ScriptedServer {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:<port>` or `https://…`.
+    /// `http://<addr>` or `https://<addr>`.
     pub fn url(&self) -> String {
         let scheme = if self.shared.tls.is_some() {
             "https"
