@@ -283,11 +283,12 @@ pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>)
     let (reason, summary, fix) = match last {
         Some((endpoint, failure)) => {
             let reason = failure.reason.unwrap_or(Reason::Unknown);
+            // The first clause says what is wrong; the rest of the evidence is on the check's line.
+            let headline = failure.detail.split("; ").next().unwrap_or_default();
             let mut summary = format!(
-                "{} check failed for {}: {}",
-                failure.check.as_str(),
+                "{} ({}): {headline}",
                 endpoint.endpoint,
-                failure.detail
+                failure.check.as_str()
             );
             for other in endpoints.iter().filter(|e| e.endpoint != endpoint.endpoint) {
                 if let Some(f) = other.failure() {

@@ -107,20 +107,21 @@ impl Reason {
         }
     }
 
-    /// One sentence a person can act on, given the registry (and endpoint) concerned.
+    /// One sentence a person can act on, given the registry (and endpoint URL) concerned.
     pub fn fix(self, registry: &str, endpoint: &str) -> String {
+        let host = host_of(endpoint);
         match self {
             Reason::InvalidReference => "correct the image name in the pod spec: lowercase repository, optional :tag or @sha256:digest".into(),
-            Reason::DnsNxdomain => format!("check the spelling of {registry}; if it is an internal name, make it resolvable from the node's resolver (resolv.conf)"),
+            Reason::DnsNxdomain => format!("check the spelling of {host}; if it is an internal name, make it resolvable from the node's resolver (resolv.conf)"),
             Reason::DnsServfail => "the node's DNS server fails for this name: check the upstream resolver or the zone's delegation".into(),
             Reason::DnsTimeout => "the node's DNS server does not answer: check the nameserver in resolv.conf and that UDP/TCP 53 egress is allowed".into(),
-            Reason::DnsNoAddresses => format!("{registry} exists in DNS but has no A/AAAA records: add them or use the right host name"),
+            Reason::DnsNoAddresses => format!("{host} exists in DNS but has no A/AAAA records: add them or use the right host name"),
             Reason::TcpRefused => format!("nothing listens at {endpoint}: check the port and that the registry is running"),
             Reason::TcpTimeout => format!("connections to {endpoint} are dropped: allow egress from the nodes to it (firewall, security group, NetworkPolicy on hostNetwork)"),
             Reason::TcpUnreachable => format!("the node has no route to {endpoint}: check routing and the node's network"),
             Reason::TlsUnknownAuthority => format!("make the node trust the issuing CA: add it to the system trust store or as `ca` in certs.d/{registry}/hosts.toml"),
             Reason::TlsExpired => format!("renew the certificate of {endpoint} (or fix the node's clock)"),
-            Reason::TlsHostnameMismatch => format!("reissue the certificate of {endpoint} with {registry} in its subject alternative names, or use the name it is valid for"),
+            Reason::TlsHostnameMismatch => format!("reissue the certificate of {endpoint} with {host} in its subject alternative names, or use the name it is valid for"),
             Reason::TlsHandshake => format!("{endpoint} does not speak TLS as expected: if it is plain HTTP, configure it as an insecure registry on the runtime, or enable TLS on it"),
             Reason::ProxyError => "the HTTP proxy refused or failed: check HTTPS_PROXY/NO_PROXY for the runtime and the proxy's allow-list".into(),
             Reason::NotARegistry => format!("{endpoint} answers but is not a registry API (/v2/): check the host name, port and any load balancer path routing"),
@@ -143,6 +144,16 @@ impl Reason {
     }
 }
 
+/// `host` of `scheme://host:port` (IPv6 without brackets); the input itself when it has no scheme.
+fn host_of(endpoint: &str) -> &str {
+    let authority = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -159,6 +170,14 @@ mod tests {
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("\"{}\"", reason.as_str()));
         }
+    }
+
+    #[test]
+    fn fixes_name_the_host_not_the_port() {
+        let fix = Reason::DnsNxdomain.fix("registy.test:5000", "https://registy.test:5000");
+        assert!(fix.contains("spelling of registy.test;"), "{fix}");
+        assert_eq!(host_of("https://[::1]:5000"), "::1");
+        assert_eq!(host_of("http://reg.local"), "reg.local");
     }
 
     #[test]

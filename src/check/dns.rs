@@ -240,14 +240,25 @@ fn classify(error: &NetError) -> FamilyError {
             match no_records.response_code {
                 ResponseCode::NXDomain => FamilyError::NxDomain,
                 ResponseCode::NoError => FamilyError::NoData,
-                other => FamilyError::ServerFailure(other.to_string()),
+                other => FamilyError::ServerFailure(rcode_name(other)),
             }
         }
         NetError::Dns(HickoryDnsError::ResponseCode(code)) => {
-            FamilyError::ServerFailure(code.to_string())
+            FamilyError::ServerFailure(rcode_name(*code))
         }
         NetError::Timeout => FamilyError::Timeout,
         other => FamilyError::ServerFailure(other.to_string()),
+    }
+}
+
+/// The mnemonic `dig` prints (SERVFAIL, REFUSED), which is what operators search for.
+fn rcode_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        other => other.to_string(),
     }
 }
 

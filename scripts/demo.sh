@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Watch pullwatch work without a cluster: starts a few local registries (one healthy, others
+# broken in the ways nodes break: wrong certificate name, plain HTTP on the TLS port, nothing
+# listening, a name that does not exist), a local DNS server for them, and runs
+# `pullwatch diagnose` against each. Everything listens on 127.0.0.0/8 and is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --locked --quiet
+pullwatch="$PWD/target/release/pullwatch"
+
+work=$(mktemp -d /tmp/pullwatch-demo.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+dns_ip=127.77.0.53
+tls_port=15443 plain_port=15000 closed_port=15999
+
+# A CA and a certificate for registry.demo.test, made here and trusted only via --ca-file.
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=pullwatch demo CA" \
+  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=registry.demo.test" \
+  -keyout "$work/registry.key" -out "$work/registry.csr" 2>/dev/null
+printf 'subjectAltName=DNS:registry.demo.test\n' > "$work/san.ext"
+openssl x509 -req -in "$work/registry.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+  -days 30 -extfile "$work/san.ext" -out "$work/registry.pem" 2>/dev/null
+
+start_registry() { # name addr [tls]
+  local name=$1 addr=$2 tls=${3:-}
+  mkdir -p "$work/$name"
+  {
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n' "$work/$name/data"
+    printf 'http:\n  addr: %s\n' "$addr"
+    [ -n "$tls" ] && printf '  tls:\n    certificate: %s\n    key: %s\n' "$work/registry.pem" "$work/registry.key"
+  } > "$work/$name/config.yml"
+  docker-registry serve "$work/$name/config.yml" > "$work/$name/log" 2>&1 &
+  pids+=($!)
+}
+start_registry secure "127.0.0.1:$tls_port" tls
+start_registry plain "127.0.0.1:$plain_port"
+
+# DNS: demo names resolve to loopback; other names under demo.test are NXDOMAIN.
+dnsmasq --keep-in-foreground --no-resolv --no-hosts --conf-file=/dev/null --bind-interfaces \
+  --listen-address="$dns_ip" --port=53 --local=/demo.test/ \
+  --address=/registry.demo.test/127.0.0.1 --address=/other-name.demo.test/127.0.0.1 \
+  --address=/plain.demo.test/127.0.0.1 --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.log" &
+pids+=($!)
+printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$dns_ip" > "$work/resolv.conf"
+
+for _ in $(seq 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$plain_port") 2>/dev/null && break
+  sleep 0.1
+done
+
+run() {
+  echo
+  echo "\$ pullwatch diagnose $*"
+  "$pullwatch" --resolv-conf "$work/resolv.conf" --ca-file "$work/ca.pem" --timeout 2s diagnose "$@" || true
+}
+run "registry.demo.test:$tls_port/team/app:1.0"
+run "other-name.demo.test:$tls_port/team/app:1.0"
+run "plain.demo.test:$plain_port/team/app:1.0"
+run "registry.demo.test:$closed_port/team/app:1.0"
+run "registy.demo.test:$tls_port/team/app:1.0"
+run "Team/App:1.0"
+echo
+echo "\$ pullwatch diagnose --output json registry.demo.test:$tls_port/team/app:1.0"
+"$pullwatch" --resolv-conf "$work/resolv.conf" --ca-file "$work/ca.pem" --timeout 2s \
+  diagnose --output json "registry.demo.test:$tls_port/team/app:1.0" || true
