@@ -1,6 +1,7 @@
 //! pullwatch: can this node pull its images right now, and if not, why?
 //! The engine behind `pullwatch diagnose` (and, later, the agent): checks, reasons, routes, reports.
 
+pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod diagnose;
@@ -10,6 +11,7 @@ pub mod reason;
 pub mod reference;
 pub mod report;
 pub mod route;
+pub mod runtime;
 pub mod trust;
 
 /// The CRI API version pullwatch speaks (the `k8s-cri` crate's `v1`).

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod classify;
+pub use classify::classify_runtime_message;
+
 /// Why a check or a pull failed. The string form is the metric label and JSON value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,9 +1,17 @@
 //! Where the runtime would pull from: a registry's route, the ordered endpoints it tries
 //! (mirrors first, then the upstream). Without runtime config, the route is the upstream alone.
 
+pub mod containerd;
+pub mod crio;
+mod resolve;
+
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::trust::TlsOptions;
+
+pub use resolve::{RouteConfig, RuntimeConfigKind};
 
 /// Docker Hub's registry name in references, and the host that actually serves it.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -76,6 +84,145 @@ impl Endpoint {
 pub struct Route {
     pub registry: String,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// What the runtime may use an endpoint for (containerd `capabilities`; CRI-O's
+/// `mirror-by-digest-only` / `pull-from-mirror`). Resolving a tag needs `resolve`; fetching by
+/// digest needs `pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub pull: bool,
+    pub resolve: bool,
+    pub push: bool,
+}
+
+impl Capabilities {
+    pub const ALL: Capabilities = Capabilities {
+        pull: true,
+        resolve: true,
+        push: true,
+    };
+
+    /// `pull, resolve`, as hosts.toml spells them.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.pull, "pull"),
+            (self.resolve, "resolve"),
+            (self.push, "push"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// One endpoint of a configured route, with what the config said about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteHost {
+    pub endpoint: Endpoint,
+    pub capabilities: Capabilities,
+    /// The API root the runtime uses (`/v2`, or a mirror's own path with `override_path`).
+    pub path: String,
+    /// CRI-O: the repository namespace this endpoint serves the prefix from
+    /// (`internal.example/bar` for `prefix = "example.com/foo"`).
+    pub location: Option<String>,
+    /// Line of the file that defines it.
+    pub line: Option<usize>,
+}
+
+/// A runtime config file that could not be used as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    /// 1-based, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// 1-based line of a byte offset in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// A registry's route as its runtime config describes it, before choosing by reference kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfiguredRoute {
+    pub registry: String,
+    /// In the order the runtime tries them (mirrors, then the upstream).
+    pub hosts: Vec<RouteHost>,
+    /// Which runtime's config decided the route.
+    pub kind: RuntimeConfigKind,
+    /// The file that blocks this registry (CRI-O `blocked = true`).
+    pub blocked_by: Option<PathBuf>,
+    /// Malformed files met on the way; the route fell back past them.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfiguredRoute {
+    /// The endpoints the runtime tries for a reference: resolving a tag needs `resolve`, a
+    /// reference by digest is fetched from hosts that can `pull` (containerd's filter).
+    pub fn route_for(&self, by_digest: bool) -> Route {
+        let endpoints = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                if by_digest {
+                    h.capabilities.pull
+                } else {
+                    h.capabilities.resolve
+                }
+            })
+            .map(|h| h.endpoint.clone())
+            .collect();
+        Route {
+            registry: self.registry.clone(),
+            endpoints,
+        }
+    }
+}
+
+/// Splits `scheme://host[:port][/path]` (scheme optional: https) into its parts; the port
+/// defaults by scheme. `Err` names what is wrong.
+pub(crate) fn parse_server(server: &str) -> Result<(Scheme, String, u16, String), String> {
+    let (scheme, rest) = match server.split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some((other, _)) => return Err(format!("unsupported scheme {other:?} in {server:?}")),
+        None => (Scheme::Https, server),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (host, port) =
+        split_host_port(authority).map_err(|e| format!("{server:?}: {}", e.problem))?;
+    let port = port.unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    Ok((scheme, host, port, path.trim_end_matches('/').to_string()))
+}
+
+/// The host that serves a registry name (`docker.io` is served by `registry-1.docker.io`).
+pub(crate) fn serving_host(registry_host: &str) -> &str {
+    if registry_host == DOCKER_HUB {
+        DOCKER_HUB_UPSTREAM
+    } else {
+        registry_host
+    }
 }
 
 /// A registry name that is not `host[:port]`.

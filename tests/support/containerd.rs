@@ -281,13 +281,16 @@ impl Containerd {
             {
                 panic!("containerd exited with {status}; its log:\n{log}");
             }
-            if fresh.contains(&marker) && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            if fresh.contains(&marker)
+                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
             {
                 return;
             }
             if Instant::now() >= deadline {
                 self.kill();
-                panic!("containerd did not serve {marker} within {START_TIMEOUT:?}; its log:\n{log}");
+                panic!(
+                    "containerd did not serve {marker} within {START_TIMEOUT:?}; its log:\n{log}"
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -353,71 +356,4 @@ disabled_plugins = [
         socket = socket.display(),
         certs = certs_dir.display(),
     )
-}
-
-/// A UDP relay from `listen` to `upstream` (both IPv4): lets a resolver inside a netns reach a
-/// test DNS server on the host's loopback. Stops on drop.
-pub struct UdpRelay {
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpRelay {
-    /// Binds `listen` and forwards each datagram to `upstream`, the answer back (≤3 s each).
-    pub fn start(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Self {
-        use std::sync::atomic::Ordering;
-        let socket = std::net::UdpSocket::bind(listen)
-            .unwrap_or_else(|e| panic!("bind UDP relay on {listen}: {e}"));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("relay read timeout");
-        let addr = socket.local_addr().expect("relay address");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("udp-relay-{addr}"))
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !thread_stop.load(Ordering::Relaxed) {
-                    let Ok((len, client)) = socket.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    let query = buf[..len].to_vec();
-                    let reply_socket = socket.try_clone().expect("clone relay socket");
-                    std::thread::spawn(move || {
-                        let Ok(out) = std::net::UdpSocket::bind("127.0.0.1:0") else {
-                            return;
-                        };
-                        let _ = out.set_read_timeout(Some(Duration::from_secs(3)));
-                        if out.send_to(&query, upstream).is_err() {
-                            return;
-                        }
-                        let mut answer = [0u8; 4096];
-                        if let Ok(n) = out.recv(&mut answer) {
-                            let _ = reply_socket.send_to(&answer[..n], client);
-                        }
-                    });
-                }
-            })
-            .expect("spawn UDP relay");
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for UdpRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

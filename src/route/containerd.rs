@@ -1,0 +1,780 @@
+//! containerd's registry hosts (`config_path`, e.g. /etc/containerd/certs.d): for a registry,
+//! `<dir>/<host[:port]>/hosts.toml` (else `_default/`), its `[host."…"]` in file order, then `server`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use toml::Spanned;
+
+use super::{
+    Capabilities, ConfigProblem, Endpoint, RegistryNameError, Role, RouteHost, Scheme, line_of,
+    parse_server, serving_host, split_host_port,
+};
+use crate::trust::TlsOptions;
+
+/// The directory containerd falls back to when a registry has none of its own.
+pub const DEFAULT_DIR: &str = "_default";
+pub const HOSTS_FILE: &str = "hosts.toml";
+/// At most this many registry directories are listed (a bound on what `targets` reads).
+pub const MAX_DIRS: usize = 1000;
+
+/// How the containerd on this node reads hosts.toml, where versions differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// containerd 1.6 and 1.7 before 1.7.25 reject a hosts.toml without a `[host]` table
+    /// ("invalid `host` tree", containerd#10027) and use the default route instead.
+    /// `None`: the version is not known.
+    pub needs_host_table: Option<bool>,
+}
+
+impl Quirks {
+    /// From `Version.runtime_version` (`1.6.20~ds1`, `v1.7.13`, `2.0.0`).
+    pub fn for_version(version: &str) -> Self {
+        let numbers: Vec<u32> = version
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .take(3)
+            .map_while(|n| n.parse().ok())
+            .collect();
+        let needs_host_table = match numbers.as_slice() {
+            [1, minor, ..] if *minor < 7 => Some(true),
+            [1, 7, patch] => Some(*patch < 25),
+            [_, _, ..] => Some(false),
+            _ => None,
+        };
+        Quirks { needs_host_table }
+    }
+}
+
+/// The host directory containerd uses for `registry`: its own if it exists, else `_default`.
+pub fn host_dir(root: &Path, registry: &str) -> Option<PathBuf> {
+    [root.join(registry), root.join(DEFAULT_DIR)]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// The registries with a directory of their own (sorted; `_default` not included), and the
+/// problem when the directory cannot be listed.
+pub fn configured_registries(root: &Path) -> (Vec<String>, Option<ConfigProblem>) {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return (vec![], None),
+        Err(error) => {
+            return (
+                vec![],
+                Some(ConfigProblem {
+                    file: root.to_path_buf(),
+                    line: None,
+                    message: error.to_string(),
+                }),
+            );
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name != DEFAULT_DIR && split_host_port(name).is_ok())
+        .take(MAX_DIRS)
+        .collect();
+    names.sort();
+    (names, None)
+}
+
+/// One host as hosts.toml describes it (the last one is the `server`, maybe implicit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// `None` for the root entry without `server`: the registry itself.
+    pub server: Option<(Scheme, String, u16)>,
+    pub path: String,
+    pub capabilities: Option<Capabilities>,
+    pub ca_files: Vec<PathBuf>,
+    /// Certificate and key; the key is in the certificate file when `None`.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    pub skip_verify: Option<bool>,
+    pub line: Option<usize>,
+}
+
+/// A problem at a place in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// What the runtime reads from one host directory, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDir {
+    pub dir: PathBuf,
+    /// The hosts in order; the last is the root (`server`) entry.
+    pub hosts: Vec<HostConfig>,
+    /// The file the hosts came from (`hosts.toml`), or the directory for Docker-style cert files.
+    pub source: PathBuf,
+    pub problem: Option<ConfigProblem>,
+}
+
+/// Reads a host directory the way containerd does: `hosts.toml`, or when it is missing, empty or
+/// malformed, the Docker-style cert files (`*.crt` CAs, `*.cert`/`*.key` pairs) for the registry
+/// itself.
+pub fn read_host_dir(dir: &Path, quirks: Quirks) -> HostDir {
+    let file = dir.join(HOSTS_FILE);
+    let fallback = |problem: Option<ConfigProblem>| HostDir {
+        dir: dir.to_path_buf(),
+        hosts: vec![cert_files(dir)],
+        source: dir.to_path_buf(),
+        problem,
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return fallback(None),
+        Err(error) => {
+            return fallback(Some(ConfigProblem {
+                file,
+                line: None,
+                message: error.to_string(),
+            }));
+        }
+    };
+    if text.is_empty() {
+        return fallback(None);
+    }
+    match parse_hosts_toml(&text, dir, quirks) {
+        Ok(hosts) => HostDir {
+            dir: dir.to_path_buf(),
+            hosts,
+            source: file,
+            problem: None,
+        },
+        Err(error) => fallback(Some(ConfigProblem {
+            file,
+            line: error.line,
+            message: format!("{}; containerd ignores this file", error.message),
+        })),
+    }
+}
+
+/// The Docker-style certificate files of a host directory, for the registry itself.
+pub(crate) fn cert_files(dir: &Path) -> HostConfig {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut host = HostConfig::default();
+    for name in &names {
+        if name.ends_with(".crt") {
+            host.ca_files.push(dir.join(name));
+        }
+        if let Some(stem) = name.strip_suffix(".cert") {
+            let key = dir.join(format!("{stem}.key"));
+            let key = key.exists().then_some(key);
+            host.client.push((dir.join(name), key));
+        }
+    }
+    host
+}
+
+/// A string or a list of them (`ca`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `client`: a file, a list of files, or a list of `[cert, key]` pairs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClientValue {
+    One(String),
+    Many(Vec<ClientItem>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClientItem {
+    File(String),
+    Pair(Vec<String>),
+}
+
+/// The fields a `[host."…"]` table (and the root) may carry; unknown keys are ignored, as by
+/// containerd.
+#[derive(Deserialize, Default)]
+struct HostFields {
+    capabilities: Option<Spanned<Vec<String>>>,
+    ca: Option<Spanned<OneOrMany>>,
+    client: Option<Spanned<ClientValue>>,
+    skip_verify: Option<bool>,
+    #[serde(default)]
+    override_path: bool,
+}
+
+#[derive(Deserialize)]
+struct HostsFile {
+    server: Option<Spanned<String>>,
+    capabilities: Option<Spanned<Vec<String>>>,
+    ca: Option<Spanned<OneOrMany>>,
+    client: Option<Spanned<ClientValue>>,
+    skip_verify: Option<bool>,
+    #[serde(default)]
+    override_path: bool,
+    host: Option<OrderedHosts>,
+}
+
+/// `[host."…"]` tables in the order the file has them (containerd sorts them by line).
+struct OrderedHosts(Vec<(Spanned<String>, HostFields)>);
+
+impl<'de> Deserialize<'de> for OrderedHosts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ordered;
+        impl<'de> Visitor<'de> for Ordered {
+            type Value = OrderedHosts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tables [host.\"https://…\"]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedHosts, A::Error> {
+                let mut hosts = Vec::new();
+                while let Some(entry) = map.next_entry::<Spanned<String>, HostFields>()? {
+                    hosts.push(entry);
+                }
+                Ok(OrderedHosts(hosts))
+            }
+        }
+        deserializer.deserialize_map(Ordered)
+    }
+}
+
+/// Parses hosts.toml text; relative `ca`/`client` paths are relative to `base_dir`.
+/// `Err` carries the line and why, as containerd would refuse it.
+pub fn parse_hosts_toml(
+    text: &str,
+    base_dir: &Path,
+    quirks: Quirks,
+) -> Result<Vec<HostConfig>, ParseError> {
+    let file: HostsFile = toml::from_str(text).map_err(|e| ParseError {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim_end().to_string(),
+    })?;
+    if file.host.is_none() && quirks.needs_host_table == Some(true) {
+        return Err(ParseError {
+            line: None,
+            message: "no [host] table: this containerd version rejects the file (\"invalid `host` tree\", containerd#10027); add an empty [host] table".into(),
+        });
+    }
+    let mut hosts = Vec::new();
+    for (name, fields) in file.host.map(|h| h.0).unwrap_or_default() {
+        let line = line_of(text, name.span().start);
+        hosts.push(host_config(
+            Some(name.get_ref()),
+            Some(line),
+            fields,
+            text,
+            base_dir,
+        )?);
+    }
+    let root = HostFields {
+        capabilities: file.capabilities,
+        ca: file.ca,
+        client: file.client,
+        skip_verify: file.skip_verify,
+        override_path: file.override_path,
+    };
+    let line = file.server.as_ref().map(|s| line_of(text, s.span().start));
+    let server = file
+        .server
+        .map(|s| s.into_inner())
+        .filter(|s| !s.is_empty());
+    hosts.push(host_config(server.as_deref(), line, root, text, base_dir)?);
+    Ok(hosts)
+}
+
+fn host_config(
+    server: Option<&str>,
+    line: Option<usize>,
+    fields: HostFields,
+    text: &str,
+    base_dir: &Path,
+) -> Result<HostConfig, ParseError> {
+    let at = |span: std::ops::Range<usize>, message: String| ParseError {
+        line: Some(line_of(text, span.start)),
+        message,
+    };
+    let mut host = HostConfig {
+        line,
+        skip_verify: fields.skip_verify,
+        ..Default::default()
+    };
+    if let Some(server) = server {
+        let (scheme, name, port, path) = parse_server(server).map_err(|message| ParseError {
+            line,
+            message: format!("unable to parse server: {message}"),
+        })?;
+        host.server = Some((scheme, name, port));
+        host.path = if path.is_empty() {
+            if fields.override_path {
+                String::new()
+            } else {
+                "/v2".into()
+            }
+        } else if path.ends_with("/v2") || fields.override_path {
+            path
+        } else {
+            format!("{path}/v2")
+        };
+    } else {
+        host.path = "/v2".into();
+    }
+    if let Some(capabilities) = fields.capabilities {
+        let span = capabilities.span();
+        let names = capabilities.into_inner();
+        if !names.is_empty() {
+            let mut caps = Capabilities {
+                pull: false,
+                resolve: false,
+                push: false,
+            };
+            for name in names {
+                match name.to_ascii_lowercase().as_str() {
+                    "pull" => caps.pull = true,
+                    "resolve" => caps.resolve = true,
+                    "push" => caps.push = true,
+                    _ => return Err(at(span, format!("unknown capability {name:?}"))),
+                }
+            }
+            host.capabilities = Some(caps);
+        }
+    }
+    let absolute = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
+    if let Some(ca) = fields.ca {
+        host.ca_files = match ca.into_inner() {
+            OneOrMany::One(path) => vec![absolute(&path)],
+            OneOrMany::Many(paths) => paths.iter().map(|p| absolute(p)).collect(),
+        };
+    }
+    if let Some(client) = fields.client {
+        let span = client.span();
+        host.client = match client.into_inner() {
+            ClientValue::One(path) => vec![(absolute(&path), None)],
+            ClientValue::Many(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    ClientItem::File(path) => Ok((absolute(&path), None)),
+                    ClientItem::Pair(pair) if pair.len() == 2 => {
+                        Ok((absolute(&pair[0]), Some(absolute(&pair[1]))))
+                    }
+                    ClientItem::Pair(pair) => Err(at(
+                        span.clone(),
+                        format!("invalid pair {pair:?} for \"client\": want [cert, key]"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+    }
+    Ok(host)
+}
+
+/// containerd's route for `registry` under `root`, and any problem with the files read.
+/// `insecure` (`--insecure-registry`) makes the implicit upstream plain HTTP.
+pub fn route(
+    root: &Path,
+    registry: &str,
+    insecure: bool,
+    quirks: Quirks,
+) -> Result<(Vec<RouteHost>, Option<ConfigProblem>), RegistryNameError> {
+    let (registry_host, registry_port) = split_host_port(registry)?;
+    let dir = host_dir(root, registry).map(|dir| read_host_dir(&dir, quirks));
+    let (configs, source, problem) = match dir {
+        Some(dir) => (dir.hosts, dir.source.display().to_string(), dir.problem),
+        None => (vec![HostConfig::default()], "default".to_string(), None),
+    };
+    let last = configs.len().saturating_sub(1);
+    let hosts = configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            let role = if i == last {
+                Role::Upstream
+            } else {
+                Role::Mirror
+            };
+            // The root entry without `server` is the registry itself.
+            let (scheme, host, port, skip_verify) = match config.server.clone() {
+                Some((scheme, host, port)) => (scheme, host, port, config.skip_verify),
+                None => implicit_upstream(&registry_host, registry_port, insecure, &config),
+            };
+            let client_cert = config
+                .client
+                .first()
+                .map(|(cert, key)| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone())));
+            RouteHost {
+                endpoint: Endpoint {
+                    scheme,
+                    host,
+                    port,
+                    role,
+                    source: if config.server.is_none() && source == "default" {
+                        "default".into()
+                    } else {
+                        source.clone()
+                    },
+                    tls: TlsOptions {
+                        ca_files: config.ca_files.clone(),
+                        client_cert,
+                        skip_verify: skip_verify.unwrap_or(false),
+                    },
+                },
+                capabilities: if config.server.is_none() {
+                    Capabilities::ALL
+                } else {
+                    config.capabilities.unwrap_or(Capabilities::ALL)
+                },
+                path: config.path.clone(),
+                location: None,
+                line: config.line,
+            }
+        })
+        .collect();
+    Ok((hosts, problem))
+}
+
+/// The registry itself when hosts.toml names no `server`: HTTPS, except that containerd talks
+/// plain HTTP (without verifying) to a registry on localhost, and `--insecure-registry`.
+fn implicit_upstream(
+    registry_host: &str,
+    registry_port: Option<u16>,
+    insecure: bool,
+    config: &HostConfig,
+) -> (Scheme, String, u16, Option<bool>) {
+    let host = serving_host(registry_host).to_string();
+    if insecure || is_localhost(registry_host) {
+        let skip_verify = if insecure {
+            config.skip_verify
+        } else {
+            Some(true)
+        };
+        return (Scheme::Http, host, registry_port.unwrap_or(80), skip_verify);
+    }
+    (
+        Scheme::Https,
+        host,
+        registry_port.unwrap_or(443),
+        config.skip_verify,
+    )
+}
+
+/// `localhost` or a loopback address, as containerd's `docker.IsLocalhost`.
+fn is_localhost(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V16: Quirks = Quirks {
+        needs_host_table: Some(true),
+    };
+    const V2: Quirks = Quirks {
+        needs_host_table: Some(false),
+    };
+
+    #[test]
+    fn versions_that_need_a_host_table() {
+        for (version, want) in [
+            ("1.6.20~ds1", Some(true)),
+            ("v1.7.13", Some(true)),
+            ("1.7.25", Some(false)),
+            ("2.0.0", Some(false)),
+            ("v2.1.1-k3s1", Some(false)),
+            ("1.5.9", Some(true)),
+            ("devel", None),
+        ] {
+            assert_eq!(
+                Quirks::for_version(version).needs_host_table,
+                want,
+                "{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_in_file_order_then_server() {
+        let text = r#"server = "https://registry-1.docker.io"
+ca = "root-ca.pem"
+
+[host."https://zmirror.example:5000"]
+  capabilities = ["pull", "resolve"]
+  ca = ["/etc/certs/a.pem", "b.pem"]
+  client = [["/c/cert.pem", "/c/key.pem"]]
+
+[host."http://amirror.local/proxy"]
+  capabilities = ["pull"]
+  skip_verify = true
+
+[host."https://harbor.example/v2/dockerhub"]
+  override_path = true
+"#;
+        let hosts = parse_hosts_toml(text, Path::new("/etc/containerd/certs.d/docker.io"), V2)
+            .expect("valid");
+        assert_eq!(hosts.len(), 4);
+        assert_eq!(
+            hosts[0].server,
+            Some((Scheme::Https, "zmirror.example".into(), 5000))
+        );
+        assert_eq!(hosts[0].line, Some(4));
+        assert_eq!(
+            hosts[0].ca_files,
+            vec![
+                PathBuf::from("/etc/certs/a.pem"),
+                PathBuf::from("/etc/containerd/certs.d/docker.io/b.pem")
+            ]
+        );
+        assert_eq!(
+            hosts[0].client,
+            vec![(
+                PathBuf::from("/c/cert.pem"),
+                Some(PathBuf::from("/c/key.pem"))
+            )]
+        );
+        assert_eq!(
+            hosts[0].capabilities.map(|c| c.names()),
+            Some(vec!["pull", "resolve"])
+        );
+        assert_eq!(
+            hosts[1].server,
+            Some((Scheme::Http, "amirror.local".into(), 80))
+        );
+        assert_eq!(hosts[1].path, "/proxy/v2");
+        assert_eq!(hosts[1].skip_verify, Some(true));
+        assert_eq!(hosts[2].path, "/v2/dockerhub");
+        assert_eq!(
+            hosts[3].server,
+            Some((Scheme::Https, "registry-1.docker.io".into(), 443))
+        );
+        assert_eq!(
+            hosts[3].ca_files,
+            vec![PathBuf::from(
+                "/etc/containerd/certs.d/docker.io/root-ca.pem"
+            )]
+        );
+        assert_eq!(hosts[3].line, Some(1));
+    }
+
+    #[test]
+    fn malformed_files_name_the_line_and_why() {
+        struct Case {
+            text: &'static str,
+            quirks: Quirks,
+            line: Option<usize>,
+            message: &'static str,
+        }
+        let cases = [
+            Case {
+                text: "server = \"https://a\"\n[host.\"https://m\"]\n  capabilities = [\"pull\", \"fetch\"]\n",
+                quirks: V2,
+                line: Some(3),
+                message: "unknown capability \"fetch\"",
+            },
+            Case {
+                text: "[host.\"https://m\"]\ncapabilities = [\"pull\"]\nca = 5\n",
+                quirks: V2,
+                line: Some(3),
+                message: "did not match any variant",
+            },
+            Case {
+                text: "server = [\n",
+                quirks: V2,
+                line: Some(2),
+                message: "",
+            },
+            Case {
+                text: "\n\n[host.\"ftp://m\"]\n",
+                quirks: V2,
+                line: Some(3),
+                message: "unsupported scheme \"ftp\"",
+            },
+            Case {
+                text: "[host.\"https://m\"]\nclient = [[\"a\", \"b\", \"c\"]]\n",
+                quirks: V2,
+                line: Some(2),
+                message: "invalid pair",
+            },
+            Case {
+                text: "server = \"https://a\"\nca = \"x.pem\"\n",
+                quirks: V16,
+                line: None,
+                message: "invalid `host` tree",
+            },
+        ];
+        for case in cases {
+            let error =
+                parse_hosts_toml(case.text, Path::new("/d"), case.quirks).expect_err(case.text);
+            assert_eq!(error.line, case.line, "{}: {error:?}", case.text);
+            assert!(
+                error.message.contains(case.message),
+                "{}: {error:?}",
+                case.text
+            );
+        }
+        // Without a known version, a file without [host] is read as written.
+        let hosts = parse_hosts_toml(
+            "server = \"https://a\"\n",
+            Path::new("/d"),
+            Quirks::default(),
+        )
+        .unwrap();
+        assert_eq!(hosts.len(), 1);
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn routes_from_a_certs_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write(
+            root,
+            "docker.io/hosts.toml",
+            "server = \"https://registry-1.docker.io\"\n[host.\"https://mirror.local:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"mirror-ca.pem\"\n",
+        );
+        write(root, "10.0.0.5:5000/ca.crt", "pem");
+        write(root, "10.0.0.5:5000/client.cert", "pem");
+        write(root, "10.0.0.5:5000/client.key", "pem");
+        write(root, "broken.example/hosts.toml", "server = [\n");
+        write(
+            root,
+            "_default/hosts.toml",
+            "[host.\"https://cache.local\"]\n",
+        );
+
+        let (hosts, problem) = route(root, "docker.io", false, V2).unwrap();
+        assert!(problem.is_none());
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(
+            urls,
+            ["https://mirror.local:5000", "https://registry-1.docker.io"]
+        );
+        assert_eq!(hosts[0].endpoint.role, Role::Mirror);
+        assert_eq!(hosts[1].endpoint.role, Role::Upstream);
+        let file = root.join("docker.io/hosts.toml").display().to_string();
+        assert_eq!(hosts[0].endpoint.source, file);
+        assert_eq!(
+            hosts[0].endpoint.tls.ca_files,
+            vec![root.join("docker.io/mirror-ca.pem")]
+        );
+        assert!(!hosts[0].capabilities.push);
+
+        // Docker-style cert files, no hosts.toml.
+        let (hosts, problem) = route(root, "10.0.0.5:5000", false, V2).unwrap();
+        assert!(problem.is_none());
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].endpoint.url(), "https://10.0.0.5:5000");
+        assert_eq!(
+            hosts[0].endpoint.tls.ca_files,
+            vec![root.join("10.0.0.5:5000/ca.crt")]
+        );
+        assert_eq!(
+            hosts[0].endpoint.tls.client_cert,
+            Some((
+                root.join("10.0.0.5:5000/client.cert"),
+                root.join("10.0.0.5:5000/client.key")
+            ))
+        );
+
+        // Malformed: reported, and the registry itself is the route.
+        let (hosts, problem) = route(root, "broken.example", false, V2).unwrap();
+        let problem = problem.expect("reported");
+        assert_eq!(problem.file, root.join("broken.example/hosts.toml"));
+        // The parser stops at the end of the file, where the array is still open.
+        assert_eq!(problem.line, Some(2));
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].endpoint.url(), "https://broken.example");
+
+        // No own directory: _default's mirror, then the registry.
+        let (hosts, _) = route(root, "ghcr.io", false, V2).unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(urls, ["https://cache.local", "https://ghcr.io"]);
+        assert_eq!(
+            hosts[1].endpoint.source,
+            root.join("_default/hosts.toml").display().to_string()
+        );
+
+        let (names, problem) = configured_registries(root);
+        assert!(problem.is_none());
+        assert_eq!(names, ["10.0.0.5:5000", "broken.example", "docker.io"]);
+    }
+
+    #[test]
+    fn implicit_upstreams() {
+        let root = tempfile::tempdir().unwrap();
+        struct Case {
+            registry: &'static str,
+            insecure: bool,
+            want: &'static str,
+            skip_verify: bool,
+        }
+        let cases = [
+            Case {
+                registry: "docker.io",
+                insecure: false,
+                want: "https://registry-1.docker.io",
+                skip_verify: false,
+            },
+            Case {
+                registry: "127.0.0.1:5000",
+                insecure: false,
+                want: "http://127.0.0.1:5000",
+                skip_verify: true,
+            },
+            Case {
+                registry: "localhost",
+                insecure: false,
+                want: "http://localhost",
+                skip_verify: true,
+            },
+            Case {
+                registry: "reg.local:5000",
+                insecure: true,
+                want: "http://reg.local:5000",
+                skip_verify: false,
+            },
+            Case {
+                registry: "reg.local",
+                insecure: false,
+                want: "https://reg.local",
+                skip_verify: false,
+            },
+        ];
+        for case in cases {
+            let (hosts, _) = route(root.path(), case.registry, case.insecure, V2).unwrap();
+            assert_eq!(hosts.len(), 1);
+            assert_eq!(hosts[0].endpoint.url(), case.want, "{}", case.registry);
+            assert_eq!(hosts[0].endpoint.source, "default");
+            assert_eq!(
+                hosts[0].endpoint.tls.skip_verify, case.skip_verify,
+                "{}",
+                case.registry
+            );
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! CRI-O's registries (containers-registries.conf v2, and the deprecated v1 lists): registries.conf
+//! plus registries.conf.d/*.conf in name order; for an image, the `[[registry]]` with the longest prefix.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::containerd::cert_files;
+use super::{
+    Capabilities, ConfigProblem, Endpoint, Role, RouteHost, Scheme, line_of, serving_host,
+    split_host_port,
+};
+use crate::trust::TlsOptions;
+
+/// At most this many drop-in files are read.
+pub const MAX_DROP_INS: usize = 200;
+
+/// When a mirror is used (`pull-from-mirror`, or `mirror-by-digest-only` for all mirrors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullFromMirror {
+    #[default]
+    All,
+    DigestOnly,
+    TagOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub location: String,
+    pub insecure: bool,
+    pub pull_from_mirror: PullFromMirror,
+    pub line: usize,
+}
+
+/// One `[[registry]]` table, after defaults (`prefix` = `location` when missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registry {
+    pub prefix: String,
+    pub location: String,
+    pub insecure: bool,
+    pub blocked: bool,
+    pub mirror_by_digest_only: bool,
+    pub mirrors: Vec<Mirror>,
+    pub source: PathBuf,
+    pub line: Option<usize>,
+}
+
+/// registries.conf and its drop-ins, merged as containers/image merges them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistriesConf {
+    pub registries: Vec<Registry>,
+    /// `unqualified-search-registries`, with the file that set it last.
+    pub unqualified_search: Vec<String>,
+    pub unqualified_search_source: Option<PathBuf>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    pub problems: Vec<ConfigProblem>,
+    /// `<dir of registries.conf>/certs.d`: Docker-style per-registry certificates.
+    pub certs_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct FileV2 {
+    unqualified_search_registries: Option<Vec<String>>,
+    #[serde(default)]
+    registry: Vec<Spanned<RegistryTable>>,
+    registries: Option<V1Tables>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RegistryTable {
+    prefix: Option<String>,
+    location: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    blocked: bool,
+    #[serde(default)]
+    mirror_by_digest_only: bool,
+    #[serde(default)]
+    mirror: Vec<Spanned<MirrorTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct MirrorTable {
+    location: String,
+    #[serde(default)]
+    insecure: bool,
+    pull_from_mirror: Option<PullFromMirror>,
+}
+
+#[derive(Deserialize, Default)]
+struct V1Tables {
+    #[serde(default)]
+    search: V1List,
+    #[serde(default)]
+    insecure: V1List,
+    #[serde(default)]
+    block: V1List,
+}
+
+#[derive(Deserialize, Default)]
+struct V1List {
+    #[serde(default)]
+    registries: Vec<String>,
+}
+
+/// A file's content, parsed.
+#[derive(Debug, Default)]
+struct Parsed {
+    registries: Vec<Registry>,
+    unqualified_search: Option<Vec<String>>,
+}
+
+/// A problem at a line of one file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError> {
+    let file: FileV2 = toml::from_str(text).map_err(|e| ParseError {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim_end().to_string(),
+    })?;
+    if let Some(v1) = file.registries {
+        let line = text.find("[registries").map(|at| line_of(text, at));
+        if !file.registry.is_empty() || file.unqualified_search_registries.is_some() {
+            return Err(ParseError {
+                line,
+                message: "mixes the v1 [registries.*] lists with v2 settings".into(),
+            });
+        }
+        if drop_in {
+            return Err(ParseError {
+                line,
+                message: "drop-in files must use the v2 format ([[registry]])".into(),
+            });
+        }
+        return Ok(parse_v1(v1, source, line));
+    }
+    let mut registries = Vec::new();
+    for table in file.registry {
+        let line = line_of(text, table.span().start);
+        let table = table.into_inner();
+        let at = |message: String| ParseError {
+            line: Some(line),
+            message,
+        };
+        let (prefix, location) = match (table.prefix, table.location) {
+            (None, None) => return Err(at("[[registry]] needs a prefix or a location".into())),
+            (Some(prefix), location) => (prefix, location.unwrap_or_default()),
+            (None, Some(location)) => (location.clone(), location),
+        };
+        if let Some(suffix) = prefix.strip_prefix("*.") {
+            if !location.is_empty() {
+                return Err(at(format!(
+                    "wildcard prefix {prefix:?} cannot have a location"
+                )));
+            }
+            if suffix.contains('/') {
+                return Err(at(format!(
+                    "wildcard prefix {prefix:?} must be a host only"
+                )));
+            }
+        } else {
+            validate_location(&prefix).map_err(|m| at(format!("prefix: {m}")))?;
+        }
+        if !location.is_empty() {
+            validate_location(&location).map_err(|m| at(format!("location: {m}")))?;
+        }
+        let mut mirrors = Vec::new();
+        for mirror in table.mirror {
+            let mirror_line = line_of(text, mirror.span().start);
+            let mirror = mirror.into_inner();
+            validate_location(&mirror.location).map_err(|m| ParseError {
+                line: Some(mirror_line),
+                message: format!("mirror location: {m}"),
+            })?;
+            mirrors.push(Mirror {
+                location: mirror.location,
+                insecure: mirror.insecure,
+                pull_from_mirror: mirror.pull_from_mirror.unwrap_or_default(),
+                line: mirror_line,
+            });
+        }
+        registries.push(Registry {
+            prefix,
+            location,
+            insecure: table.insecure,
+            blocked: table.blocked,
+            mirror_by_digest_only: table.mirror_by_digest_only,
+            mirrors,
+            source: source.to_path_buf(),
+            line: Some(line),
+        });
+    }
+    Ok(Parsed {
+        registries,
+        unqualified_search: file.unqualified_search_registries,
+    })
+}
+
+fn parse_v1(v1: V1Tables, source: &Path, line: Option<usize>) -> Parsed {
+    let mut registries: Vec<Registry> = Vec::new();
+    let mut entry = |name: &str| -> usize {
+        if let Some(i) = registries.iter().position(|r| r.prefix == name) {
+            return i;
+        }
+        registries.push(Registry {
+            prefix: name.to_string(),
+            location: name.to_string(),
+            insecure: false,
+            blocked: false,
+            mirror_by_digest_only: false,
+            mirrors: vec![],
+            source: source.to_path_buf(),
+            line,
+        });
+        registries.len() - 1
+    };
+    let insecure: Vec<usize> = v1.insecure.registries.iter().map(|r| entry(r)).collect();
+    let blocked: Vec<usize> = v1.block.registries.iter().map(|r| entry(r)).collect();
+    for i in insecure {
+        registries[i].insecure = true;
+    }
+    for i in blocked {
+        registries[i].blocked = true;
+    }
+    Parsed {
+        registries,
+        unqualified_search: Some(v1.search.registries),
+    }
+}
+
+/// `host[:port][/namespace…]`.
+fn validate_location(location: &str) -> Result<(), String> {
+    let host = location.split('/').next().unwrap_or_default();
+    if location.contains("://") {
+        return Err(format!("{location:?} must not have a scheme"));
+    }
+    split_host_port(host)
+        .map(|_| ())
+        .map_err(|e| format!("{location:?}: {}", e.problem))
+}
+
+/// Reads `conf` and `<conf>.d/*.conf` (in name order); malformed files are reported and skipped.
+/// A missing registries.conf is no problem (no CRI-O config on this node).
+pub fn load(conf: &Path) -> RegistriesConf {
+    let mut merged = RegistriesConf {
+        certs_dir: conf.parent().map(|p| p.join("certs.d")),
+        ..Default::default()
+    };
+    let mut files = vec![(conf.to_path_buf(), false)];
+    let drop_in_dir = PathBuf::from(format!("{}.d", conf.display()));
+    match std::fs::read_dir(&drop_in_dir) {
+        Ok(entries) => {
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
+                .collect();
+            names.sort();
+            files.extend(names.into_iter().take(MAX_DROP_INS).map(|p| (p, true)));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => merged.problems.push(ConfigProblem {
+            file: drop_in_dir,
+            line: None,
+            message: error.to_string(),
+        }),
+    }
+    for (path, drop_in) in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !drop_in => continue,
+            Err(error) => {
+                merged.problems.push(ConfigProblem {
+                    file: path,
+                    line: None,
+                    message: error.to_string(),
+                });
+                continue;
+            }
+        };
+        match parse(&text, &path, drop_in) {
+            Ok(parsed) => {
+                for registry in parsed.registries {
+                    match merged
+                        .registries
+                        .iter_mut()
+                        .find(|r| r.prefix == registry.prefix)
+                    {
+                        Some(existing) => *existing = registry,
+                        None => merged.registries.push(registry),
+                    }
+                }
+                if let Some(search) = parsed.unqualified_search {
+                    merged.unqualified_search = search;
+                    merged.unqualified_search_source = Some(path.clone());
+                }
+                merged.files.push(path);
+            }
+            Err(error) => merged.problems.push(ConfigProblem {
+                file: path,
+                line: error.line,
+                message: format!("{}; this file is skipped", error.message),
+            }),
+        }
+    }
+    merged
+}
+
+/// How long a prefix matches `name` (`host[:port]/repository`), or `None`: the name must start
+/// with it followed by `/`, `:`, `@` or nothing; `*.example.com` matches any subdomain host.
+fn match_len(name: &str, prefix: &str) -> Option<usize> {
+    if let Some(suffix) = prefix.strip_prefix('*') {
+        let host = name.split('/').next().unwrap_or_default();
+        let host_only = host.split(':').next().unwrap_or_default();
+        return host_only.ends_with(suffix).then_some(host.len());
+    }
+    let rest = name.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(prefix.len())
+}
+
+impl RegistriesConf {
+    /// The `[[registry]]` for `name` (`host[:port]/repository`): the longest matching prefix.
+    pub fn find(&self, name: &str) -> Option<&Registry> {
+        self.registries
+            .iter()
+            .filter_map(|r| match_len(name, &r.prefix).map(|len| (len, r)))
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, r)| r)
+    }
+
+    /// Registries named by the config (prefix hosts, locations, mirrors, search registries),
+    /// each with the file that names it; wildcard prefixes are not registries.
+    pub fn registries(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        let mut add = |location: &str, source: &Path| {
+            let host = location.split('/').next().unwrap_or_default().to_string();
+            if !host.is_empty() && !host.starts_with("*.") && !out.iter().any(|(h, _)| *h == host) {
+                out.push((host, source.to_path_buf()));
+            }
+        };
+        for registry in &self.registries {
+            add(&registry.prefix, &registry.source);
+        }
+        if let Some(source) = &self.unqualified_search_source {
+            for name in &self.unqualified_search {
+                add(name, source);
+            }
+        }
+        out
+    }
+
+    /// The route for `name` (`host[:port]/repository`) when a `[[registry]]` matches: mirrors in
+    /// order, then the location; or the file that blocks it.
+    pub fn route(&self, name: &str) -> Option<Result<Vec<RouteHost>, PathBuf>> {
+        let registry = self.find(name)?;
+        if registry.blocked {
+            return Some(Err(registry.source.clone()));
+        }
+        let name_host = name.split('/').next().unwrap_or_default();
+        let location = if registry.location.is_empty() {
+            // A wildcard prefix: the image's own registry.
+            name_host.to_string()
+        } else {
+            registry.location.clone()
+        };
+        let source = registry.source.display().to_string();
+        let mut hosts = Vec::new();
+        for mirror in &registry.mirrors {
+            let mode = if registry.mirror_by_digest_only {
+                PullFromMirror::DigestOnly
+            } else {
+                mirror.pull_from_mirror
+            };
+            let capabilities = Capabilities {
+                pull: mode != PullFromMirror::TagOnly,
+                resolve: mode != PullFromMirror::DigestOnly,
+                push: false,
+            };
+            hosts.extend(self.hosts_for(
+                &mirror.location,
+                mirror.insecure,
+                Role::Mirror,
+                capabilities,
+                &source,
+                Some(mirror.line),
+            ));
+        }
+        hosts.extend(self.hosts_for(
+            &location,
+            registry.insecure,
+            Role::Upstream,
+            Capabilities::ALL,
+            &source,
+            registry.line,
+        ));
+        Some(Ok(hosts))
+    }
+
+    /// The endpoints for one location: HTTPS, and for `insecure` HTTPS without verification
+    /// followed by plain HTTP (containers/image falls back to it).
+    fn hosts_for(
+        &self,
+        location: &str,
+        insecure: bool,
+        role: Role,
+        capabilities: Capabilities,
+        source: &str,
+        line: Option<usize>,
+    ) -> Vec<RouteHost> {
+        let registry = location.split('/').next().unwrap_or_default();
+        let Ok((host, port)) = split_host_port(registry) else {
+            return vec![];
+        };
+        let host = serving_host(&host).to_string();
+        let mut tls = match &self.certs_dir {
+            Some(dir) if dir.join(registry).is_dir() => {
+                let certs = cert_files(&dir.join(registry));
+                TlsOptions {
+                    ca_files: certs.ca_files,
+                    client_cert: certs
+                        .client
+                        .first()
+                        .map(|(c, k)| (c.clone(), k.clone().unwrap_or_else(|| c.clone()))),
+                    skip_verify: false,
+                }
+            }
+            _ => TlsOptions::default(),
+        };
+        tls.skip_verify = insecure;
+        let host_entry = |scheme: Scheme, tls: TlsOptions| RouteHost {
+            endpoint: Endpoint {
+                scheme,
+                host: host.clone(),
+                port: port.unwrap_or(match scheme {
+                    Scheme::Http => 80,
+                    Scheme::Https => 443,
+                }),
+                role,
+                source: source.to_string(),
+                tls,
+            },
+            capabilities,
+            path: "/v2".into(),
+            location: Some(location.to_string()),
+            line,
+        };
+        let mut hosts = vec![host_entry(Scheme::Https, tls)];
+        if insecure {
+            hosts.push(host_entry(Scheme::Http, TlsOptions::default()));
+        }
+        hosts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn prefix_matching() {
+        struct Case {
+            name: &'static str,
+            prefix: &'static str,
+            want: Option<usize>,
+        }
+        let cases = [
+            Case {
+                name: "example.com/foo/app",
+                prefix: "example.com/foo",
+                want: Some(15),
+            },
+            Case {
+                name: "example.com/foobar/app",
+                prefix: "example.com/foo",
+                want: None,
+            },
+            Case {
+                name: "example.com/foo",
+                prefix: "example.com",
+                want: Some(11),
+            },
+            // containers/image matches a port-qualified name against a port-less prefix too.
+            Case {
+                name: "example.com:5000/foo",
+                prefix: "example.com",
+                want: Some(11),
+            },
+            Case {
+                name: "a.b.example.com/foo",
+                prefix: "*.example.com",
+                want: Some(15),
+            },
+            Case {
+                name: "example.com/foo",
+                prefix: "*.example.com",
+                want: None,
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                match_len(case.name, case.prefix),
+                case.want,
+                "{} ~ {}",
+                case.name,
+                case.prefix
+            );
+        }
+    }
+
+    #[test]
+    fn routes_mirrors_blocking_and_drop_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(
+            &conf,
+            r#"unqualified-search-registries = ["docker.io", "quay.io"]
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "mirror.local:5000"
+
+[[registry.mirror]]
+location = "digest-mirror.local"
+pull-from-mirror = "digest-only"
+
+[[registry]]
+location = "insecure.local:5000"
+insecure = true
+
+[[registry]]
+prefix = "example.com/foo"
+location = "internal.example/bar"
+mirror-by-digest-only = true
+
+[[registry.mirror]]
+location = "mirror.example/foo"
+
+[[registry]]
+location = "evil.example"
+"#,
+        );
+        let drop_ins = dir.path().join("registries.conf.d");
+        write(
+            &drop_ins.join("50-block.conf"),
+            "[[registry]]\nlocation = \"evil.example\"\nblocked = true\n",
+        );
+        write(
+            &drop_ins.join("60-broken.conf"),
+            "[[registry]]\nlocation = [\n",
+        );
+        write(&drop_ins.join("README"), "not a conf file");
+        write(&dir.path().join("certs.d/mirror.local:5000/ca.crt"), "pem");
+
+        let conf = load(&conf);
+        assert_eq!(conf.files.len(), 2, "{:?}", conf.files);
+        assert_eq!(conf.problems.len(), 1, "{:?}", conf.problems);
+        assert_eq!(conf.problems[0].file, drop_ins.join("60-broken.conf"));
+        assert_eq!(conf.problems[0].line, Some(3));
+
+        let hosts = conf.route("docker.io/library/nginx").unwrap().unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://mirror.local:5000",
+                "https://digest-mirror.local",
+                "https://registry-1.docker.io"
+            ]
+        );
+        assert_eq!(hosts[0].endpoint.role, Role::Mirror);
+        assert_eq!(hosts[2].endpoint.role, Role::Upstream);
+        assert_eq!(hosts[0].line, Some(7));
+        assert_eq!(
+            hosts[0].endpoint.tls.ca_files,
+            vec![dir.path().join("certs.d/mirror.local:5000/ca.crt")]
+        );
+        assert!(hosts[1].capabilities.pull && !hosts[1].capabilities.resolve);
+
+        let hosts = conf.route("insecure.local:5000/app").unwrap().unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(
+            urls,
+            ["https://insecure.local:5000", "http://insecure.local:5000"]
+        );
+        assert!(hosts[0].endpoint.tls.skip_verify);
+
+        let hosts = conf.route("example.com/foo/app").unwrap().unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(urls, ["https://mirror.example", "https://internal.example"]);
+        assert!(!hosts[0].capabilities.resolve, "mirror-by-digest-only");
+        assert_eq!(hosts[1].location.as_deref(), Some("internal.example/bar"));
+
+        assert_eq!(
+            conf.route("evil.example/x"),
+            Some(Err(drop_ins.join("50-block.conf")))
+        );
+        assert_eq!(conf.route("ghcr.io/org/app"), None);
+
+        let names: Vec<String> = conf.registries().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "docker.io",
+                "insecure.local:5000",
+                "example.com",
+                "evil.example",
+                "quay.io"
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_tables_name_the_line() {
+        struct Case {
+            text: &'static str,
+            line: Option<usize>,
+            message: &'static str,
+        }
+        let cases = [
+            Case {
+                text: "[[registry]]\ninsecure = true\n",
+                line: Some(1),
+                message: "needs a prefix or a location",
+            },
+            Case {
+                text: "\n[[registry]]\nprefix = \"*.example.com\"\nlocation = \"x.example\"\n",
+                line: Some(2),
+                message: "cannot have a location",
+            },
+            Case {
+                text: "[[registry]]\nlocation = \"https://x.example\"\n",
+                line: Some(1),
+                message: "must not have a scheme",
+            },
+            Case {
+                text: "[[registry]]\nlocation = \"x.example\"\n[[registry.mirror]]\nlocation = \"m:99999\"\n",
+                line: Some(3),
+                message: "mirror location",
+            },
+            Case {
+                text: "[[registry]]\nlocation = \"x\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"sometimes\"\n",
+                line: Some(5),
+                message: "unknown variant",
+            },
+            Case {
+                text: "[registries.search]\nregistries = [\"a\"]\n[[registry]]\nlocation = \"x\"\n",
+                line: Some(1),
+                message: "mixes the v1",
+            },
+        ];
+        for case in cases {
+            let error = parse(case.text, Path::new("/r.conf"), false).expect_err(case.text);
+            assert_eq!(error.line, case.line, "{}: {error:?}", case.text);
+            assert!(
+                error.message.contains(case.message),
+                "{}: {error:?}",
+                case.text
+            );
+        }
+    }
+
+    #[test]
+    fn version_1_lists() {
+        let parsed = parse(
+            "[registries.search]\nregistries = ['registry1.com']\n[registries.insecure]\nregistries = ['registry3.com']\n[registries.block]\nregistries = ['bad.com']\n",
+            Path::new("/r.conf"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.unqualified_search,
+            Some(vec!["registry1.com".to_string()])
+        );
+        let insecure = parsed
+            .registries
+            .iter()
+            .find(|r| r.prefix == "registry3.com")
+            .unwrap();
+        assert!(insecure.insecure && !insecure.blocked);
+        assert!(
+            parsed
+                .registries
+                .iter()
+                .find(|r| r.prefix == "bad.com")
+                .unwrap()
+                .blocked
+        );
+    }
+}

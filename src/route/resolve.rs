@@ -1,0 +1,277 @@
+//! Which runtime's registry config decides a route (containerd's certs.d or CRI-O's
+//! registries.conf), and the route it gives; with neither, the registry itself.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{
+    Capabilities, ConfigProblem, ConfiguredRoute, RegistryNameError, RouteHost, containerd, crio,
+    default_route, split_host_port,
+};
+use crate::runtime::RuntimeKind;
+
+/// Whose config a route came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeConfigKind {
+    Containerd,
+    CriO,
+    /// No runtime config applies: the registry itself.
+    Default,
+}
+
+impl RuntimeConfigKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeConfigKind::Containerd => "containerd",
+            RuntimeConfigKind::CriO => "cri-o",
+            RuntimeConfigKind::Default => "default",
+        }
+    }
+}
+
+/// Where the runtime's registry config lives, and which runtime runs here (when known).
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub containerd_certs_dir: PathBuf,
+    pub registries_conf: PathBuf,
+    pub insecure_registries: Vec<String>,
+    /// The runtime on the CRI socket; its config alone applies. `None`: unknown, so containerd's
+    /// config applies where it has a directory for the registry, else CRI-O's where it matches.
+    pub runtime: Option<RuntimeKind>,
+    pub containerd_quirks: containerd::Quirks,
+}
+
+impl RouteConfig {
+    pub fn new(
+        containerd_certs_dir: PathBuf,
+        registries_conf: PathBuf,
+        insecure_registries: Vec<String>,
+    ) -> Self {
+        Self {
+            containerd_certs_dir,
+            registries_conf,
+            insecure_registries,
+            runtime: None,
+            containerd_quirks: containerd::Quirks::default(),
+        }
+    }
+
+    /// The runtime answering on the CRI socket (`Version`'s name and version).
+    pub fn with_runtime(mut self, kind: RuntimeKind, version: &str) -> Self {
+        self.runtime = Some(kind);
+        if kind == RuntimeKind::Containerd {
+            self.containerd_quirks = containerd::Quirks::for_version(version);
+        }
+        self
+    }
+
+    /// The configured route for `registry`; `repository` matters for CRI-O's namespaced prefixes.
+    /// Files are read now (the runtime, too, reads them at every pull).
+    pub fn resolve(
+        &self,
+        registry: &str,
+        repository: Option<&str>,
+    ) -> Result<ConfiguredRoute, RegistryNameError> {
+        split_host_port(registry)?;
+        let insecure = self.insecure_registries.iter().any(|r| r == registry);
+        let use_containerd = match self.runtime {
+            Some(kind) => kind == RuntimeKind::Containerd,
+            None => containerd::host_dir(&self.containerd_certs_dir, registry).is_some(),
+        };
+        if use_containerd {
+            let (hosts, problem) = containerd::route(
+                &self.containerd_certs_dir,
+                registry,
+                insecure,
+                self.containerd_quirks,
+            )?;
+            return Ok(ConfiguredRoute {
+                registry: registry.to_string(),
+                hosts,
+                kind: RuntimeConfigKind::Containerd,
+                blocked_by: None,
+                problems: problem.into_iter().collect(),
+            });
+        }
+        let mut problems = Vec::new();
+        if matches!(self.runtime, None | Some(RuntimeKind::CriO)) {
+            let conf = crio::load(&self.registries_conf);
+            problems = conf.problems.clone();
+            let name = match repository {
+                Some(repository) => format!("{registry}/{repository}"),
+                None => registry.to_string(),
+            };
+            let route = |hosts, blocked_by| ConfiguredRoute {
+                registry: registry.to_string(),
+                hosts,
+                kind: RuntimeConfigKind::CriO,
+                blocked_by,
+                problems: problems.clone(),
+            };
+            match conf.route(&name) {
+                Some(Ok(hosts)) => return Ok(route(hosts, None)),
+                Some(Err(file)) => return Ok(route(vec![], Some(file))),
+                None => {}
+            }
+        }
+        let hosts = default_route(registry, &self.insecure_registries)?
+            .endpoints
+            .into_iter()
+            .map(|endpoint| RouteHost {
+                endpoint,
+                capabilities: Capabilities::ALL,
+                path: "/v2".into(),
+                location: None,
+                line: None,
+            })
+            .collect();
+        Ok(ConfiguredRoute {
+            registry: registry.to_string(),
+            hosts,
+            kind: RuntimeConfigKind::Default,
+            blocked_by: None,
+            problems,
+        })
+    }
+
+    /// Registries the config files name, each with the file or directory naming it, and the
+    /// problems met reading them.
+    pub fn configured_registries(&self) -> (Vec<(String, String)>, Vec<ConfigProblem>) {
+        let mut registries = Vec::new();
+        let mut problems = Vec::new();
+        if matches!(self.runtime, None | Some(RuntimeKind::Containerd)) {
+            let (names, problem) = containerd::configured_registries(&self.containerd_certs_dir);
+            problems.extend(problem);
+            for name in names {
+                let source = self.containerd_certs_dir.join(&name);
+                registries.push((name, source.display().to_string()));
+            }
+        }
+        if matches!(self.runtime, None | Some(RuntimeKind::CriO)) {
+            let conf = crio::load(&self.registries_conf);
+            problems.extend(conf.problems.clone());
+            for (name, source) in conf.registries() {
+                if !registries.iter().any(|(n, _)| *n == name) {
+                    registries.push((name, source.display().to_string()));
+                }
+            }
+        }
+        (registries, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &std::path::Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn the_runtime_decides_whose_config_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        let conf = dir.path().join("containers/registries.conf");
+        write(
+            &certs.join("docker.io/hosts.toml"),
+            "[host.\"https://ctr-mirror.local\"]\n",
+        );
+        write(
+            &conf,
+            "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"crio-mirror.local\"\n[[registry]]\nlocation = \"quay.io\"\n[[registry.mirror]]\nlocation = \"quay-mirror.local\"\n",
+        );
+        let config = RouteConfig::new(certs.clone(), conf.clone(), vec![]);
+        let first = |config: &RouteConfig, registry: &str| {
+            let route = config.resolve(registry, Some("library/x")).unwrap();
+            (route.kind, route.hosts[0].endpoint.url())
+        };
+        // Unknown runtime: containerd where it has a directory, else CRI-O, else the registry.
+        assert_eq!(
+            first(&config, "docker.io"),
+            (
+                RuntimeConfigKind::Containerd,
+                "https://ctr-mirror.local".into()
+            )
+        );
+        assert_eq!(
+            first(&config, "quay.io"),
+            (RuntimeConfigKind::CriO, "https://quay-mirror.local".into())
+        );
+        assert_eq!(
+            first(&config, "ghcr.io"),
+            (RuntimeConfigKind::Default, "https://ghcr.io".into())
+        );
+        let crio = config.clone().with_runtime(RuntimeKind::CriO, "1.30.0");
+        assert_eq!(
+            first(&crio, "docker.io"),
+            (RuntimeConfigKind::CriO, "https://crio-mirror.local".into())
+        );
+        let ctr = config.with_runtime(RuntimeKind::Containerd, "1.6.20~ds1");
+        assert_eq!(
+            first(&ctr, "quay.io"),
+            (RuntimeConfigKind::Containerd, "https://quay.io".into())
+        );
+        // containerd talks plain HTTP to a registry on localhost.
+        assert_eq!(
+            first(&ctr, "127.0.0.1:5000"),
+            (
+                RuntimeConfigKind::Containerd,
+                "http://127.0.0.1:5000".into()
+            )
+        );
+        let (names, problems) = RouteConfig::new(certs, conf, vec![]).configured_registries();
+        assert!(problems.is_empty());
+        let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["docker.io", "quay.io"]);
+    }
+
+    #[test]
+    fn tags_resolve_only_through_hosts_that_may_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        write(
+            &certs.join("docker.io/hosts.toml"),
+            "[host.\"https://blobs-only.local\"]\n  capabilities = [\"pull\"]\n[host.\"https://full.local\"]\n",
+        );
+        let config = RouteConfig::new(certs, dir.path().join("none.conf"), vec![]);
+        let route = config.resolve("docker.io", None).unwrap();
+        let urls = |by_digest| -> Vec<String> {
+            route
+                .route_for(by_digest)
+                .endpoints
+                .iter()
+                .map(|e| e.url())
+                .collect()
+        };
+        assert_eq!(
+            urls(false),
+            ["https://full.local", "https://registry-1.docker.io"]
+        );
+        assert_eq!(
+            urls(true),
+            [
+                "https://blobs-only.local",
+                "https://full.local",
+                "https://registry-1.docker.io"
+            ]
+        );
+    }
+
+    #[test]
+    fn blocked_registries_have_no_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(
+            &conf,
+            "[[registry]]\nlocation = \"evil.example\"\nblocked = true\n",
+        );
+        let config = RouteConfig::new(dir.path().join("certs.d"), conf.clone(), vec![]);
+        let route = config.resolve("evil.example", Some("x")).unwrap();
+        assert_eq!(route.blocked_by, Some(conf));
+        assert!(route.hosts.is_empty());
+    }
+}

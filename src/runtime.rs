@@ -1,0 +1,841 @@
+//! The CRI client: the node's container runtime (containerd, CRI-O, cri-dockerd) over its unix
+//! socket with `k8s-cri`; every call bounded, a dead socket a reported state, reconnects backed off.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use serde::Serialize;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::backoff::Backoff;
+use crate::reason::{Reason, classify_runtime_message};
+
+/// Largest CRI message sent or accepted (ListImages on a busy node is big).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reconnect backoff after the runtime went away: quick at first, at most every 30 s.
+pub const RECONNECT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(250),
+    max: Duration::from_secs(30),
+};
+
+/// A `--runtime-endpoint` value that is not a unix socket.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--runtime-endpoint {value:?}: {problem}")]
+pub struct EndpointError {
+    pub value: String,
+    pub problem: &'static str,
+}
+
+/// Parses crictl's endpoint form: `unix:///run/containerd/containerd.sock` (a bare absolute path
+/// is accepted too, as crictl does).
+pub fn parse_endpoint(value: &str) -> Result<PathBuf, EndpointError> {
+    let fail = |problem| EndpointError {
+        value: value.to_string(),
+        problem,
+    };
+    let path = match value.split_once("://") {
+        Some(("unix", path)) => path,
+        Some(_) => return Err(fail("only unix:// sockets are supported")),
+        None => value,
+    };
+    if !path.starts_with('/') {
+        return Err(fail("expected unix:///absolute/path.sock"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Where the runtime's socket is and how it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub socket: PathBuf,
+    /// Found by probing the well-known paths rather than named by `--runtime-endpoint`.
+    pub auto_detected: bool,
+}
+
+/// The socket named by `--runtime-endpoint`, else the first of `candidates` that exists as a
+/// socket; `None` when there is none (no runtime: a warning, not an error).
+pub fn locate(flag: Option<&str>, candidates: &[&str]) -> Result<Option<Located>, EndpointError> {
+    if let Some(value) = flag {
+        return Ok(Some(Located {
+            socket: parse_endpoint(value)?,
+            auto_detected: false,
+        }));
+    }
+    Ok(candidates
+        .iter()
+        .map(Path::new)
+        .find(|path| {
+            std::fs::metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+        })
+        .map(|path| Located {
+            socket: path.to_path_buf(),
+            auto_detected: true,
+        }))
+}
+
+/// Which runtime answers, from `Version.runtime_name`; it decides whose registry config applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Containerd,
+    CriO,
+    /// cri-dockerd (reports itself as `docker`).
+    Docker,
+    Other,
+}
+
+impl RuntimeKind {
+    pub fn from_name(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "containerd" => RuntimeKind::Containerd,
+            "cri-o" | "crio" => RuntimeKind::CriO,
+            "docker" => RuntimeKind::Docker,
+            _ => RuntimeKind::Other,
+        }
+    }
+}
+
+/// A CRI call that did not succeed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The socket is missing, refuses, or the connection broke: the runtime is down.
+    #[error("runtime at {socket} is unavailable: {message}")]
+    Unavailable { socket: String, message: String },
+    /// No answer in time.
+    #[error("{call} got no answer from {socket} within {}", humantime::format_duration(*.after))]
+    Timeout {
+        call: &'static str,
+        socket: String,
+        after: Duration,
+    },
+    /// The runtime answered with an error; `message` is its text, verbatim.
+    #[error("{call}: {message}")]
+    Call {
+        call: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// The reason: a pull's own message classified, a pull out of time, or the runtime failing.
+    pub fn reason(&self) -> Reason {
+        match self {
+            RuntimeError::Unavailable { .. } => Reason::RuntimeError,
+            RuntimeError::Timeout { call, .. } if *call == "PullImage" => Reason::PullTimeout,
+            RuntimeError::Timeout { .. } => Reason::RuntimeError,
+            RuntimeError::Call { message, .. } => match classify_runtime_message(message) {
+                Reason::Unknown => Reason::RuntimeError,
+                reason => reason,
+            },
+        }
+    }
+}
+
+/// `Version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuntimeVersion {
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub runtime_api_version: String,
+}
+
+impl RuntimeVersion {
+    pub fn kind(&self) -> RuntimeKind {
+        RuntimeKind::from_name(&self.runtime_name)
+    }
+}
+
+/// One `Status` condition (`RuntimeReady`, `NetworkReady`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// `Status{verbose: true}`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RuntimeStatus {
+    pub conditions: Vec<Condition>,
+    /// The pause image, when the runtime's verbose info names it (containerd does).
+    pub sandbox_image: Option<String>,
+}
+
+/// One image the node holds (`ListImages`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeImage {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    /// `repository@sha256:…`: what the runtime check pulls.
+    pub repo_digests: Vec<String>,
+    pub size: u64,
+    pub pinned: bool,
+}
+
+/// One image filesystem (`ImageFsInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageFs {
+    pub mountpoint: String,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+}
+
+/// One pod sandbox (`ListPodSandbox`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub ready: bool,
+}
+
+/// One container (`ListContainers`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub image: String,
+    pub image_ref: String,
+    pub running: bool,
+}
+
+/// Registry credentials for one pull (never logged).
+#[derive(Clone, Default)]
+pub struct PullAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PullAuth { .. }")
+    }
+}
+
+/// The connection and its failure history.
+#[derive(Default)]
+struct Connection {
+    channel: Option<Channel>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// Whether the runtime answered lately, for metrics and `targets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuntimeState {
+    pub socket: String,
+    pub up: bool,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// A CRI client that survives the runtime restarting: a broken connection is dropped and
+/// re-made on a later call, no sooner than a jittered backoff allows.
+pub struct RuntimeClient {
+    socket: PathBuf,
+    call_timeout: Duration,
+    backoff: Backoff,
+    conn: tokio::sync::Mutex<Connection>,
+}
+
+impl RuntimeClient {
+    /// A client for `socket`; nothing is connected until the first call.
+    pub fn new(socket: impl Into<PathBuf>, call_timeout: Duration) -> Self {
+        Self {
+            socket: socket.into(),
+            call_timeout,
+            backoff: RECONNECT_BACKOFF,
+            conn: tokio::sync::Mutex::new(Connection::default()),
+        }
+    }
+
+    /// Replaces the reconnect backoff.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `unix:///…`, as crictl names it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Up or down, as of the last call.
+    pub async fn state(&self) -> RuntimeState {
+        let conn = self.conn.lock().await;
+        RuntimeState {
+            socket: self.endpoint(),
+            up: conn.channel.is_some() && conn.failures == 0,
+            consecutive_failures: conn.failures,
+            last_error: conn.last_error.clone(),
+        }
+    }
+
+    pub async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+        let channel = self.channel().await?;
+        let request = cri::VersionRequest {
+            version: crate::CRI_API_VERSION.into(),
+        };
+        let response = self
+            .call("Version", self.call_timeout, async move |timeout| {
+                runtime_client(channel)
+                    .version(bounded(request, timeout))
+                    .await
+            })
+            .await?;
+        Ok(RuntimeVersion {
+            runtime_name: response.runtime_name,
+            runtime_version: response.runtime_version,
+            runtime_api_version: response.runtime_api_version,
+        })
+    }
+
+    pub async fn status(&self) -> Result<RuntimeStatus, RuntimeError> {
+        let channel = self.channel().await?;
+        let response = self
+            .call("Status", self.call_timeout, async move |timeout| {
+                runtime_client(channel)
+                    .status(bounded(cri::StatusRequest { verbose: true }, timeout))
+                    .await
+            })
+            .await?;
+        let conditions = response
+            .status
+            .map(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| Condition {
+                kind: c.r#type,
+                status: c.status,
+                reason: c.reason,
+                message: c.message,
+            })
+            .collect();
+        Ok(RuntimeStatus {
+            conditions,
+            sandbox_image: sandbox_image_from_info(&response.info),
+        })
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<NodeImage>, RuntimeError> {
+        let channel = self.channel().await?;
+        let response = self
+            .call("ListImages", self.call_timeout, async move |timeout| {
+                image_client(channel)
+                    .list_images(bounded(cri::ListImagesRequest { filter: None }, timeout))
+                    .await
+            })
+            .await?;
+        Ok(response
+            .images
+            .into_iter()
+            .map(|i| NodeImage {
+                id: i.id,
+                repo_tags: i.repo_tags,
+                repo_digests: i.repo_digests,
+                size: i.size,
+                pinned: i.pinned,
+            })
+            .collect())
+    }
+
+    pub async fn image_fs_info(&self) -> Result<Vec<ImageFs>, RuntimeError> {
+        let channel = self.channel().await?;
+        let response = self
+            .call("ImageFsInfo", self.call_timeout, async move |timeout| {
+                image_client(channel)
+                    .image_fs_info(bounded(cri::ImageFsInfoRequest {}, timeout))
+                    .await
+            })
+            .await?;
+        Ok(response
+            .image_filesystems
+            .into_iter()
+            .map(|fs| ImageFs {
+                mountpoint: fs.fs_id.map(|id| id.mountpoint).unwrap_or_default(),
+                used_bytes: fs.used_bytes.map(|v| v.value).unwrap_or_default(),
+                inodes_used: fs.inodes_used.map(|v| v.value).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn list_pod_sandboxes(&self) -> Result<Vec<Sandbox>, RuntimeError> {
+        let channel = self.channel().await?;
+        let response = self
+            .call("ListPodSandbox", self.call_timeout, async move |timeout| {
+                runtime_client(channel)
+                    .list_pod_sandbox(bounded(
+                        cri::ListPodSandboxRequest { filter: None },
+                        timeout,
+                    ))
+                    .await
+            })
+            .await?;
+        Ok(response
+            .items
+            .into_iter()
+            .map(|s| {
+                let metadata = s.metadata.unwrap_or_default();
+                Sandbox {
+                    id: s.id,
+                    name: metadata.name,
+                    namespace: metadata.namespace,
+                    ready: s.state == cri::PodSandboxState::SandboxReady as i32,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn list_containers(&self) -> Result<Vec<Container>, RuntimeError> {
+        let channel = self.channel().await?;
+        let response = self
+            .call("ListContainers", self.call_timeout, async move |timeout| {
+                runtime_client(channel)
+                    .list_containers(bounded(
+                        cri::ListContainersRequest { filter: None },
+                        timeout,
+                    ))
+                    .await
+            })
+            .await?;
+        Ok(response
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                id: c.id,
+                sandbox_id: c.pod_sandbox_id,
+                name: c.metadata.map(|m| m.name).unwrap_or_default(),
+                image: c.image.map(|i| i.image).unwrap_or_default(),
+                image_ref: c.image_ref,
+                running: c.state == cri::ContainerState::ContainerRunning as i32,
+            })
+            .collect())
+    }
+
+    /// `PullImage` with its own (longer) timeout; returns the image reference the runtime
+    /// stored. On failure the runtime's message is kept verbatim for classification.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&PullAuth>,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
+        let channel = self.channel().await?;
+        let request = cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            auth: auth.map(|a| cri::AuthConfig {
+                username: a.username.clone(),
+                password: a.password.clone(),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        };
+        let response = self
+            .call("PullImage", timeout, async move |timeout| {
+                image_client(channel)
+                    .pull_image(bounded(request, timeout))
+                    .await
+            })
+            .await?;
+        Ok(response.image_ref)
+    }
+
+    /// The live channel, or a new one unless the backoff after the last failure still runs.
+    async fn channel(&self) -> Result<Channel, RuntimeError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(channel) = &conn.channel {
+            return Ok(channel.clone());
+        }
+        if let Some(retry_at) = conn.retry_at {
+            let now = Instant::now();
+            if now < retry_at {
+                let last = conn.last_error.clone().unwrap_or_default();
+                return Err(self.unavailable(format!(
+                    "{last}; next reconnect in {}",
+                    crate::check::short_duration(retry_at - now)
+                )));
+            }
+        }
+        let connected = match tokio::time::timeout(self.call_timeout, connect(&self.socket)).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(error)) => Err(crate::check::http::error_chain(&error)),
+            Err(_) => Err(format!(
+                "no connection within {}",
+                humantime::format_duration(self.call_timeout)
+            )),
+        };
+        match connected {
+            Ok(channel) => {
+                conn.channel = Some(channel.clone());
+                Ok(channel)
+            }
+            Err(message) => {
+                Self::failed(&mut conn, &self.backoff, message.clone());
+                Err(self.unavailable(message))
+            }
+        }
+    }
+
+    /// Runs one RPC under `timeout`; a transport failure drops the connection.
+    async fn call<T>(
+        &self,
+        name: &'static str,
+        timeout: Duration,
+        rpc: impl AsyncFnOnce(Duration) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, RuntimeError> {
+        let result = tokio::time::timeout(timeout, rpc(timeout)).await;
+        let mut conn = self.conn.lock().await;
+        match result {
+            Ok(Ok(response)) => {
+                conn.failures = 0;
+                conn.retry_at = None;
+                conn.last_error = None;
+                Ok(response.into_inner())
+            }
+            Ok(Err(status)) if is_transport_failure(&status) => {
+                let message = transport_message(&status);
+                conn.channel = None;
+                Self::failed(&mut conn, &self.backoff, message.clone());
+                Err(self.unavailable(message))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                Err(RuntimeError::Timeout {
+                    call: name,
+                    socket: self.endpoint(),
+                    after: timeout,
+                })
+            }
+            Ok(Err(status)) => Err(RuntimeError::Call {
+                call: name,
+                code: status.code(),
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(RuntimeError::Timeout {
+                call: name,
+                socket: self.endpoint(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn failed(conn: &mut Connection, backoff: &Backoff, message: String) {
+        conn.failures = conn.failures.saturating_add(1);
+        conn.retry_at = Some(Instant::now() + backoff.delay(conn.failures));
+        conn.last_error = Some(message);
+    }
+
+    fn unavailable(&self, message: String) -> RuntimeError {
+        RuntimeError::Unavailable {
+            socket: self.endpoint(),
+            message,
+        }
+    }
+}
+
+/// Dials the unix socket; tonic needs some http URI, which is never resolved.
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
+fn runtime_client(channel: Channel) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn image_client(channel: Channel) -> ImageServiceClient<Channel> {
+    ImageServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A request carrying its deadline to the runtime (`grpc-timeout`), so the runtime stops too.
+fn bounded<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// The call never reached the runtime, or the connection broke under it.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() == tonic::Code::Unavailable {
+        return true;
+    }
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+fn transport_message(status: &tonic::Status) -> String {
+    use std::error::Error;
+    match status.source() {
+        Some(source) => format!(
+            "{}: {}",
+            status.message(),
+            crate::check::http::error_chain(source)
+        ),
+        None => status.message().to_string(),
+    }
+}
+
+/// The sandbox (pause) image from `Status{verbose}` info: containerd puts its CRI config there as
+/// JSON under `config` (`sandboxImage` in 1.x, `pinnedImages.sandbox` in 2.x).
+pub fn sandbox_image_from_info(info: &HashMap<String, String>) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    let image = config
+        .get("sandboxImage")
+        .or_else(|| config.pointer("/pinnedImages/sandbox"))?
+        .as_str()?;
+    (!image.is_empty()).then(|| image.to_string())
+}
+
+/// The by-digest reference to pull for the runtime check of `registry`: the sandbox image when it
+/// comes from there, else the first image the node holds from it; `None` when it holds none.
+pub fn canary_for(
+    images: &[NodeImage],
+    sandbox_image: Option<&str>,
+    registry: &str,
+) -> Option<String> {
+    let from_registry = |digest: &&String| {
+        crate::reference::ImageRef::parse(digest).is_ok_and(|r| r.registry() == registry)
+    };
+    let sandbox = sandbox_image.and_then(|name| {
+        images
+            .iter()
+            .find(|i| i.repo_tags.iter().any(|t| same_image(t, name)))
+            .and_then(|i| i.repo_digests.iter().find(from_registry))
+    });
+    sandbox
+        .or_else(|| {
+            images
+                .iter()
+                .find_map(|i| i.repo_digests.iter().find(from_registry))
+        })
+        .cloned()
+}
+
+/// The by-digest reference of the sandbox image, when the node holds it.
+pub fn sandbox_canary(images: &[NodeImage], sandbox_image: &str) -> Option<String> {
+    images
+        .iter()
+        .find(|i| i.repo_tags.iter().any(|t| same_image(t, sandbox_image)))
+        .and_then(|i| i.repo_digests.first())
+        .cloned()
+}
+
+/// Two spellings of one reference (`pause:3.9` vs `docker.io/library/pause:3.9`).
+fn same_image(a: &str, b: &str) -> bool {
+    use crate::reference::ImageRef;
+    match (ImageRef::parse(a), ImageRef::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        struct Case {
+            input: &'static str,
+            want: Result<&'static str, &'static str>,
+        }
+        let cases = [
+            Case {
+                input: "unix:///run/containerd/containerd.sock",
+                want: Ok("/run/containerd/containerd.sock"),
+            },
+            Case {
+                input: "/var/run/crio/crio.sock",
+                want: Ok("/var/run/crio/crio.sock"),
+            },
+            Case {
+                input: "tcp://10.0.0.1:1234",
+                want: Err("only unix:// sockets are supported"),
+            },
+            Case {
+                input: "unix://relative.sock",
+                want: Err("expected unix:///absolute/path.sock"),
+            },
+            Case {
+                input: "containerd.sock",
+                want: Err("expected unix:///absolute/path.sock"),
+            },
+        ];
+        for case in cases {
+            let got = parse_endpoint(case.input);
+            match case.want {
+                Ok(path) => assert_eq!(got, Ok(PathBuf::from(path)), "{}", case.input),
+                Err(problem) => {
+                    let error = got.expect_err(case.input);
+                    assert_eq!(error.problem, problem, "{}", case.input);
+                    assert!(error.to_string().contains(case.input));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn auto_detect_takes_the_first_existing_socket_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_socket = dir.path().join("file.sock");
+        std::fs::write(&not_a_socket, "").unwrap();
+        let socket = dir.path().join("crio.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let later = dir.path().join("later.sock");
+        let _later = std::os::unix::net::UnixListener::bind(&later).unwrap();
+        let missing = dir.path().join("containerd.sock");
+        let candidates = [
+            missing.to_str().unwrap(),
+            not_a_socket.to_str().unwrap(),
+            socket.to_str().unwrap(),
+            later.to_str().unwrap(),
+        ];
+        assert_eq!(
+            locate(None, &candidates).unwrap(),
+            Some(Located {
+                socket: socket.clone(),
+                auto_detected: true
+            })
+        );
+        assert_eq!(locate(None, &candidates[..2]).unwrap(), None);
+        let flagged = locate(Some("unix:///x/y.sock"), &candidates)
+            .unwrap()
+            .unwrap();
+        assert_eq!(flagged.socket, PathBuf::from("/x/y.sock"));
+        assert!(!flagged.auto_detected);
+    }
+
+    #[test]
+    fn runtime_kinds() {
+        for (name, want) in [
+            ("containerd", RuntimeKind::Containerd),
+            ("cri-o", RuntimeKind::CriO),
+            ("docker", RuntimeKind::Docker),
+            ("kata", RuntimeKind::Other),
+        ] {
+            assert_eq!(RuntimeKind::from_name(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn sandbox_image_from_verbose_info() {
+        let info = |config: &str| HashMap::from([("config".to_string(), config.to_string())]);
+        let cases = [
+            (
+                info(r#"{"sandboxImage":"registry.k8s.io/pause:3.9","x":1}"#),
+                Some("registry.k8s.io/pause:3.9"),
+            ),
+            (
+                info(r#"{"pinnedImages":{"sandbox":"registry.k8s.io/pause:3.10"}}"#),
+                Some("registry.k8s.io/pause:3.10"),
+            ),
+            (info(r#"{"sandboxImage":""}"#), None),
+            (info("not json"), None),
+            (HashMap::new(), None),
+        ];
+        for (info, want) in cases {
+            assert_eq!(sandbox_image_from_info(&info).as_deref(), want, "{info:?}");
+        }
+    }
+
+    fn image(tag: &str, digest: &str) -> NodeImage {
+        NodeImage {
+            id: format!("sha256:{}", "0".repeat(64)),
+            repo_tags: vec![tag.to_string()],
+            repo_digests: vec![digest.to_string()],
+            size: 1,
+            pinned: false,
+        }
+    }
+
+    #[test]
+    fn canary_prefers_the_sandbox_image_of_the_registry() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let images = vec![
+            image("ghcr.io/org/app:1", &format!("ghcr.io/org/app@{}", d('a'))),
+            image(
+                "registry.k8s.io/pause:3.9",
+                &format!("registry.k8s.io/pause@{}", d('b')),
+            ),
+            image(
+                "registry.k8s.io/coredns:1",
+                &format!("registry.k8s.io/coredns@{}", d('c')),
+            ),
+        ];
+        let pause = Some("registry.k8s.io/pause:3.9");
+        assert_eq!(
+            canary_for(&images, pause, "registry.k8s.io"),
+            Some(format!("registry.k8s.io/pause@{}", d('b')))
+        );
+        assert_eq!(
+            canary_for(&images, None, "registry.k8s.io"),
+            Some(format!("registry.k8s.io/pause@{}", d('b')))
+        );
+        assert_eq!(
+            canary_for(&images, pause, "ghcr.io"),
+            Some(format!("ghcr.io/org/app@{}", d('a')))
+        );
+        assert_eq!(canary_for(&images, pause, "quay.io"), None);
+        assert_eq!(
+            sandbox_canary(&images, "registry.k8s.io/pause:3.9"),
+            Some(format!("registry.k8s.io/pause@{}", d('b')))
+        );
+        assert_eq!(sandbox_canary(&images, "pause:3.9"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_a_reported_state_and_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = RuntimeClient::new(dir.path().join("none.sock"), Duration::from_secs(1))
+            .with_backoff(Backoff {
+                base: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            });
+        let first = client.version().await.expect_err("no runtime");
+        assert!(matches!(first, RuntimeError::Unavailable { .. }), "{first}");
+        assert_eq!(first.reason(), Reason::RuntimeError);
+        // Within the backoff, no new connection is attempted.
+        let second = client.version().await.expect_err("no runtime");
+        assert!(second.to_string().contains("next reconnect in"), "{second}");
+        let state = client.state().await;
+        assert!(!state.up);
+        assert_eq!(state.consecutive_failures, 1);
+        assert!(state.socket.starts_with("unix:///"));
+    }
+}
