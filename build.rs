@@ -1,9 +1,21 @@
 //! Bakes the git revision into the binary for `pullwatch version` (PULLWATCH_REVISION overrides,
-//! for builds without a .git directory such as the Dockerfile's).
+//! for builds without a .git directory such as the Dockerfile's), and generates the agent's own
+//! API (proto/pullwatch/v1) with its descriptor set, which the schema test reads.
 
 use std::process::Command;
 
+const PROTO: &str = "proto/pullwatch/v1/pullwatch.proto";
+
 fn main() {
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    if let Err(error) = tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("pullwatch_v1_descriptor.bin"))
+        .compile_protos(&[PROTO], &["proto"])
+    {
+        panic!("cannot compile {PROTO}: {error}");
+    }
+
     let revision = std::env::var("PULLWATCH_REVISION")
         .ok()
         .filter(|r| !r.is_empty())

@@ -2,6 +2,7 @@
 //! The engine behind `pullwatch diagnose` (and, later, the agent): checks, reasons, routes, reports.
 
 pub mod backoff;
+pub mod agent;
 pub mod check;
 pub mod config;
 pub mod diagnose;

@@ -1,0 +1,298 @@
+//! The `agent` flags of DESIGN.md and their validation: flags and `PULLWATCH_*` variables become an
+//! [`AgentConfig`] once at start-up; a bad value is an error naming the flag (exit 64).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::route::split_host_port;
+
+/// The agent's own flags (the shared ones are [`crate::config::CommonFlags`]).
+#[derive(Args, Debug, Clone)]
+pub struct AgentFlags {
+    /// Address serving /metrics, /healthz, /readyz and /api/v1/status.
+    #[arg(long, env = "PULLWATCH_LISTEN", default_value = "0.0.0.0:9746")]
+    pub listen: SocketAddr,
+
+    /// This node's name, on every series as the `node` label [default: $NODE_NAME, then the hostname].
+    #[arg(long, env = "PULLWATCH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// How often each registry's endpoints get the connectivity checks (dns, tcp, tls, http), ±10% jitter.
+    #[arg(long, env = "PULLWATCH_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// A registry (host or host:port) to probe always; repeatable.
+    #[arg(
+        long = "registry",
+        env = "PULLWATCH_REGISTRY",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub registries: Vec<String>,
+
+    /// At most this many registries are watched; the rest are refused and counted in
+    /// pullwatch_series_dropped_total.
+    #[arg(long, env = "PULLWATCH_MAX_REGISTRIES", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_registries: u32,
+
+    /// At most this many series labelled with a failure `reason` exist at once; the rest are
+    /// refused and counted in pullwatch_series_dropped_total.
+    #[arg(long, env = "PULLWATCH_MAX_FAILING_SERIES", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_failing_series: u32,
+
+    /// Unix socket of the agent's own gRPC API (Status, Diagnose); `diagnose --agent` connects to it.
+    #[arg(
+        long,
+        env = "PULLWATCH_API_SOCKET",
+        default_value = "/run/pullwatch/pullwatch.sock"
+    )]
+    pub api_socket: PathBuf,
+}
+
+/// Validated agent settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub node_name: String,
+    pub interval: Duration,
+    /// `--registry`, deduplicated, in the order given.
+    pub registries: Vec<String>,
+    pub max_registries: usize,
+    pub max_failing_series: usize,
+    pub api_socket: PathBuf,
+}
+
+/// A flag value that parsed but cannot be used; the message names the flag.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{flag} {value:?}: {problem}")]
+pub struct AgentConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+/// Kubernetes node names are DNS subdomains: at most 253 characters.
+const MAX_NODE_NAME: usize = 253;
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| format!("{e} (expected e.g. 30s, 1m)"))?;
+    if duration < Duration::from_secs(1) || duration > Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(duration)
+}
+
+impl AgentFlags {
+    /// Validates the flags. `env` reads the environment (`NODE_NAME`), `hostname` is the fallback
+    /// node name; both are parameters so the rules are testable without touching the process.
+    pub fn validate(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<AgentConfig, AgentConfigError> {
+        let node_name = match &self.node_name {
+            Some(name) => name.clone(),
+            None => env("NODE_NAME")
+                .filter(|n| !n.trim().is_empty())
+                .or_else(hostname)
+                .unwrap_or_default(),
+        };
+        let node_name = node_name.trim().to_string();
+        if node_name.is_empty() || node_name.len() > MAX_NODE_NAME {
+            return Err(AgentConfigError {
+                flag: "--node-name",
+                value: node_name,
+                problem: format!(
+                    "must be 1-{MAX_NODE_NAME} characters (set --node-name or NODE_NAME)"
+                ),
+            });
+        }
+        if let Some(bad) = node_name.chars().find(|c| c.is_control()) {
+            return Err(AgentConfigError {
+                flag: "--node-name",
+                value: node_name.clone(),
+                problem: format!("contains the control character {bad:?}"),
+            });
+        }
+        let mut registries: Vec<String> = Vec::with_capacity(self.registries.len());
+        for registry in &self.registries {
+            let registry = registry.trim();
+            if registry.contains('/') {
+                return Err(AgentConfigError {
+                    flag: "--registry",
+                    value: registry.to_string(),
+                    problem: "a registry is host[:port], without a scheme or path".into(),
+                });
+            }
+            split_host_port(registry).map_err(|e| AgentConfigError {
+                flag: "--registry",
+                value: registry.to_string(),
+                problem: e.problem.to_string(),
+            })?;
+            if !registries.iter().any(|r| r == registry) {
+                registries.push(registry.to_string());
+            }
+        }
+        Ok(AgentConfig {
+            listen: self.listen,
+            node_name,
+            interval: self.interval,
+            registries,
+            max_registries: self.max_registries as usize,
+            max_failing_series: self.max_failing_series as usize,
+            api_socket: self.api_socket.clone(),
+        })
+    }
+}
+
+/// The kernel's host name, the last fallback for the node name.
+pub fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentFlags,
+    }
+
+    fn flags(args: &[&str]) -> Result<AgentFlags, clap::Error> {
+        Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied())).map(|c| c.agent)
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = flags(&[])
+            .unwrap()
+            .validate(|_| None, || Some("node-a".into()))
+            .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9746".parse().unwrap());
+        assert_eq!(config.interval, Duration::from_secs(30));
+        assert_eq!(config.max_registries, 64);
+        assert_eq!(config.max_failing_series, 500);
+        assert_eq!(
+            config.api_socket,
+            PathBuf::from("/run/pullwatch/pullwatch.sock")
+        );
+        assert_eq!(config.node_name, "node-a");
+    }
+
+    #[test]
+    fn node_name_comes_from_the_flag_then_node_name_then_hostname() {
+        struct Case {
+            flag: Option<&'static str>,
+            env: Option<&'static str>,
+            hostname: Option<&'static str>,
+            want: Result<&'static str, &'static str>,
+        }
+        let cases = [
+            Case {
+                flag: Some("flag"),
+                env: Some("env"),
+                hostname: Some("host"),
+                want: Ok("flag"),
+            },
+            Case {
+                flag: None,
+                env: Some("env"),
+                hostname: Some("host"),
+                want: Ok("env"),
+            },
+            Case {
+                flag: None,
+                env: Some(" "),
+                hostname: Some("host"),
+                want: Ok("host"),
+            },
+            Case {
+                flag: None,
+                env: None,
+                hostname: None,
+                want: Err("--node-name"),
+            },
+            Case {
+                flag: Some(""),
+                env: Some("env"),
+                hostname: None,
+                want: Err("--node-name"),
+            },
+        ];
+        for case in cases {
+            let mut args = vec![];
+            if let Some(flag) = case.flag {
+                args.extend(["--node-name", flag]);
+            }
+            let got = flags(&args).unwrap().validate(
+                |name| {
+                    (name == "NODE_NAME")
+                        .then(|| case.env.map(String::from))
+                        .flatten()
+                },
+                || case.hostname.map(String::from),
+            );
+            match (got, case.want) {
+                (Ok(config), Ok(want)) => assert_eq!(config.node_name, want),
+                (Err(error), Err(flag)) => assert_eq!(error.flag, flag),
+                (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--interval", "0s"][..], "--interval"),
+            (&["--interval", "500ms"][..], "--interval"),
+            (&["--interval", "soon"][..], "--interval"),
+            (&["--listen", "9746"][..], "--listen"),
+            (&["--max-registries", "0"][..], "--max-registries"),
+            (&["--max-failing-series", "-1"][..], "--max-failing-series"),
+        ] {
+            let error = flags(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert!(error.to_string().contains(flag), "{args:?}: {error}");
+        }
+        for bad in ["https://reg.example", "reg.example/path", "reg:0", "[::1"] {
+            let error = flags(&["--registry", bad])
+                .unwrap()
+                .validate(|_| None, || Some("n".into()))
+                .unwrap_err();
+            assert_eq!(error.flag, "--registry", "{bad}");
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn registries_are_deduplicated_in_order() {
+        let config = flags(&[
+            "--registry",
+            "b.example,a.example",
+            "--registry",
+            "b.example",
+            "--registry",
+            "10.0.0.5:5000",
+        ])
+        .unwrap()
+        .validate(|_| None, || Some("n".into()))
+        .unwrap();
+        assert_eq!(
+            config.registries,
+            ["b.example", "a.example", "10.0.0.5:5000"]
+        );
+    }
+}

@@ -1,0 +1,729 @@
+//! The agent's Prometheus metrics, exactly DESIGN.md's names, types and labels: one struct built
+//! once and passed in, `node` on every series, a vanished registry's series removed, caps enforced.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    process_collector::ProcessCollector,
+};
+
+use crate::check::CheckKind;
+use crate::diagnose::Probe;
+use crate::reason::Reason;
+use crate::route::{Endpoint, Role, Scheme};
+
+pub const REGISTRY_UP: &str = "pullwatch_registry_up";
+pub const ENDPOINT_UP: &str = "pullwatch_endpoint_up";
+pub const CHECK_SUCCESS: &str = "pullwatch_check_success";
+pub const CHECK_DURATION: &str = "pullwatch_check_duration_seconds";
+pub const CHECK_FAILURES: &str = "pullwatch_check_failures_total";
+pub const ENDPOINT_FAILURE_REASON: &str = "pullwatch_endpoint_failure_reason";
+pub const DNS_ADDRESSES: &str = "pullwatch_dns_addresses";
+pub const TCP_REACHABLE: &str = "pullwatch_tcp_addresses_reachable";
+pub const TLS_NOT_AFTER: &str = "pullwatch_tls_cert_not_after_timestamp_seconds";
+pub const TLS_INFO: &str = "pullwatch_tls_info";
+pub const HTTP_STATUS: &str = "pullwatch_http_status_code";
+pub const SERIES_DROPPED: &str = "pullwatch_series_dropped_total";
+pub const BUILD_INFO: &str = "pullwatch_build_info";
+
+/// Metrics whose series a cap can refuse; their `series_dropped_total` series always exist.
+const CAPPED: [&str; 3] = [REGISTRY_UP, ENDPOINT_FAILURE_REASON, CHECK_FAILURES];
+
+/// Every metric of the agent, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    registry_up: IntGaugeVec,
+    endpoint_up: IntGaugeVec,
+    check_success: IntGaugeVec,
+    check_duration: GaugeVec,
+    check_failures: IntCounterVec,
+    endpoint_failure_reason: IntGaugeVec,
+    dns_addresses: IntGaugeVec,
+    tcp_reachable: IntGaugeVec,
+    tls_not_after: GaugeVec,
+    tls_info: IntGaugeVec,
+    http_status: IntGaugeVec,
+    series_dropped: IntCounterVec,
+    /// Which label sets exist, so they can be removed and counted. Held briefly, never across `.await`.
+    book: Mutex<Book>,
+}
+
+struct Book {
+    max_failing: usize,
+    /// Live series carrying a failure `reason` label (capped by `max_failing`).
+    failing: usize,
+    registries: BTreeMap<String, RegistrySeries>,
+}
+
+#[derive(Default)]
+struct RegistrySeries {
+    endpoints: BTreeMap<String, EndpointSeries>,
+}
+
+struct EndpointSeries {
+    role: Role,
+    checks: BTreeSet<CheckKind>,
+    failures: BTreeSet<(CheckKind, Reason)>,
+    failure_reason: Option<Reason>,
+    tls_info: Option<(String, bool)>,
+    tls_not_after: bool,
+    http_status: bool,
+}
+
+/// The `family` label values.
+const FAMILIES: [(&str, bool); 2] = [("ipv4", false), ("ipv6", true)];
+
+impl Metrics {
+    /// Builds and registers every metric; `max_failing_series` caps the series labelled `reason`.
+    pub fn new(
+        node: &str,
+        version: &str,
+        revision: &str,
+        max_failing_series: usize,
+    ) -> Result<Self, prometheus::Error> {
+        let labels = HashMap::from([("node".to_string(), node.to_string())]);
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let float = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, GaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let endpoint = ["registry", "endpoint", "role"];
+        let check = ["registry", "endpoint", "role", "check"];
+        let metrics = Metrics {
+            registry_up: gauge(
+                REGISTRY_UP,
+                "1 when some endpoint of the registry's route is pullable.",
+                &["registry"],
+            )?,
+            endpoint_up: gauge(
+                ENDPOINT_UP,
+                "1 when the chain to /v2/ of this endpoint passed.",
+                &endpoint,
+            )?,
+            check_success: gauge(
+                CHECK_SUCCESS,
+                "1 when this check passed in the last run (0 when it failed or did not run).",
+                &check,
+            )?,
+            check_duration: float(
+                CHECK_DURATION,
+                "Duration of this check in the last run.",
+                &check,
+            )?,
+            check_failures: counter(
+                CHECK_FAILURES,
+                "Failed runs of this check, by reason.",
+                &["registry", "endpoint", "role", "check", "reason"],
+            )?,
+            endpoint_failure_reason: gauge(
+                ENDPOINT_FAILURE_REASON,
+                "1 for the reason the endpoint is failing now; absent when it is up.",
+                &["registry", "endpoint", "role", "reason"],
+            )?,
+            dns_addresses: gauge(
+                DNS_ADDRESSES,
+                "Addresses the endpoint's name resolved to in the last run.",
+                &["registry", "endpoint", "family"],
+            )?,
+            tcp_reachable: gauge(
+                TCP_REACHABLE,
+                "Resolved addresses that accepted a TCP connection in the last run.",
+                &["registry", "endpoint", "family"],
+            )?,
+            tls_not_after: float(
+                TLS_NOT_AFTER,
+                "Earliest not-after of the certificate chain the endpoint showed (unix seconds).",
+                &["registry", "endpoint"],
+            )?,
+            tls_info: gauge(
+                TLS_INFO,
+                "The TLS version negotiated with the endpoint and whether the chain was verified.",
+                &["registry", "endpoint", "version", "verified"],
+            )?,
+            http_status: gauge(
+                HTTP_STATUS,
+                "Status of the endpoint's last GET /v2/.",
+                &["registry", "endpoint"],
+            )?,
+            series_dropped: counter(
+                SERIES_DROPPED,
+                "Series refused by a cap (--max-registries, --max-failing-series).",
+                &["metric"],
+            )?,
+            book: Mutex::new(Book {
+                max_failing: max_failing_series,
+                failing: 0,
+                registries: BTreeMap::new(),
+            }),
+            registry: registry.clone(),
+        };
+        let build_info = gauge(
+            BUILD_INFO,
+            "Always 1: the running pullwatch's version and git revision.",
+            &["version", "revision"],
+        )?;
+        build_info.with_label_values(&[version, revision]).set(1);
+        for metric in CAPPED {
+            metrics.series_dropped.with_label_values(&[metric]);
+        }
+        metrics
+            .registry
+            .register(Box::new(ProcessCollector::for_self()))?;
+        Ok(metrics)
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+
+    /// Counts `count` series of `metric` refused by a cap.
+    pub fn series_dropped(&self, metric: &str, count: u64) {
+        self.series_dropped
+            .with_label_values(&[metric])
+            .inc_by(count);
+    }
+
+    /// Sets `registry_up`.
+    pub fn set_registry_up(&self, registry: &str, up: bool) {
+        let mut book = self.lock();
+        book.registries.entry(registry.to_string()).or_default();
+        self.registry_up
+            .with_label_values(&[registry])
+            .set(i64::from(up));
+    }
+
+    /// Records one endpoint's last connectivity run.
+    pub fn record_endpoint(&self, registry: &str, endpoint: &Endpoint, probe: &Probe) {
+        let url = endpoint.url();
+        let role = endpoint.role;
+        let mut guard = self.lock();
+        let book = &mut *guard;
+        let series = book
+            .registries
+            .entry(registry.to_string())
+            .or_default()
+            .endpoints
+            .entry(url.clone())
+            .or_insert_with(|| EndpointSeries::new(role));
+        if series.role != role {
+            // The same URL changed role in the route: its old series go first.
+            self.remove_endpoint(registry, &url, series, &mut book.failing);
+            *series = EndpointSeries::new(role);
+        }
+        let labels = [registry, url.as_str(), role.as_str()];
+        let up = !probe.checks.is_empty() && probe.checks.iter().all(|c| c.ok);
+        self.endpoint_up
+            .with_label_values(&labels)
+            .set(i64::from(up));
+
+        // Every check of the chain has a series, run or not, so none vanishes mid-incident.
+        let chain = connectivity_chain(endpoint.scheme)
+            .iter()
+            .copied()
+            .chain(probe.checks.iter().map(|c| c.check));
+        for kind in chain.collect::<BTreeSet<_>>() {
+            let ran = probe.checks.iter().find(|c| c.check == kind);
+            let check_labels = [registry, url.as_str(), role.as_str(), kind.as_str()];
+            self.check_success
+                .with_label_values(&check_labels)
+                .set(ran.map_or(0, |c| i64::from(c.ok)));
+            self.check_duration
+                .with_label_values(&check_labels)
+                .set(ran.map_or(0.0, |c| c.seconds));
+            series.checks.insert(kind);
+        }
+
+        // The current reason first: when the budget is short, it matters more than the history.
+        let failure = probe.checks.iter().find(|c| !c.ok);
+        let reason = failure.map(|f| f.reason.unwrap_or(Reason::Unknown));
+        if series.failure_reason != reason {
+            if let Some(old) = series.failure_reason.take() {
+                let _ = self.endpoint_failure_reason.remove_label_values(&[
+                    registry,
+                    url.as_str(),
+                    role.as_str(),
+                    old.as_str(),
+                ]);
+                book.failing -= 1;
+            }
+            if let Some(new) = reason {
+                if admit(&mut book.failing, book.max_failing) {
+                    self.endpoint_failure_reason
+                        .with_label_values(&[registry, url.as_str(), role.as_str(), new.as_str()])
+                        .set(1);
+                    series.failure_reason = Some(new);
+                } else {
+                    self.series_dropped(ENDPOINT_FAILURE_REASON, 1);
+                }
+            }
+        }
+
+        if let Some(failed) = failure {
+            let reason = failed.reason.unwrap_or(Reason::Unknown);
+            let key = (failed.check, reason);
+            if series.failures.contains(&key) || admit(&mut book.failing, book.max_failing) {
+                series.failures.insert(key);
+                self.check_failures
+                    .with_label_values(&[
+                        registry,
+                        url.as_str(),
+                        role.as_str(),
+                        failed.check.as_str(),
+                        reason.as_str(),
+                    ])
+                    .inc();
+            } else {
+                self.series_dropped(CHECK_FAILURES, 1);
+            }
+        }
+        for (family, ipv6) in FAMILIES {
+            let family_labels = [registry, url.as_str(), family];
+            let resolved = probe
+                .dns
+                .as_ref()
+                .map_or(0, |dns| if ipv6 { dns.v6.len() } else { dns.v4.len() });
+            let reachable = probe.tcp.as_ref().map_or(0, |tcp| tcp.reachable_in(ipv6));
+            self.dns_addresses
+                .with_label_values(&family_labels)
+                .set(resolved as i64);
+            self.tcp_reachable
+                .with_label_values(&family_labels)
+                .set(reachable as i64);
+        }
+
+        let host_labels = [registry, url.as_str()];
+        let tls_info = probe
+            .tls
+            .as_ref()
+            .map(|tls| (tls.version.clone(), tls.verified));
+        if series.tls_info != tls_info {
+            if let Some((version, verified)) = series.tls_info.take() {
+                let _ = self.tls_info.remove_label_values(&[
+                    registry,
+                    url.as_str(),
+                    version.as_str(),
+                    bool_label(verified),
+                ]);
+            }
+            if let Some((version, verified)) = &tls_info {
+                self.tls_info
+                    .with_label_values(&[
+                        registry,
+                        url.as_str(),
+                        version.as_str(),
+                        bool_label(*verified),
+                    ])
+                    .set(1);
+            }
+            series.tls_info = tls_info;
+        }
+        match probe.tls.as_ref().and_then(|tls| tls.earliest_not_after()) {
+            Some(not_after) => {
+                self.tls_not_after
+                    .with_label_values(&host_labels)
+                    .set(not_after as f64);
+                series.tls_not_after = true;
+            }
+            None if series.tls_not_after => {
+                let _ = self.tls_not_after.remove_label_values(&host_labels);
+                series.tls_not_after = false;
+            }
+            None => {}
+        }
+        match &probe.http {
+            Some(http) => {
+                self.http_status
+                    .with_label_values(&host_labels)
+                    .set(i64::from(http.status));
+                series.http_status = true;
+            }
+            None if series.http_status => {
+                let _ = self.http_status.remove_label_values(&host_labels);
+                series.http_status = false;
+            }
+            None => {}
+        }
+    }
+
+    /// Removes every series of a registry that is no longer watched.
+    pub fn forget_registry(&self, registry: &str) {
+        let mut guard = self.lock();
+        let book = &mut *guard;
+        let Some(gone) = book.registries.remove(registry) else {
+            return;
+        };
+        let _ = self.registry_up.remove_label_values(&[registry]);
+        for (url, series) in &gone.endpoints {
+            self.remove_endpoint(registry, url, series, &mut book.failing);
+        }
+    }
+
+    /// Removes the series of a registry's endpoints that left its route.
+    pub fn retain_endpoints(&self, registry: &str, urls: &[String]) {
+        let mut guard = self.lock();
+        let book = &mut *guard;
+        let Some(series) = book.registries.get_mut(registry) else {
+            return;
+        };
+        let gone: Vec<String> = series
+            .endpoints
+            .keys()
+            .filter(|url| !urls.contains(url))
+            .cloned()
+            .collect();
+        for url in gone {
+            if let Some(endpoint) = series.endpoints.remove(&url) {
+                self.remove_endpoint(registry, &url, &endpoint, &mut book.failing);
+            }
+        }
+    }
+
+    fn remove_endpoint(
+        &self,
+        registry: &str,
+        url: &str,
+        series: &EndpointSeries,
+        failing: &mut usize,
+    ) {
+        let role = series.role.as_str();
+        let _ = self.endpoint_up.remove_label_values(&[registry, url, role]);
+        for kind in &series.checks {
+            let labels = [registry, url, role, kind.as_str()];
+            let _ = self.check_success.remove_label_values(&labels);
+            let _ = self.check_duration.remove_label_values(&labels);
+        }
+        for (kind, reason) in &series.failures {
+            let _ = self.check_failures.remove_label_values(&[
+                registry,
+                url,
+                role,
+                kind.as_str(),
+                reason.as_str(),
+            ]);
+            *failing -= 1;
+        }
+        if let Some(reason) = series.failure_reason {
+            let _ = self.endpoint_failure_reason.remove_label_values(&[
+                registry,
+                url,
+                role,
+                reason.as_str(),
+            ]);
+            *failing -= 1;
+        }
+        for (family, _) in FAMILIES {
+            let _ = self
+                .dns_addresses
+                .remove_label_values(&[registry, url, family]);
+            let _ = self
+                .tcp_reachable
+                .remove_label_values(&[registry, url, family]);
+        }
+        if let Some((version, verified)) = &series.tls_info {
+            let _ = self.tls_info.remove_label_values(&[
+                registry,
+                url,
+                version.as_str(),
+                bool_label(*verified),
+            ]);
+        }
+        let _ = self.tls_not_after.remove_label_values(&[registry, url]);
+        let _ = self.http_status.remove_label_values(&[registry, url]);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding the lock leaves the book consistent enough to keep serving.
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl EndpointSeries {
+    fn new(role: Role) -> Self {
+        EndpointSeries {
+            role,
+            checks: BTreeSet::new(),
+            failures: BTreeSet::new(),
+            failure_reason: None,
+            tls_info: None,
+            tls_not_after: false,
+            http_status: false,
+        }
+    }
+}
+
+/// Registers `metric` in `registry` and hands it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// Takes one slot of the failing-series budget, if one is free.
+fn admit(failing: &mut usize, max: usize) -> bool {
+    if *failing < max {
+        *failing += 1;
+        true
+    } else {
+        false
+    }
+}
+
+fn bool_label(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
+}
+
+/// The connectivity checks an endpoint gets every `--interval`.
+pub fn connectivity_chain(scheme: Scheme) -> &'static [CheckKind] {
+    match scheme {
+        Scheme::Https => &[
+            CheckKind::Dns,
+            CheckKind::Tcp,
+            CheckKind::Tls,
+            CheckKind::Http,
+        ],
+        Scheme::Http => &[CheckKind::Dns, CheckKind::Tcp, CheckKind::Http],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::check::CheckResult;
+    use crate::check::dns::DnsOutcome;
+    use crate::check::http::HttpOutcome;
+    use crate::check::tcp::{Attempt, TcpOutcome};
+    use crate::check::tls::{CertSummary, TlsOutcome};
+    use crate::trust::TlsOptions;
+
+    fn endpoint(host: &str) -> Endpoint {
+        Endpoint {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port: 443,
+            role: Role::Upstream,
+            source: "default".into(),
+            tls: TlsOptions::default(),
+        }
+    }
+
+    fn result(check: CheckKind, reason: Option<Reason>) -> CheckResult {
+        CheckResult {
+            check,
+            ok: reason.is_none(),
+            seconds: 0.25,
+            detail: String::new(),
+            reason,
+        }
+    }
+
+    fn passing() -> Probe {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Probe {
+            checks: [
+                CheckKind::Dns,
+                CheckKind::Tcp,
+                CheckKind::Tls,
+                CheckKind::Http,
+            ]
+            .map(|c| result(c, None))
+            .to_vec(),
+            dns: Some(DnsOutcome::literal(ip)),
+            tcp: Some(TcpOutcome {
+                attempts: vec![Attempt {
+                    addr: SocketAddr::new(ip, 443),
+                    took: Duration::from_millis(1),
+                    failure: None,
+                }],
+            }),
+            tls: Some(TlsOutcome {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                alpn: None,
+                verified: true,
+                chain: vec![CertSummary {
+                    subject: "CN=r".into(),
+                    issuer: "CN=ca".into(),
+                    sans: vec![],
+                    not_before: 0,
+                    not_after: 2_000_000_000,
+                }],
+            }),
+            http: Some(HttpOutcome {
+                status: 401,
+                api_version: Some("registry/2.0".into()),
+                challenge: None,
+            }),
+        }
+    }
+
+    fn failing(reason: Reason) -> Probe {
+        Probe {
+            checks: vec![result(CheckKind::Dns, Some(reason))],
+            ..Probe::default()
+        }
+    }
+
+    fn metrics(max_failing: usize) -> Metrics {
+        Metrics::new("node-1", "0.1.0", "abc", max_failing).unwrap()
+    }
+
+    /// Sample lines of `name` (exact metric name) in the exposition.
+    fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn names_types_and_labels_follow_the_design() {
+        let metrics = metrics(10);
+        metrics.set_registry_up("r.example", true);
+        metrics.record_endpoint("r.example", &endpoint("r.example"), &passing());
+        metrics.record_endpoint(
+            "bad.example",
+            &endpoint("bad.example"),
+            &failing(Reason::DnsNxdomain),
+        );
+        let text = metrics.encode().unwrap();
+        let want = [
+            (REGISTRY_UP, "gauge"),
+            (ENDPOINT_UP, "gauge"),
+            (CHECK_SUCCESS, "gauge"),
+            (CHECK_DURATION, "gauge"),
+            (CHECK_FAILURES, "counter"),
+            (ENDPOINT_FAILURE_REASON, "gauge"),
+            (DNS_ADDRESSES, "gauge"),
+            (TCP_REACHABLE, "gauge"),
+            (TLS_NOT_AFTER, "gauge"),
+            (TLS_INFO, "gauge"),
+            (HTTP_STATUS, "gauge"),
+            (SERIES_DROPPED, "counter"),
+            (BUILD_INFO, "gauge"),
+        ];
+        for (name, kind) in want {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind}\n{text}"
+            );
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("node=\"node-1\""), "no node label: {line}");
+        }
+        assert!(
+            text.contains("process_resident_memory_bytes{node=\"node-1\"}"),
+            "{text}"
+        );
+        let reason = samples(&metrics, ENDPOINT_FAILURE_REASON);
+        assert_eq!(reason.len(), 1, "{reason:?}");
+        assert!(
+            reason[0].contains("reason=\"dns_nxdomain\"")
+                && reason[0].contains("role=\"upstream\"")
+        );
+        // The checks after the failed one still have series, at 0.
+        let success = samples(&metrics, CHECK_SUCCESS);
+        assert_eq!(success.len(), 8, "{success:?}");
+        assert!(success.iter().any(|l| l.contains("bad.example")
+            && l.contains("check=\"http\"")
+            && l.ends_with(" 0")));
+        assert!(samples(&metrics, TLS_INFO)[0].contains("version=\"TLSv1.3\",verified=\"true\""));
+        assert!(samples(&metrics, HTTP_STATUS)[0].ends_with(" 401"));
+        assert!(samples(&metrics, BUILD_INFO)[0].contains("revision=\"abc\""));
+    }
+
+    #[test]
+    fn a_reason_change_replaces_the_series_and_recovery_removes_it() {
+        let metrics = metrics(10);
+        let ep = endpoint("r.example");
+        metrics.record_endpoint("r", &ep, &failing(Reason::DnsTimeout));
+        metrics.record_endpoint("r", &ep, &failing(Reason::DnsServfail));
+        let reason = samples(&metrics, ENDPOINT_FAILURE_REASON);
+        assert_eq!(reason.len(), 1);
+        assert!(reason[0].contains("dns_servfail"));
+        metrics.record_endpoint("r", &ep, &passing());
+        assert!(samples(&metrics, ENDPOINT_FAILURE_REASON).is_empty());
+        // Counters stay.
+        assert_eq!(samples(&metrics, CHECK_FAILURES).len(), 2);
+        // A failed run leaves no stale TLS or HTTP facts.
+        metrics.record_endpoint("r", &ep, &failing(Reason::DnsTimeout));
+        assert!(samples(&metrics, TLS_INFO).is_empty());
+        assert!(samples(&metrics, TLS_NOT_AFTER).is_empty());
+        assert!(samples(&metrics, HTTP_STATUS).is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_registry_removes_all_its_series() {
+        let metrics = metrics(10);
+        metrics.set_registry_up("gone", false);
+        metrics.record_endpoint(
+            "gone",
+            &endpoint("gone.example"),
+            &failing(Reason::TcpRefused),
+        );
+        metrics.set_registry_up("kept", true);
+        metrics.record_endpoint("kept", &endpoint("kept.example"), &passing());
+        metrics.forget_registry("gone");
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("gone"), "{text}");
+        assert!(text.contains("kept.example"));
+        // Its failing series gave their budget back.
+        assert_eq!(metrics.lock().failing, 0);
+    }
+
+    #[test]
+    fn failing_series_are_capped_and_the_overflow_counted() {
+        let metrics = metrics(3);
+        for i in 0..4 {
+            let ep = endpoint(&format!("r{i}.example"));
+            metrics.record_endpoint(&format!("r{i}"), &ep, &failing(Reason::DnsNxdomain));
+        }
+        // 2 series per failing endpoint (gauge + counter): r0 takes 2, r1 one, r2 and r3 none.
+        let dropped = samples(&metrics, SERIES_DROPPED);
+        let count = |metric: &str| {
+            dropped
+                .iter()
+                .find(|l| l.contains(&format!("metric=\"{metric}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(|v| v.parse::<u64>().unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            samples(&metrics, CHECK_FAILURES).len()
+                + samples(&metrics, ENDPOINT_FAILURE_REASON).len(),
+            3
+        );
+        assert_eq!(count(CHECK_FAILURES) + count(ENDPOINT_FAILURE_REASON), 5);
+        assert_eq!(count(REGISTRY_UP), 0);
+        // A recovery frees the gauge's slot for another endpoint.
+        metrics.record_endpoint("r0", &endpoint("r0.example"), &passing());
+        metrics.record_endpoint("r3", &endpoint("r3.example"), &failing(Reason::DnsNxdomain));
+        assert!(
+            samples(&metrics, ENDPOINT_FAILURE_REASON)
+                .iter()
+                .any(|l| l.contains("r3.example"))
+        );
+    }
+}

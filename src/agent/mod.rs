@@ -1,0 +1,258 @@
+//! `pullwatch agent`, the long-running DaemonSet process. Wiring only: bind, discover, start every
+//! task in one JoinSet under one cancellation token, and drain within a grace period on SIGTERM/SIGINT.
+
+pub mod api;
+pub mod config;
+pub mod discovery;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+pub mod status;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use self::config::AgentConfig;
+use self::discovery::Discovery;
+use self::health::Liveness;
+use self::metrics::Metrics;
+use self::scheduler::Scheduler;
+use self::status::StatusBoard;
+use crate::diagnose::Diagnoser;
+use crate::route::Route;
+
+/// How long the tasks get to finish after SIGTERM/SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Endpoint probes in flight at once, over all registries.
+const MAX_IN_FLIGHT: usize = 8;
+/// The first round is spread over at most this, so a new pod is ready soon.
+const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(10);
+/// On-demand rounds of one registry start at most this often.
+const DEBOUNCE: Duration = Duration::from_secs(10);
+/// Checks in one endpoint's connectivity chain (dns, tcp, tls, http), for the liveness budget.
+const CHAIN_LENGTH: u32 = 4;
+
+/// The agent could not start; every variant names the flag to fix (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Socket(#[from] api::SocketError),
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl StartError {
+    /// Whether a flag is to blame (exit 64) rather than the program (exit 1).
+    pub fn is_config(&self) -> bool {
+        !matches!(self, StartError::Metrics(_))
+    }
+}
+
+/// The agent stopped other than cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the {0} task stopped unexpectedly")]
+    TaskEnded(&'static str),
+    #[error("tasks still running after the {}s grace period", SHUTDOWN_GRACE.as_secs())]
+    Grace,
+}
+
+/// A started agent: listeners bound, first discovery done, nothing running yet.
+pub struct Agent {
+    config: AgentConfig,
+    listener: TcpListener,
+    socket: tokio::net::UnixListener,
+    diagnoser: Arc<Diagnoser>,
+    metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
+    liveness: Arc<Liveness>,
+    targets: watch::Receiver<Vec<Route>>,
+    /// Kept so the scheduler follows the targets for as long as the agent runs.
+    _discovered: watch::Sender<Vec<Route>>,
+}
+
+impl Agent {
+    /// Binds `--listen` and `--api-socket`, builds the metrics and runs the first discovery.
+    pub async fn start(config: AgentConfig, diagnoser: Diagnoser) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new(
+            &config.node_name,
+            env!("CARGO_PKG_VERSION"),
+            crate::REVISION,
+            config.max_failing_series,
+        )?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let socket = api::bind(&config.api_socket)?;
+        let status = Arc::new(StatusBoard::new(config.node_name.clone()));
+        let mut discovery =
+            Discovery::new(config.max_registries, diagnoser.insecure_registries.clone());
+        let routes = discovery.routes(config.registries.iter().map(String::as_str), &metrics);
+        status.discovered(routes.iter().map(|r| r.registry.as_str()));
+        info!(registries = routes.len(), "discovery done");
+        let (discovered, targets) = watch::channel(routes);
+        Ok(Agent {
+            config,
+            listener,
+            socket,
+            diagnoser: Arc::new(diagnoser),
+            metrics,
+            status,
+            liveness: Arc::new(Liveness::default()),
+            targets,
+            _discovered: discovered,
+        })
+    }
+
+    /// Runs every task until `shutdown` resolves (or one fails), then drains them within
+    /// [`SHUTDOWN_GRACE`] and removes the API socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let Agent {
+            config,
+            listener,
+            socket,
+            diagnoser,
+            metrics,
+            status,
+            liveness,
+            targets,
+            _discovered,
+        } = self;
+        let cancel = CancellationToken::new();
+        let settings = scheduler::Settings {
+            interval: config.interval,
+            max_quiet: max_quiet(&config, diagnoser.timeout),
+            max_in_flight: MAX_IN_FLIGHT,
+            first_round_spread: FIRST_ROUND_SPREAD,
+            debounce: DEBOUNCE,
+        };
+        let scheduler = Arc::new(Scheduler::new(
+            Arc::clone(&diagnoser),
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+            Arc::clone(&liveness),
+            settings,
+        ));
+        let endpoints = http::Endpoints {
+            metrics,
+            status: Arc::clone(&status),
+            liveness,
+        };
+        let api = api::Api::new(diagnoser, Arc::clone(&status), cancel.clone());
+
+        let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+        let token = cancel.clone();
+        tasks.spawn(async move {
+            let result = http::serve(listener, endpoints, token).await;
+            ("http", result.map_err(|e| e.to_string()))
+        });
+        let token = cancel.clone();
+        tasks.spawn(async move {
+            let result = api::serve(socket, api, token).await;
+            ("api", result.map_err(|e| e.to_string()))
+        });
+        let token = cancel.clone();
+        tasks.spawn(async move {
+            scheduler.run(targets, token).await;
+            ("scheduler", Ok(()))
+        });
+        info!(
+            node = config.node_name,
+            listen = %config.listen,
+            api_socket = %config.api_socket.display(),
+            interval = %humantime::format_duration(config.interval),
+            "agent started"
+        );
+
+        let mut failed = None;
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            Some(joined) = tasks.join_next() => {
+                let name = report(joined);
+                failed = Some(name);
+            }
+        }
+        cancel.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = tasks.join_next().await {
+                report(joined);
+            }
+        })
+        .await;
+        remove_socket(&config.api_socket);
+        if drained.is_err() {
+            tasks.abort_all();
+            return Err(RunError::Grace);
+        }
+        match failed {
+            Some(name) => Err(RunError::TaskEnded(name)),
+            None => {
+                info!("stopped cleanly");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM"),
+            _ = interrupt.recv() => info!("SIGINT"),
+        }
+    })
+}
+
+/// The longest a loop may stay quiet: a jittered interval, then a round whose probes may each use
+/// every check's timeout and may queue behind the other registries' probes for the in-flight cap.
+fn max_quiet(config: &AgentConfig, timeout: Duration) -> Duration {
+    let queue = config.max_registries.div_ceil(MAX_IN_FLIGHT) as u32;
+    config.interval * 2 + timeout * CHAIN_LENGTH * queue.max(1) + Duration::from_secs(30)
+}
+
+/// Logs how a task ended; returns its name.
+fn report(
+    joined: Result<(&'static str, Result<(), String>), tokio::task::JoinError>,
+) -> &'static str {
+    match joined {
+        Ok((name, Ok(()))) => name,
+        Ok((name, Err(error))) => {
+            error!(task = name, %error, "task failed");
+            name
+        }
+        Err(error) => {
+            error!(%error, "task panicked");
+            "unnamed"
+        }
+    }
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), %error, "cannot remove the API socket");
+    }
+}

@@ -1,0 +1,666 @@
+//! When checks run: one task per watched registry, probing its route every `--interval` ±10 % with the
+//! first round spread out; a cap on probes in flight; one endpoint never probed twice at once
+//! (registries sharing a mirror share its fresh result); on-demand rounds, debounced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::health::{Heart, Liveness};
+use super::metrics::Metrics;
+use super::status::StatusBoard;
+use crate::diagnose::{Diagnoser, Probe, conclude};
+use crate::report::{EndpointReport, Report};
+use crate::route::{Endpoint, Route};
+
+/// How often the supervisor loop wakes up (and beats) when nothing else happens.
+const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
+
+/// Timing and limits.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Connectivity checks of each registry's route, ±10 %.
+    pub interval: Duration,
+    /// The longest a loop may go without progress before `/healthz` fails.
+    pub max_quiet: Duration,
+    /// Probes (one endpoint's chain each) in flight at once, over all registries.
+    pub max_in_flight: usize,
+    /// Each registry's first round starts at a random point within this (at most `interval`).
+    pub first_round_spread: Duration,
+    /// On-demand rounds of one registry start at most this often.
+    pub debounce: Duration,
+}
+
+/// Runs the registries' rounds; see the module comment.
+pub struct Scheduler {
+    diagnoser: Arc<Diagnoser>,
+    metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
+    liveness: Arc<Liveness>,
+    settings: Settings,
+    permits: Semaphore,
+    /// One slot per endpoint (URL and TLS settings): its lock serialises probes, its value is the
+    /// last result. Held strongly by the registry tasks whose route has the endpoint.
+    flights: Mutex<HashMap<String, Weak<Flight>>>,
+    /// Wakes a registry's task for an on-demand round.
+    triggers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// An endpoint's probe slot: the last probe and when it finished.
+type Flight = tokio::sync::Mutex<Option<(Instant, Arc<Probe>)>>;
+
+/// The supervisor's handle on a running registry task.
+struct Handle {
+    id: tokio::task::Id,
+    route: watch::Sender<Route>,
+    cancel: CancellationToken,
+}
+
+/// The supervisor's books.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    running: HashMap<String, Handle>,
+    /// Cancelled tasks not yet finished: their registry is not restarted before they cleaned up.
+    stopping: HashMap<tokio::task::Id, String>,
+    desired: BTreeMap<String, Route>,
+}
+
+/// A periodic job's clock: due every `every` ±10 %.
+struct Timer {
+    every: Duration,
+    next: Instant,
+}
+
+impl Timer {
+    /// The first run at a random point within `spread`.
+    fn first(every: Duration, spread: Duration) -> Self {
+        Timer {
+            every,
+            next: Instant::now() + spread.mul_f64(fastrand::f64()),
+        }
+    }
+
+    /// The next run one jittered period after `started`, and never sooner than a tenth of a period from now.
+    fn reschedule(&mut self, started: Instant) {
+        let period = self.every.mul_f64(0.9 + 0.2 * fastrand::f64());
+        self.next = (started + period).max(Instant::now() + self.every / 10);
+    }
+}
+
+impl Scheduler {
+    pub fn new(
+        diagnoser: Arc<Diagnoser>,
+        metrics: Arc<Metrics>,
+        status: Arc<StatusBoard>,
+        liveness: Arc<Liveness>,
+        settings: Settings,
+    ) -> Self {
+        Scheduler {
+            permits: Semaphore::new(settings.max_in_flight.max(1)),
+            diagnoser,
+            metrics,
+            status,
+            liveness,
+            settings,
+            flights: Mutex::new(HashMap::new()),
+            triggers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Asks for a round of `registry` now; rounds triggered this way start at most once per
+    /// `debounce` and probe afresh. False when the registry is not watched.
+    pub fn check_now(&self, registry: &str) -> bool {
+        match lock(&self.triggers).get(registry) {
+            Some(trigger) => {
+                trigger.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Follows the discovered routes until `cancel`: starts a task per new registry, hands changed
+    /// routes to running ones, stops (and so removes the series of) vanished ones; then drains.
+    pub async fn run(
+        self: Arc<Self>,
+        mut targets: watch::Receiver<Vec<Route>>,
+        cancel: CancellationToken,
+    ) {
+        let heart = self.liveness.register("scheduler", self.settings.max_quiet);
+        let mut tasks = Tasks::default();
+        let mut tick = tokio::time::interval(SUPERVISOR_TICK);
+        let mut follow = true;
+        let mut changed = true;
+        loop {
+            if changed {
+                tasks.desired = targets
+                    .borrow_and_update()
+                    .iter()
+                    .map(|route| (route.registry.clone(), route.clone()))
+                    .collect();
+                self.apply(&mut tasks, &cancel);
+                changed = false;
+            }
+            heart.beat();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                result = targets.changed(), if follow => match result {
+                    Ok(()) => changed = true,
+                    // Discovery ended: keep watching what it found last.
+                    Err(_) => follow = false,
+                },
+                Some(joined) = tasks.set.join_next_with_id() => self.reap(joined, &mut tasks, &cancel),
+                _ = tick.tick() => {}
+            }
+        }
+        // Every registry task holds a child of `cancel`: each stops and removes its series.
+        while tasks.set.join_next().await.is_some() {}
+        lock(&self.triggers).clear();
+    }
+
+    fn apply(self: &Arc<Self>, tasks: &mut Tasks, cancel: &CancellationToken) {
+        let gone: Vec<String> = tasks
+            .running
+            .keys()
+            .filter(|registry| !tasks.desired.contains_key(*registry))
+            .cloned()
+            .collect();
+        for registry in gone {
+            if let Some(handle) = tasks.running.remove(&registry) {
+                info!(registry, "no longer discovered; stopping its checks");
+                handle.cancel.cancel();
+                lock(&self.triggers).remove(&registry);
+                tasks.stopping.insert(handle.id, registry);
+            }
+        }
+        let desired: Vec<Route> = tasks.desired.values().cloned().collect();
+        for route in desired {
+            if let Some(handle) = tasks.running.get(&route.registry) {
+                handle.route.send_if_modified(|current| {
+                    let modified = *current != route;
+                    if modified {
+                        *current = route.clone();
+                    }
+                    modified
+                });
+            } else if !tasks.stopping.values().any(|r| *r == route.registry) {
+                self.spawn(route, tasks, cancel);
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, route: Route, tasks: &mut Tasks, cancel: &CancellationToken) {
+        let registry = route.registry.clone();
+        let (route_tx, route_rx) = watch::channel(route);
+        let token = cancel.child_token();
+        let trigger = Arc::new(Notify::new());
+        lock(&self.triggers).insert(registry.clone(), Arc::clone(&trigger));
+        let task = Arc::clone(self).watch_registry(route_rx, trigger, token.clone());
+        let id = tasks.set.spawn(task).id();
+        tasks.running.insert(
+            registry,
+            Handle {
+                id,
+                route: route_tx,
+                cancel: token,
+            },
+        );
+    }
+
+    /// A registry task ended: a stopped one may make way for its successor; any other one failed.
+    fn reap(
+        self: &Arc<Self>,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        tasks: &mut Tasks,
+        cancel: &CancellationToken,
+    ) {
+        let (id, failure) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(error) => (error.id(), Some(error)),
+        };
+        if cancel.is_cancelled() {
+            // Shutting down: tasks end because they were told to.
+            return;
+        }
+        let registry = match tasks.stopping.remove(&id) {
+            Some(registry) => registry,
+            None => {
+                let Some(registry) = tasks
+                    .running
+                    .iter()
+                    .find(|(_, handle)| handle.id == id)
+                    .map(|(registry, _)| registry.clone())
+                else {
+                    return;
+                };
+                tasks.running.remove(&registry);
+                lock(&self.triggers).remove(&registry);
+                self.metrics.forget_registry(&registry);
+                self.status.forget(&registry);
+                error!(
+                    registry,
+                    ?failure,
+                    "registry task ended unexpectedly; restarting it"
+                );
+                registry
+            }
+        };
+        if !tasks.running.contains_key(&registry)
+            && let Some(route) = tasks.desired.get(&registry).cloned()
+        {
+            self.spawn(route, tasks, cancel);
+        }
+    }
+
+    /// One registry's loop: rounds on its timer or on demand, until cancelled; then its series go.
+    async fn watch_registry(
+        self: Arc<Self>,
+        mut route: watch::Receiver<Route>,
+        trigger: Arc<Notify>,
+        cancel: CancellationToken,
+    ) {
+        let registry = route.borrow().registry.clone();
+        let heart = self
+            .liveness
+            .register(format!("registry {registry}"), self.settings.max_quiet);
+        let spread = self.settings.first_round_spread.min(self.settings.interval);
+        let mut connectivity = Timer::first(self.settings.interval, spread);
+        let mut flights = self.flights_for(&route.borrow());
+        let mut last_start: Option<Instant> = None;
+        let mut fresh_wanted = false;
+        let mut follow = true;
+        loop {
+            heart.beat();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(connectivity.next) => {}
+                _ = trigger.notified() => {
+                    fresh_wanted = true;
+                    let not_before = last_start.map(|s| s + self.settings.debounce);
+                    match not_before {
+                        Some(at) if at > Instant::now() => {
+                            connectivity.next = connectivity.next.min(at);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                changed = route.changed(), if follow => {
+                    match changed {
+                        Ok(()) => {
+                            let current = route.borrow().clone();
+                            let urls: Vec<String> = current.endpoints.iter().map(Endpoint::url).collect();
+                            self.metrics.retain_endpoints(&registry, &urls);
+                            flights = self.flights_for(&current);
+                            connectivity.next = Instant::now();
+                        }
+                        Err(_) => follow = false,
+                    }
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            last_start = Some(started);
+            let current = route.borrow_and_update().clone();
+            let force = std::mem::take(&mut fresh_wanted);
+            let report = tokio::select! {
+                _ = cancel.cancelled() => break,
+                report = self.round(&current, &flights, force, &heart) => report,
+            };
+            connectivity.reschedule(started);
+            log_transition(
+                &report,
+                self.status.record(report.clone(), SystemTime::now()),
+            );
+        }
+        self.metrics.forget_registry(&registry);
+        self.status.forget(&registry);
+    }
+
+    /// Probes every endpoint of the route at once, records their metrics, and concludes.
+    async fn round(
+        self: &Arc<Self>,
+        route: &Route,
+        flights: &[Arc<Flight>],
+        force: bool,
+        heart: &Heart,
+    ) -> Report {
+        let mut probes = JoinSet::new();
+        for (index, (endpoint, flight)) in route.endpoints.iter().zip(flights).enumerate() {
+            let this = Arc::clone(self);
+            let endpoint = endpoint.clone();
+            let flight = Arc::clone(flight);
+            probes.spawn(async move {
+                let probe = this.probe(&endpoint, &flight, force).await;
+                (index, endpoint, probe)
+            });
+        }
+        let mut done = Vec::with_capacity(route.endpoints.len());
+        while let Some(joined) = probes.join_next().await {
+            heart.beat();
+            match joined {
+                Ok(probed) => done.push(probed),
+                Err(error) => error!(registry = route.registry, %error, "probe task failed"),
+            }
+        }
+        done.sort_by_key(|(index, _, _)| *index);
+        let mut endpoints = Vec::with_capacity(done.len());
+        for (_, endpoint, probe) in &done {
+            self.metrics
+                .record_endpoint(&route.registry, endpoint, probe);
+            endpoints.push(EndpointReport {
+                endpoint: endpoint.url(),
+                role: endpoint.role,
+                source: endpoint.source.clone(),
+                checks: probe.checks.clone(),
+            });
+        }
+        let report = conclude(String::new(), route.registry.clone(), endpoints);
+        self.metrics
+            .set_registry_up(&route.registry, report.pullable);
+        report
+    }
+
+    /// One endpoint's chain, never twice at once; a result younger than half an interval is shared
+    /// (registries with a common mirror) unless `force`.
+    async fn probe(&self, endpoint: &Endpoint, flight: &Flight, force: bool) -> Arc<Probe> {
+        let mut last = flight.lock().await;
+        if !force
+            && let Some((at, probe)) = last.as_ref()
+            && at.elapsed() < self.settings.interval / 2
+        {
+            return Arc::clone(probe);
+        }
+        // The semaphore is never closed; without a permit the probe would still be bounded by its timeouts.
+        let _permit = self.permits.acquire().await.ok();
+        let probe = Arc::new(self.diagnoser.probe(endpoint).await);
+        *last = Some((Instant::now(), Arc::clone(&probe)));
+        probe
+    }
+
+    fn flights_for(&self, route: &Route) -> Vec<Arc<Flight>> {
+        let mut flights = lock(&self.flights);
+        flights.retain(|_, flight| flight.strong_count() > 0);
+        route
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let key = format!("{} {:?}", endpoint.url(), endpoint.tls);
+                match flights.get(&key).and_then(Weak::upgrade) {
+                    Some(flight) => flight,
+                    None => {
+                        let flight = Arc::new(Flight::default());
+                        flights.insert(key, Arc::downgrade(&flight));
+                        flight
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Logs a registry becoming (un)pullable, not every round.
+fn log_transition(report: &Report, previous: Option<bool>) {
+    let registry = report.registry.as_str();
+    let reason = report.reason.map(|r| r.as_str()).unwrap_or_default();
+    match (previous, report.pullable) {
+        (None | Some(true), false) => {
+            warn!(
+                registry,
+                reason,
+                summary = report.summary,
+                "registry not pullable"
+            )
+        }
+        (Some(false), true) => info!(registry, "registry pullable again"),
+        (None, true) => info!(registry, summary = report.summary, "registry pullable"),
+        (Some(_), _) => debug!(registry, pullable = report.pullable, "round done"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::route::{Role, Scheme};
+    use crate::trust::TlsOptions;
+
+    /// A plain-HTTP `/v2/` that answers slowly and counts requests and the most at once.
+    struct FakeRegistry {
+        port: u16,
+        requests: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    async fn fake_registry(delay: Duration) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (Arc::clone(&requests), Arc::clone(&most_at_once));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (r, m, now) = (Arc::clone(&r), Arc::clone(&m), Arc::clone(&now));
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(current, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ndocker-distribution-api-version: registry/2.0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        FakeRegistry {
+            port,
+            requests,
+            most_at_once,
+        }
+    }
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint {
+            scheme: Scheme::Http,
+            host: "127.0.0.1".into(),
+            port,
+            role: Role::Mirror,
+            source: "test".into(),
+            tls: TlsOptions::default(),
+        }
+    }
+
+    fn route(registry: &str, endpoints: Vec<Endpoint>) -> Route {
+        Route {
+            registry: registry.into(),
+            endpoints,
+        }
+    }
+
+    struct Fixture {
+        scheduler: Arc<Scheduler>,
+        metrics: Arc<Metrics>,
+        status: Arc<StatusBoard>,
+        _resolv: tempfile::NamedTempFile,
+    }
+
+    fn fixture(settings: Settings) -> Fixture {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            common: crate::config::CommonFlags,
+        }
+        let resolv = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(resolv.path(), "nameserver 127.0.0.1\n").unwrap();
+        let resolv_path = resolv.path().to_str().unwrap();
+        let diagnoser =
+            Flags::try_parse_from(["t", "--resolv-conf", resolv_path, "--timeout", "2s"])
+                .unwrap()
+                .common
+                .diagnoser()
+                .unwrap();
+        let metrics = Arc::new(Metrics::new("n", "v", "r", 100).unwrap());
+        let status = Arc::new(StatusBoard::new("n"));
+        let scheduler = Arc::new(Scheduler::new(
+            Arc::new(diagnoser),
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+            Arc::new(Liveness::default()),
+            settings,
+        ));
+        Fixture {
+            scheduler,
+            metrics,
+            status,
+            _resolv: resolv,
+        }
+    }
+
+    fn settings(interval: Duration) -> Settings {
+        Settings {
+            interval,
+            max_quiet: Duration::from_secs(60),
+            max_in_flight: 8,
+            first_round_spread: Duration::ZERO,
+            debounce: Duration::from_millis(500),
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_endpoint_is_never_probed_twice_at_once() {
+        let server = fake_registry(Duration::from_millis(300)).await;
+        let f = fixture(settings(Duration::from_secs(60)));
+        let shared = endpoint(server.port);
+        let routes: Vec<Route> = (0..4)
+            .map(|i| route(&format!("r{i}.example"), vec![shared.clone()]))
+            .collect();
+        let (_tx, rx) = watch::channel(routes);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(Arc::clone(&f.scheduler).run(rx, cancel.clone()));
+        until("four registries checked", || {
+            f.status.snapshot().registries.len() == 4
+        })
+        .await;
+        assert_eq!(server.most_at_once.load(Ordering::SeqCst), 1);
+        // They started together: the later ones took the first's fresh result.
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert!(f.status.snapshot().registries.iter().all(|r| r.pullable));
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap();
+        // Stopped tasks took their series with them.
+        assert!(!f.metrics.encode().unwrap().contains("r0.example"));
+    }
+
+    #[tokio::test]
+    async fn on_demand_rounds_are_debounced_and_fresh() {
+        let server = fake_registry(Duration::ZERO).await;
+        let f = fixture(settings(Duration::from_secs(3600)));
+        let (_tx, rx) = watch::channel(vec![route("r.example", vec![endpoint(server.port)])]);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(Arc::clone(&f.scheduler).run(rx, cancel.clone()));
+        until("first round", || {
+            server.requests.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert!(!f.scheduler.check_now("unknown.example"));
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(f.scheduler.check_now("r.example"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        until("the triggered round", || {
+            server.requests.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        // Ten triggers within the debounce window made one round, not ten.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn vanished_registries_stop_and_lose_their_series() {
+        let server = fake_registry(Duration::ZERO).await;
+        let f = fixture(settings(Duration::from_secs(1)));
+        let a = route("a.example", vec![endpoint(server.port)]);
+        let b = route("b.example", vec![endpoint(server.port)]);
+        let (tx, rx) = watch::channel(vec![a.clone(), b]);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(Arc::clone(&f.scheduler).run(rx, cancel.clone()));
+        until("both registries", || {
+            f.status.snapshot().registries.len() == 2
+        })
+        .await;
+        tx.send(vec![a]).unwrap();
+        until("b forgotten", || {
+            f.status.snapshot().registries.len() == 1
+                && !f.metrics.encode().unwrap().contains("b.example")
+        })
+        .await;
+        assert!(!f.scheduler.check_now("b.example"));
+        // And the one left keeps being checked.
+        let before = server.requests.load(Ordering::SeqCst);
+        until("a's next round", || {
+            server.requests.load(Ordering::SeqCst) > before
+        })
+        .await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let every = Duration::from_secs(30);
+        for _ in 0..200 {
+            let started = Instant::now();
+            let mut timer = Timer::first(every, every);
+            assert!(timer.next <= started + every + Duration::from_millis(50));
+            timer.reschedule(started);
+            let period = timer.next - started;
+            assert!(
+                period >= every.mul_f64(0.9) && period <= every.mul_f64(1.1),
+                "{period:?}"
+            );
+        }
+    }
+}

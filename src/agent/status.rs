@@ -1,0 +1,201 @@
+//! What the agent knows now, for `/api/v1/status`, the `Status` API and `/readyz`: each watched
+//! registry's last results (same field names as `diagnose --output json`) and whether the first round is done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reason::Reason;
+use crate::report::{EndpointReport, Report};
+
+/// The last round of one registry: its report, without an image, and when it finished.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    pub registry: String,
+    pub pullable: bool,
+    pub reason: Option<Reason>,
+    pub summary: String,
+    pub fix: Option<String>,
+    pub endpoints: Vec<EndpointReport>,
+    /// RFC 3339.
+    pub checked_at: String,
+}
+
+/// The whole answer of `/api/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub ready: bool,
+    pub registries: Vec<RegistryStatus>,
+}
+
+/// Why the agent is not ready yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    Discovering,
+    FirstRound { pending: Vec<String> },
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Discovering => f.write_str("discovery has not finished"),
+            NotReady::FirstRound { pending } => write!(
+                f,
+                "first round of checks not finished for {}",
+                pending.join(", ")
+            ),
+        }
+    }
+}
+
+/// The registries' last results and the readiness latch. Locks are held briefly, never across `.await`.
+pub struct StatusBoard {
+    node: String,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `None` until the first discovery; then the registries whose first round is still due.
+    pending: Option<BTreeSet<String>>,
+    registries: BTreeMap<String, RegistryStatus>,
+}
+
+impl StatusBoard {
+    pub fn new(node: impl Into<String>) -> Self {
+        StatusBoard {
+            node: node.into(),
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    /// The first discovery finished with these registries; later discoveries do not move readiness.
+    pub fn discovered<'a>(&self, registries: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.write();
+        if inner.pending.is_none() {
+            inner.pending = Some(registries.into_iter().map(str::to_string).collect());
+        }
+    }
+
+    /// Stores a registry's round; returns whether it was pullable before (`None` on its first round).
+    pub fn record(&self, report: Report, at: SystemTime) -> Option<bool> {
+        let mut inner = self.write();
+        if let Some(pending) = inner.pending.as_mut() {
+            pending.remove(&report.registry);
+        }
+        let status = RegistryStatus {
+            registry: report.registry,
+            pullable: report.pullable,
+            reason: report.reason,
+            summary: report.summary,
+            fix: report.fix,
+            endpoints: report.endpoints,
+            checked_at: humantime::format_rfc3339_millis(at).to_string(),
+        };
+        inner
+            .registries
+            .insert(status.registry.clone(), status)
+            .map(|previous| previous.pullable)
+    }
+
+    /// Drops a registry that is no longer watched.
+    pub fn forget(&self, registry: &str) {
+        let mut inner = self.write();
+        if let Some(pending) = inner.pending.as_mut() {
+            pending.remove(registry);
+        }
+        inner.registries.remove(registry);
+    }
+
+    /// Ready once discovery ran and every registry it found finished a round (or went away).
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        match &self.read().pending {
+            None => Err(NotReady::Discovering),
+            Some(pending) if pending.is_empty() => Ok(()),
+            Some(pending) => Err(NotReady::FirstRound {
+                pending: pending.iter().cloned().collect(),
+            }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Status {
+        let ready = self.readiness().is_ok();
+        Status {
+            node: self.node.clone(),
+            ready,
+            registries: self.read().registries.values().cloned().collect(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(registry: &str, pullable: bool) -> Report {
+        Report {
+            image: String::new(),
+            registry: registry.into(),
+            pullable,
+            reason: (!pullable).then_some(Reason::TcpRefused),
+            summary: "s".into(),
+            fix: None,
+            endpoints: vec![],
+        }
+    }
+
+    #[test]
+    fn ready_after_discovery_and_every_first_round() {
+        let board = StatusBoard::new("n");
+        assert_eq!(board.readiness(), Err(NotReady::Discovering));
+        board.discovered(["a", "b", "c"]);
+        assert_eq!(
+            board.readiness(),
+            Err(NotReady::FirstRound {
+                pending: vec!["a".into(), "b".into(), "c".into()]
+            })
+        );
+        assert_eq!(board.record(report("a", false), SystemTime::now()), None);
+        board.forget("c");
+        assert!(board.readiness().is_err());
+        board.record(report("b", true), SystemTime::now());
+        assert_eq!(board.readiness(), Ok(()));
+        // A later discovery does not take readiness back, nor does a failing registry.
+        board.discovered(["d"]);
+        assert_eq!(
+            board.record(report("a", true), SystemTime::now()),
+            Some(false)
+        );
+        assert_eq!(board.readiness(), Ok(()));
+
+        let status = board.snapshot();
+        assert!(status.ready);
+        assert_eq!(status.registries.len(), 2);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["registries"][0]["registry"], "a");
+        assert!(
+            json["registries"][0]["checked_at"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+    }
+
+    #[test]
+    fn no_registries_means_ready_after_discovery() {
+        let board = StatusBoard::new("n");
+        board.discovered([]);
+        assert_eq!(board.readiness(), Ok(()));
+    }
+}
