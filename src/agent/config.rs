@@ -260,7 +260,7 @@ mod tests {
             (&["--interval", "soon"][..], "--interval"),
             (&["--listen", "9746"][..], "--listen"),
             (&["--max-registries", "0"][..], "--max-registries"),
-            (&["--max-failing-series", "-1"][..], "--max-failing-series"),
+            (&["--max-failing-series=-1"][..], "--max-failing-series"),
         ] {
             let error = flags(args)
                 .err()

@@ -17,7 +17,7 @@ use super::metrics::Metrics;
 use super::status::StatusBoard;
 use crate::diagnose::{Diagnoser, Probe, conclude};
 use crate::report::{EndpointReport, Report};
-use crate::route::{Endpoint, Route};
+use crate::route::{Endpoint, Role, Route};
 
 /// How often the supervisor loop wakes up (and beats) when nothing else happens.
 const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
@@ -275,6 +275,7 @@ impl Scheduler {
         let mut connectivity = Timer::first(self.settings.interval, spread);
         let mut flights = self.flights_for(&route.borrow());
         let mut last_start: Option<Instant> = None;
+        let mut was_up: Option<bool> = None;
         let mut fresh_wanted = false;
         let mut follow = true;
         loop {
@@ -316,10 +317,10 @@ impl Scheduler {
                 report = self.round(&current, &flights, force, &heart) => report,
             };
             connectivity.reschedule(started);
-            log_transition(
-                &report,
-                self.status.record(report.clone(), SystemTime::now()),
-            );
+            let up = registry_up(&report);
+            log_transition(&report, was_up, up);
+            was_up = Some(up);
+            self.status.record(report, SystemTime::now());
         }
         self.metrics.forget_registry(&registry);
         self.status.forget(&registry);
@@ -365,7 +366,7 @@ impl Scheduler {
         }
         let report = conclude(String::new(), route.registry.clone(), endpoints);
         self.metrics
-            .set_registry_up(&route.registry, report.pullable);
+            .set_registry_up(&route.registry, registry_up(&report));
         report
     }
 
@@ -407,22 +408,26 @@ impl Scheduler {
     }
 }
 
-/// Logs a registry becoming (un)pullable, not every round.
-fn log_transition(report: &Report, previous: Option<bool>) {
+/// Up when some endpoint of the route (not a token server) passed every check the agent ran on it:
+/// through `/v2/` in a connectivity round, through the manifest where that ran.
+fn registry_up(report: &Report) -> bool {
+    report
+        .endpoints
+        .iter()
+        .any(|e| e.role != Role::Auth && e.passed())
+}
+
+/// Logs a registry going up or down, not every round.
+fn log_transition(report: &Report, was_up: Option<bool>, up: bool) {
     let registry = report.registry.as_str();
     let reason = report.reason.map(|r| r.as_str()).unwrap_or_default();
-    match (previous, report.pullable) {
+    match (was_up, up) {
         (None | Some(true), false) => {
-            warn!(
-                registry,
-                reason,
-                summary = report.summary,
-                "registry not pullable"
-            )
+            warn!(registry, reason, summary = report.summary, "registry down")
         }
-        (Some(false), true) => info!(registry, "registry pullable again"),
-        (None, true) => info!(registry, summary = report.summary, "registry pullable"),
-        (Some(_), _) => debug!(registry, pullable = report.pullable, "round done"),
+        (Some(false), true) => info!(registry, summary = report.summary, "registry up again"),
+        (None, true) => info!(registry, summary = report.summary, "registry up"),
+        (Some(_), _) => debug!(registry, up, "round done"),
     }
 }
 
@@ -438,7 +443,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::route::{Role, Scheme};
+    use crate::route::Scheme;
     use crate::trust::TlsOptions;
 
     /// A plain-HTTP `/v2/` that answers slowly and counts requests and the most at once.
@@ -460,7 +465,10 @@ mod tests {
                 let (r, m, now) = (Arc::clone(&r), Arc::clone(&m), Arc::clone(&now));
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
-                    let _ = stream.read(&mut buf).await;
+                    // The tcp check connects and closes without a request: not counted.
+                    if !matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
                     r.fetch_add(1, Ordering::SeqCst);
                     let current = now.fetch_add(1, Ordering::SeqCst) + 1;
                     m.fetch_max(current, Ordering::SeqCst);
@@ -573,7 +581,19 @@ mod tests {
         assert_eq!(server.most_at_once.load(Ordering::SeqCst), 1);
         // They started together: the later ones took the first's fresh result.
         assert_eq!(server.requests.load(Ordering::SeqCst), 1);
-        assert!(f.status.snapshot().registries.iter().all(|r| r.pullable));
+        assert!(
+            f.status
+                .snapshot()
+                .registries
+                .iter()
+                .all(|r| r.reason.is_none())
+        );
+        assert!(
+            f.metrics
+                .encode()
+                .unwrap()
+                .contains("pullwatch_registry_up{registry=\"r3.example\",node=\"n\"} 1")
+        );
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), run)
             .await

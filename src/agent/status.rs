@@ -80,8 +80,8 @@ impl StatusBoard {
         }
     }
 
-    /// Stores a registry's round; returns whether it was pullable before (`None` on its first round).
-    pub fn record(&self, report: Report, at: SystemTime) -> Option<bool> {
+    /// Stores a registry's round.
+    pub fn record(&self, report: Report, at: SystemTime) {
         let mut inner = self.write();
         if let Some(pending) = inner.pending.as_mut() {
             pending.remove(&report.registry);
@@ -95,10 +95,7 @@ impl StatusBoard {
             endpoints: report.endpoints,
             checked_at: humantime::format_rfc3339_millis(at).to_string(),
         };
-        inner
-            .registries
-            .insert(status.registry.clone(), status)
-            .map(|previous| previous.pullable)
+        inner.registries.insert(status.registry.clone(), status);
     }
 
     /// Drops a registry that is no longer watched.
@@ -166,17 +163,14 @@ mod tests {
                 pending: vec!["a".into(), "b".into(), "c".into()]
             })
         );
-        assert_eq!(board.record(report("a", false), SystemTime::now()), None);
+        board.record(report("a", false), SystemTime::now());
         board.forget("c");
         assert!(board.readiness().is_err());
         board.record(report("b", true), SystemTime::now());
         assert_eq!(board.readiness(), Ok(()));
         // A later discovery does not take readiness back, nor does a failing registry.
         board.discovered(["d"]);
-        assert_eq!(
-            board.record(report("a", true), SystemTime::now()),
-            Some(false)
-        );
+        board.record(report("a", true), SystemTime::now());
         assert_eq!(board.readiness(), Ok(()));
 
         let status = board.snapshot();
