@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::check::auth::TokenCache;
 use crate::check::dns::DnsResolver;
-use crate::diagnose::Diagnoser;
+use crate::credentials::Keyring;
+use crate::diagnose::{Diagnoser, PullSettings};
+use crate::platform::Platform;
 use crate::proxy::ProxySettings;
 use crate::route::split_host_port;
 use crate::trust::Trust;
@@ -41,6 +44,19 @@ pub struct CommonFlags {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Registry credentials in .dockerconfigjson / config.json form (e.g. the kubelet's config.json).
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_DOCKER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub docker_config: Option<PathBuf>,
+
+    /// The node's platform (os/arch[/variant]), looked for in multi-platform images; default: this machine's.
+    #[arg(long, global = true, env = "PULLWATCH_PLATFORM", default_value_t = Platform::host())]
+    pub platform: Platform,
 
     /// Timeout of each check, e.g. 5s, 500ms.
     #[arg(long, global = true, env = "PULLWATCH_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
@@ -84,12 +100,23 @@ impl CommonFlags {
         }
         let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError(e.to_string()))?;
+        let credentials = self
+            .docker_config
+            .as_deref()
+            .map(Keyring::load)
+            .transpose()
+            .map_err(|e| ConfigError(e.to_string()))?;
         Ok(Diagnoser {
             resolver,
             trust,
             proxies,
             timeout: self.timeout,
             insecure_registries: self.insecure_registries.clone(),
+            pull: PullSettings {
+                credentials,
+                platform: self.platform.clone(),
+                tokens: TokenCache::default(),
+            },
         })
     }
 }

@@ -1,22 +1,29 @@
-//! Runs the chain for one image along its route: for every endpoint dns → tcp → tls → http, each
-//! step only when the ones before it passed, and turns the results into a [`Report`].
+//! Runs the chain for one image along its route: for every endpoint dns → tcp → tls → http → auth →
+//! manifest, each step only when the ones before it passed, and turns the results into a [`Report`].
+
+mod registry_api;
+
+pub use registry_api::ApiProbe;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::check::auth::TokenCache;
 use crate::check::dns::{DnsOutcome, DnsResolver};
 use crate::check::http::HttpOutcome;
 use crate::check::tcp::TcpOutcome;
 use crate::check::tls::{TlsFailed, TlsOutcome};
 use crate::check::{self, CheckKind, CheckResult};
+use crate::credentials::Keyring;
 use crate::http_client;
+use crate::platform::Platform;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::reason::Reason;
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report};
-use crate::route::{self, Endpoint, Scheme};
+use crate::route::{self, Endpoint, Role, Scheme};
 use crate::trust::Trust;
 
 /// What the checks need from the node, built once at start-up.
@@ -27,6 +34,30 @@ pub struct Diagnoser {
     /// Per check.
     pub timeout: Duration,
     pub insecure_registries: Vec<String>,
+    /// How this node pulls: credentials, platform, tokens (the auth and manifest checks).
+    pub pull: PullSettings,
+}
+
+/// What the auth and manifest checks need beyond the network settings.
+#[derive(Debug)]
+pub struct PullSettings {
+    /// `--docker-config`: credentials matched per image; `None` means anonymous pulls.
+    pub credentials: Option<Keyring>,
+    /// The node's platform, looked for in image indexes (`--platform`).
+    pub platform: Platform,
+    /// Pull tokens, each dropped when it expires.
+    pub tokens: TokenCache,
+}
+
+impl Default for PullSettings {
+    /// Anonymous, this machine's platform.
+    fn default() -> Self {
+        PullSettings {
+            credentials: None,
+            platform: Platform::host(),
+            tokens: TokenCache::default(),
+        }
+    }
 }
 
 /// The results of probing one endpoint: the records, plus the outcomes the agent's metrics read.
@@ -37,6 +68,14 @@ pub struct Probe {
     pub tcp: Option<TcpOutcome>,
     pub tls: Option<TlsOutcome>,
     pub http: Option<HttpOutcome>,
+}
+
+/// What dns → tcp → tls leave for the HTTP steps: a client that talks to the endpoint only
+/// through the address the tcp check reached (or the proxy).
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub client: reqwest::Client,
+    pub proxied: bool,
 }
 
 impl Probe {
@@ -68,13 +107,36 @@ impl Diagnoser {
         };
         let mut endpoints = Vec::with_capacity(route.endpoints.len());
         for endpoint in &route.endpoints {
-            let probe = self.probe_observed(endpoint, on_check).await;
+            let (probe, link) = self.probe_linked(endpoint, on_check).await;
+            let mut checks = probe.checks;
+            let mut token_server = None;
+            if let (Some(http), Some(link)) = (&probe.http, &link) {
+                let platform = Some(&self.pull.platform);
+                let api = self
+                    .registry_api(endpoint, link, http, &image, platform, on_check)
+                    .await;
+                checks.extend(api.checks);
+                token_server = api.token_server;
+            }
             endpoints.push(EndpointReport {
                 endpoint: endpoint.url(),
                 role: endpoint.role,
                 source: endpoint.source.clone(),
-                checks: probe.checks,
+                checks,
             });
+            // The token server once, after the first endpoint that sent the runtime there.
+            if let Some((server, probe)) = token_server
+                && !endpoints
+                    .iter()
+                    .any(|e| e.endpoint == server.url() && e.role == server.role)
+            {
+                endpoints.push(EndpointReport {
+                    endpoint: server.url(),
+                    role: server.role,
+                    source: server.source.clone(),
+                    checks: probe.checks,
+                });
+            }
         }
         conclude(image.to_string(), route.registry, endpoints)
     }
@@ -86,7 +148,40 @@ impl Diagnoser {
 
     /// [`Diagnoser::probe`], telling `on_check` about every check as it completes.
     pub async fn probe_observed(&self, endpoint: &Endpoint, on_check: OnCheck<'_>) -> Probe {
+        self.probe_linked(endpoint, on_check).await.0
+    }
+
+    /// [`Diagnoser::probe_observed`], also returning the client for the steps after `/v2/`.
+    pub async fn probe_linked(
+        &self,
+        endpoint: &Endpoint,
+        on_check: OnCheck<'_>,
+    ) -> (Probe, Option<Link>) {
         let mut probe = Probe::default();
+        let Some(link) = self.reach(endpoint, &mut probe, on_check).await else {
+            return (probe, None);
+        };
+        let (result, http) = check::run(
+            CheckKind::Http,
+            self.timeout,
+            check::http::check(&link.client, &endpoint.url(), link.proxied),
+        )
+        .await;
+        on_check(endpoint, &result);
+        probe.checks.push(result);
+        probe.http = http;
+        debug_assert!(probe.failed() || probe.http.is_some());
+        (probe, Some(link))
+    }
+
+    /// Runs dns → tcp → tls against one endpoint (a registry's or a token server's), recording
+    /// into `probe` and stopping at the first failure; then builds the client for its HTTP steps.
+    pub async fn reach(
+        &self,
+        endpoint: &Endpoint,
+        probe: &mut Probe,
+        on_check: OnCheck<'_>,
+    ) -> Option<Link> {
         let record = |probe: &mut Probe, result: CheckResult| {
             on_check(endpoint, &result);
             probe.checks.push(result);
@@ -109,8 +204,8 @@ impl Diagnoser {
                 .await
             }
         };
-        record(&mut probe, blame_proxy(result, proxy));
-        let Some(dns) = dns else { return probe };
+        record(probe, blame_proxy(result, proxy));
+        let dns = dns?;
         let addresses = dns.addresses();
         probe.dns = Some(dns);
 
@@ -121,8 +216,8 @@ impl Diagnoser {
             check::tcp::check(&addresses, port, per_address),
         )
         .await;
-        record(&mut probe, blame_proxy(result, proxy));
-        let Some(tcp) = tcp else { return probe };
+        record(probe, blame_proxy(result, proxy));
+        let tcp = tcp?;
         let target = tcp.reachable()[0];
         probe.tcp = Some(tcp);
 
@@ -131,11 +226,8 @@ impl Diagnoser {
             Scheme::Https => match self.trust.client(&endpoint.tls) {
                 Ok(client) => Some(client),
                 Err(error) => {
-                    record(
-                        &mut probe,
-                        config_failure(CheckKind::Tls, error.to_string()),
-                    );
-                    return probe;
+                    record(probe, config_failure(CheckKind::Tls, error.to_string()));
+                    return None;
                 }
             },
         };
@@ -145,40 +237,27 @@ impl Diagnoser {
                 check::tls::check(stream, &endpoint.host, client).await
             };
             let (result, tls) = check::run(CheckKind::Tls, self.timeout, handshake).await;
-            record(&mut probe, result);
-            if tls.is_none() {
-                return probe;
-            }
-            probe.tls = tls;
+            record(probe, result);
+            probe.tls = Some(tls?);
         }
 
         let connect_to = proxy.is_none().then_some(target);
-        let client = match http_client::build(
+        match http_client::build(
             endpoint,
             connect_to,
             tls_client.as_ref(),
             proxy,
             self.timeout,
         ) {
-            Ok(client) => client,
+            Ok(client) => Some(Link {
+                client,
+                proxied: proxy.is_some(),
+            }),
             Err(error) => {
-                record(
-                    &mut probe,
-                    config_failure(CheckKind::Http, error.to_string()),
-                );
-                return probe;
+                record(probe, config_failure(CheckKind::Http, error.to_string()));
+                None
             }
-        };
-        let (result, http) = check::run(
-            CheckKind::Http,
-            self.timeout,
-            check::http::check(&client, &endpoint.url(), proxy.is_some()),
-        )
-        .await;
-        record(&mut probe, result);
-        probe.http = http;
-        debug_assert!(probe.failed() || probe.http.is_some());
-        probe
+        }
     }
 
     /// A TCP stream to the endpoint: straight to `target`, or a CONNECT tunnel through `proxy`.
@@ -257,17 +336,18 @@ fn invalid_reference(image: &str, registry: &str, message: String) -> Report {
     }
 }
 
-/// Pullable when any endpoint passed (the runtime falls back along the route); otherwise the
-/// cause is the last endpoint's failure, the one the runtime reports.
+/// Pullable when the manifest check passed on any endpoint (the runtime falls back along the
+/// route); otherwise the cause is the last endpoint's failure, the one the runtime reports. A token
+/// server's failure shows in the `auth` check of the endpoint that needed it.
 pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>) -> Report {
-    if let Some(good) = endpoints.iter().find(|e| e.passed()) {
+    if let Some(good) = endpoints.iter().find(|e| e.pullable()) {
         let evidence = good
             .checks
             .last()
             .map(|c| c.detail.as_str())
             .unwrap_or_default();
         return Report {
-            summary: format!("reachable via {} ({evidence})", good.endpoint),
+            summary: format!("pullable via {} ({evidence})", good.endpoint),
             image,
             registry,
             pullable: true,
@@ -276,9 +356,28 @@ pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>)
             endpoints,
         };
     }
+    if let Some(reached) = endpoints
+        .iter()
+        .find(|e| e.role != Role::Auth && e.passed())
+    {
+        // Connectivity only (the agent's frequent rounds): nothing failed, nothing proven.
+        return Report {
+            summary: format!(
+                "reachable via {}; the manifest was not checked",
+                reached.endpoint
+            ),
+            image,
+            registry,
+            pullable: false,
+            reason: None,
+            fix: None,
+            endpoints,
+        };
+    }
     let last = endpoints
         .iter()
         .rev()
+        .filter(|e| e.role != Role::Auth)
         .find_map(|e| e.failure().map(|f| (e, f)));
     let (reason, summary, fix) = match last {
         Some((endpoint, failure)) => {
@@ -290,7 +389,10 @@ pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>)
                 endpoint.endpoint,
                 failure.check.as_str()
             );
-            for other in endpoints.iter().filter(|e| e.endpoint != endpoint.endpoint) {
+            for other in endpoints
+                .iter()
+                .filter(|e| e.endpoint != endpoint.endpoint && e.role != Role::Auth)
+            {
                 if let Some(f) = other.failure() {
                     summary.push_str(&format!(
                         "; {} {} also failed: {}",
@@ -300,7 +402,13 @@ pub fn conclude(image: String, registry: String, endpoints: Vec<EndpointReport>)
                     ));
                 }
             }
-            (reason, summary, reason.fix(&registry, &endpoint.endpoint))
+            // A token server's network failure is fixed at the token server.
+            let at = endpoints
+                .iter()
+                .filter(|e| failure.check == CheckKind::Auth && e.role == Role::Auth)
+                .find(|e| e.failure().is_some_and(|f| f.reason == failure.reason))
+                .unwrap_or(endpoint);
+            (reason, summary, reason.fix(&registry, &at.endpoint))
         }
         None => (
             Reason::Unknown,

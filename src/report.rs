@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::CheckResult;
+use crate::check::{CheckKind, CheckResult};
 use crate::reason::Reason;
 use crate::route::Role;
 
@@ -38,6 +38,13 @@ impl EndpointReport {
     /// The chain ran and nothing failed.
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.failure().is_none()
+    }
+
+    /// The runtime could pull from here: a registry endpoint whose manifest check passed.
+    pub fn pullable(&self) -> bool {
+        self.role != Role::Auth
+            && self.passed()
+            && self.checks.iter().any(|c| c.check == CheckKind::Manifest)
     }
 }
 

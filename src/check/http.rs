@@ -50,7 +50,8 @@ impl CheckError for HttpFailed {
     }
 }
 
-fn status_text(status: u16) -> String {
+/// `404 Not Found`: the status with its canonical reason phrase.
+pub(crate) fn status_text(status: u16) -> String {
     let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -82,7 +83,13 @@ fn judge(status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
             .map(str::to_string)
     };
     let api_version = header(API_VERSION_HEADER);
-    let challenge = header("www-authenticate");
+    // Several WWW-Authenticate headers are one list of challenges (RFC 9110 §11.6.1).
+    let challenges: Vec<&str> = headers
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let challenge = (!challenges.is_empty()).then(|| challenges.join(", "));
     let fail = |reason, message: String| {
         Err(HttpFailed {
             reason,

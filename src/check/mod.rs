@@ -2,8 +2,11 @@
 //! Every check has the same shape: an async fn doing one job and returning a typed outcome or
 //! error; [`run`] owns the timeout and the success/duration bookkeeping (as blackbox_exporter's prober).
 
+pub mod auth;
 pub mod dns;
 pub mod http;
+pub mod manifest;
+pub mod tags;
 pub mod tcp;
 pub mod tls;
 

@@ -1,0 +1,552 @@
+//! Registry credentials from `--docker-config` (`.dockerconfigjson` / `config.json`, or the legacy
+//! `.dockercfg` map), matched to an image the way the kubelet's keyring matches keys.
+//!
+//! Secrets stay in [`Secret`]: no `Display`, a redacting `Debug`, and error messages that name keys
+//! and fields but never a value.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::route::DOCKER_HUB;
+
+/// A password, `auth` value or token: readable only through [`Secret::expose`], never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for putting on the wire (an `Authorization` header) and nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One username/password pair and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub username: String,
+    pub password: Secret,
+    /// The key of `auths` it came from, as written in the file (evidence for people).
+    pub key: String,
+}
+
+/// Why `--docker-config` cannot be used: names the file and the problem, never a secret.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--docker-config {path}: {problem}")]
+pub struct CredentialsError {
+    pub path: String,
+    pub problem: String,
+}
+
+/// Where an `auths` key applies: host globs (`*.example.com`), port and a path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pattern {
+    /// The kubelet's normalised key: host[:port][/path], without scheme or `/v1/`, `/v2/`.
+    key: String,
+    host_labels: Vec<String>,
+    port: String,
+    path: String,
+}
+
+/// The credentials of one docker config file, in the kubelet's lookup order.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    path: PathBuf,
+    /// Reverse-sorted by key, so more specific paths come first (as the kubelet's index).
+    entries: Vec<(Pattern, Credential)>,
+}
+
+/// The key the kubelet uses for Docker Hub (`https://index.docker.io/v1/` normalises to it).
+const DEFAULT_REGISTRY_KEY: &str = "index.docker.io";
+
+impl Keyring {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CredentialsError {
+            path: path.display().to_string(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses the text of a docker config file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CredentialsError> {
+        let fail = |problem: String| CredentialsError {
+            path: path.display().to_string(),
+            problem,
+        };
+        // Parsed into a Value first: serde_json's syntax errors name a position, never content,
+        // while typed errors could quote a value (a password).
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        let Value::Object(top) = value else {
+            return Err(fail("expected a JSON object with \"auths\"".into()));
+        };
+        let (auths, section) = match top.get("auths") {
+            Some(Value::Object(auths)) => (auths.clone(), "auths"),
+            Some(_) => return Err(fail("\"auths\" is not an object".into())),
+            // The legacy .dockercfg form: the map of registries is the whole file.
+            None => (legacy_entries(&top), ""),
+        };
+        if top.contains_key("credsStore") || top.contains_key("credHelpers") {
+            tracing::warn!(
+                path = %path.display(),
+                "credential helpers (credsStore/credHelpers) are not used by the kubelet nor by pullwatch; only \"auths\" counts"
+            );
+        }
+        let mut entries = Vec::with_capacity(auths.len());
+        for (key, entry) in &auths {
+            let field = if section.is_empty() {
+                format!("{key:?}")
+            } else {
+                format!("{section}[{key:?}]")
+            };
+            let pattern = Pattern::parse(key).ok_or_else(|| fail(format!("{field}: empty key")))?;
+            match entry_credential(entry).map_err(|problem| fail(format!("{field}: {problem}")))? {
+                Some((username, password)) => entries.push((
+                    pattern,
+                    Credential {
+                        username,
+                        password,
+                        key: key.clone(),
+                    },
+                )),
+                None => {
+                    tracing::warn!(path = %path.display(), key = %key, "entry has no auth nor username/password; ignored")
+                }
+            }
+        }
+        entries.sort_by(|a, b| b.0.key.cmp(&a.0.key));
+        Ok(Keyring {
+            path: path.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// The file the credentials came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The credential the kubelet would send first for `registry/repository` (a normalised
+    /// reference without tag), if any: keys matched in reverse-sorted order, then Docker Hub's
+    /// default key for docker.io images.
+    pub fn lookup(&self, registry: &str, repository: &str) -> Option<&Credential> {
+        let image = format!("{registry}/{repository}");
+        let target = Pattern::parse(&image)?;
+        self.entries
+            .iter()
+            .find(|(pattern, _)| pattern.matches(&target))
+            .or_else(|| {
+                (registry == DOCKER_HUB || registry == DEFAULT_REGISTRY_KEY)
+                    .then(|| {
+                        self.entries
+                            .iter()
+                            .find(|(pattern, _)| pattern.key == DEFAULT_REGISTRY_KEY)
+                    })
+                    .flatten()
+            })
+            .map(|(_, credential)| credential)
+    }
+}
+
+/// In a legacy `.dockercfg`, every top-level object that looks like a credential entry.
+fn legacy_entries(top: &Map<String, Value>) -> Map<String, Value> {
+    top.iter()
+        .filter(|(_, v)| {
+            v.as_object().is_some_and(|o| {
+                o.contains_key("auth") || o.contains_key("username") || o.contains_key("password")
+            })
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The username and password of one entry (`auth` wins over `username`/`password`, as in the
+/// kubelet); `None` when it holds neither. Problems never quote the value.
+fn entry_credential(entry: &Value) -> Result<Option<(String, Secret)>, String> {
+    let Value::Object(entry) = entry else {
+        return Err("not an object".into());
+    };
+    let text = |name: &str| match entry.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("\"{name}\" is not a string")),
+    };
+    let (auth, username, password) = (text("auth")?, text("username")?, text("password")?);
+    if let Some(auth) = auth.filter(|a| !a.is_empty()) {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let lenient = &base64::engine::general_purpose::STANDARD_NO_PAD;
+        let decoded = engine
+            .decode(auth.trim())
+            .or_else(|_| lenient.decode(auth.trim().trim_end_matches('=')))
+            .map_err(|_| "\"auth\" is not valid base64".to_string())?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| "\"auth\" does not decode to UTF-8 text".to_string())?;
+        let (username, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| "\"auth\" does not decode to username:password".to_string())?;
+        return Ok(Some((username.to_string(), Secret::new(password))));
+    }
+    match (username, password) {
+        (None, None) => Ok(None),
+        (username, password) => Ok(Some((
+            username.unwrap_or_default(),
+            Secret::new(password.unwrap_or_default()),
+        ))),
+    }
+}
+
+impl Pattern {
+    /// The kubelet's `Add`: scheme dropped, `/v1/` or `/v2/` dropped, host[:port] and path split.
+    fn parse(key: &str) -> Option<Self> {
+        let rest = key
+            .strip_prefix("https://")
+            .or_else(|| key.strip_prefix("http://"))
+            .unwrap_or(key);
+        let (host, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let path = ["/v1/", "/v2/"]
+            .iter()
+            .find_map(|prefix| {
+                path.strip_prefix(&prefix[..3])
+                    .filter(|_| path.starts_with(prefix))
+            })
+            .unwrap_or(path);
+        let path = if path == "/" { "" } else { path };
+        let (name, port) = split_port(host);
+        Some(Pattern {
+            key: format!("{host}{path}"),
+            host_labels: name.split('.').map(str::to_string).collect(),
+            port: port.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The kubelet's `URLsMatch`: same port, same number of host labels each matching its glob,
+    /// and the key's path a (string) prefix of the image's.
+    fn matches(&self, target: &Pattern) -> bool {
+        self.port == target.port
+            && self.host_labels.len() == target.host_labels.len()
+            && target.path.starts_with(&self.path)
+            && self
+                .host_labels
+                .iter()
+                .zip(&target.host_labels)
+                .all(|(glob, label)| glob_match(glob.as_bytes(), label.as_bytes()))
+    }
+}
+
+/// `host:port` → (`host`, `port`); IPv6 in brackets keeps its brackets.
+fn split_port(host: &str) -> (&str, &str) {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.contains(']') && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            (name, port)
+        }
+        _ => (host, ""),
+    }
+}
+
+/// Go's `filepath.Match` for one host label: `*` any run of characters, `?` one character.
+fn glob_match(glob: &[u8], text: &[u8]) -> bool {
+    match glob.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob_match(rest, &text[skip..])),
+        Some((b'?', rest)) => !text.is_empty() && glob_match(rest, &text[1..]),
+        Some((c, rest)) => text.first() == Some(c) && glob_match(rest, &text[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn keyring(json: &str) -> Keyring {
+        Keyring::parse(Path::new("/etc/config.json"), json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn matches_keys_like_the_kubelet() {
+        struct Case {
+            keys: &'static [&'static str],
+            registry: &'static str,
+            repository: &'static str,
+            want: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                keys: &["registry.test:5000"],
+                registry: "registry.test:5000",
+                repository: "team/app",
+                want: Some("registry.test:5000"),
+            },
+            Case {
+                keys: &["https://registry.test:5000"],
+                registry: "registry.test:5000",
+                repository: "app",
+                want: Some("https://registry.test:5000"),
+            },
+            Case {
+                keys: &["registry.test:5000/v2/"],
+                registry: "registry.test:5000",
+                repository: "app",
+                want: Some("registry.test:5000/v2/"),
+            },
+            Case {
+                keys: &["registry.test"],
+                registry: "registry.test:5000",
+                repository: "app",
+                want: None,
+            },
+            Case {
+                keys: &["registry.test:5000"],
+                registry: "registry.test",
+                repository: "app",
+                want: None,
+            },
+            Case {
+                keys: &["https://index.docker.io/v1/"],
+                registry: "docker.io",
+                repository: "library/nginx",
+                want: Some("https://index.docker.io/v1/"),
+            },
+            Case {
+                keys: &["docker.io"],
+                registry: "docker.io",
+                repository: "library/nginx",
+                want: Some("docker.io"),
+            },
+            Case {
+                keys: &["https://index.docker.io/v1/"],
+                registry: "ghcr.io",
+                repository: "org/app",
+                want: None,
+            },
+            Case {
+                keys: &["reg.io", "reg.io/team"],
+                registry: "reg.io",
+                repository: "team/app",
+                want: Some("reg.io/team"),
+            },
+            Case {
+                keys: &["reg.io", "reg.io/team"],
+                registry: "reg.io",
+                repository: "other/app",
+                want: Some("reg.io"),
+            },
+            Case {
+                keys: &["reg.io/team"],
+                registry: "reg.io",
+                repository: "other/app",
+                want: None,
+            },
+            // A string prefix, as in the kubelet: `team` covers `team2/…` too.
+            Case {
+                keys: &["reg.io/team"],
+                registry: "reg.io",
+                repository: "team2/app",
+                want: Some("reg.io/team"),
+            },
+            Case {
+                keys: &["*.example.com"],
+                registry: "eu.example.com",
+                repository: "app",
+                want: Some("*.example.com"),
+            },
+            Case {
+                keys: &["*.example.com"],
+                registry: "example.com",
+                repository: "app",
+                want: None,
+            },
+            Case {
+                keys: &["*.example.com"],
+                registry: "a.b.example.com",
+                repository: "app",
+                want: None,
+            },
+            Case {
+                keys: &["*.example.com:5000"],
+                registry: "eu.example.com:5000",
+                repository: "app",
+                want: Some("*.example.com:5000"),
+            },
+            Case {
+                keys: &["reg?.example.com"],
+                registry: "reg1.example.com",
+                repository: "app",
+                want: Some("reg?.example.com"),
+            },
+            Case {
+                keys: &["10.0.0.5:5000"],
+                registry: "10.0.0.5:5000",
+                repository: "app",
+                want: Some("10.0.0.5:5000"),
+            },
+        ];
+        for case in cases {
+            let auths: Map<String, Value> = case
+                .keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        serde_json::json!({ "auth": b64(&format!("user-{}:pw", k.replace(':', "_"))) }),
+                    )
+                })
+                .collect();
+            let ring = keyring(&serde_json::json!({ "auths": auths }).to_string());
+            let got = ring
+                .lookup(case.registry, case.repository)
+                .map(|c| c.key.as_str());
+            assert_eq!(
+                got, case.want,
+                "keys {:?}, image {}/{}",
+                case.keys, case.registry, case.repository
+            );
+            if let Some(credential) = ring.lookup(case.registry, case.repository) {
+                assert_eq!(
+                    credential.username,
+                    format!("user-{}", credential.key.replace(':', "_"))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reads_auth_username_password_and_legacy_files() {
+        let ring = keyring(&format!(
+            r#"{{"auths":{{"a.test":{{"auth":"{}"}},"b.test":{{"username":"bob","password":"p:w"}},
+               "c.test":{{"auth":"{}","username":"ignored","password":"ignored"}},"d.test":{{"email":"x@y"}}}},
+               "credsStore":"desktop"}}"#,
+            b64("alice:s3cret:with:colons"),
+            b64("carol:pw")
+        ));
+        let a = ring.lookup("a.test", "x").unwrap();
+        assert_eq!(
+            (a.username.as_str(), a.password.expose()),
+            ("alice", "s3cret:with:colons")
+        );
+        let b = ring.lookup("b.test", "x").unwrap();
+        assert_eq!((b.username.as_str(), b.password.expose()), ("bob", "p:w"));
+        assert_eq!(ring.lookup("c.test", "x").unwrap().username, "carol");
+        assert!(
+            ring.lookup("d.test", "x").is_none(),
+            "an entry without credentials is skipped"
+        );
+
+        let legacy = keyring(&format!(
+            r#"{{"legacy.test":{{"auth":"{}","email":"e"}}}}"#,
+            b64("old:pw")
+        ));
+        assert_eq!(legacy.lookup("legacy.test", "x").unwrap().username, "old");
+        let unpadded = keyring(&format!(
+            r#"{{"auths":{{"p.test":{{"auth":"{}"}}}}}}"#,
+            b64("ab:c").trim_end_matches('=')
+        ));
+        assert_eq!(
+            unpadded.lookup("p.test", "x").unwrap().password.expose(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn malformed_files_name_the_file_and_the_problem_but_no_secret() {
+        struct Case {
+            input: String,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                input: "{\"auths\": {".into(),
+                want: "not valid JSON",
+            },
+            Case {
+                input: "[]".into(),
+                want: "expected a JSON object",
+            },
+            Case {
+                input: r#"{"auths": "hunter2"}"#.into(),
+                want: "\"auths\" is not an object",
+            },
+            Case {
+                input: r#"{"auths": {"r.test": "hunter2"}}"#.into(),
+                want: "auths[\"r.test\"]: not an object",
+            },
+            Case {
+                input: r#"{"auths": {"r.test": {"auth": "hunter2!!"}}}"#.into(),
+                want: "auths[\"r.test\"]: \"auth\" is not valid base64",
+            },
+            Case {
+                input: format!(
+                    r#"{{"auths": {{"r.test": {{"auth": "{}"}}}}}}"#,
+                    b64("hunter2")
+                ),
+                want: "does not decode to username:password",
+            },
+            Case {
+                input: r#"{"auths": {"r.test": {"password": 5}}}"#.into(),
+                want: "\"password\" is not a string",
+            },
+            Case {
+                input: r#"{"auths": {"": {"auth": "aDpw"}}}"#.into(),
+                want: "empty key",
+            },
+        ];
+        for case in cases {
+            let error = Keyring::parse(Path::new("/etc/config.json"), &case.input)
+                .expect_err(&case.input)
+                .to_string();
+            assert!(
+                error.starts_with("--docker-config /etc/config.json: "),
+                "{error}"
+            );
+            assert!(error.contains(case.want), "{}: {error}", case.input);
+            assert!(
+                !error.contains("hunter2") && !error.contains(&b64("hunter2")),
+                "{error}"
+            );
+        }
+        let missing = Keyring::load(Path::new("/nonexistent/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("/nonexistent/config.json: cannot read"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("hunter2");
+        let credential = Credential {
+            username: "alice".into(),
+            password: secret.clone(),
+            key: "r.test".into(),
+        };
+        assert!(!format!("{credential:?}").contains("hunter2"));
+        assert_eq!(secret.expose(), "hunter2");
+    }
+}

@@ -1,0 +1,291 @@
+//! The chain after `/v2/` for one endpoint: `auth` (with a Bearer realm's host probed as its own
+//! endpoint, role `auth`) then `manifest`. What tells a typo from a missing secret from a quota problem.
+
+use std::sync::Mutex;
+
+use reqwest::Url;
+
+use super::{Diagnoser, Link, OnCheck, Probe};
+use crate::check::auth::{self, AuthFailed, AuthOutcome, Method, Plan};
+use crate::check::http::HttpOutcome;
+use crate::check::manifest::{self, ManifestOutcome, RateLimit};
+use crate::check::{self, CheckKind, CheckResult};
+use crate::platform::Platform;
+use crate::reason::Reason;
+use crate::reference::ImageRef;
+use crate::route::{Endpoint, Role, Scheme};
+
+/// The manifest check may list tags and read an index after its HEAD: this many check timeouts.
+const MANIFEST_TIMEOUTS: u32 = 3;
+
+/// The records and outcomes of the auth and manifest checks of one endpoint.
+#[derive(Debug, Default)]
+pub struct ApiProbe {
+    /// `auth`, then `manifest` when auth passed.
+    pub checks: Vec<CheckResult>,
+    /// The Bearer realm's host, when it is not the endpoint itself, with its dns/tcp/tls records.
+    pub token_server: Option<(Endpoint, Probe)>,
+    pub auth: Option<AuthOutcome>,
+    pub manifest: Option<ManifestOutcome>,
+    /// From the manifest HEAD, whether it succeeded or not (a 429 carries one too).
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Diagnoser {
+    /// Runs auth → manifest for `image` on an endpoint whose `/v2/` answered `http`. With
+    /// `platform`, an index is fetched (one GET, which Docker Hub counts as a pull) and must hold it.
+    pub async fn registry_api(
+        &self,
+        endpoint: &Endpoint,
+        link: &Link,
+        http: &HttpOutcome,
+        image: &ImageRef,
+        platform: Option<&Platform>,
+        on_check: OnCheck<'_>,
+    ) -> ApiProbe {
+        let mut api = ApiProbe::default();
+        let record = |api: &mut ApiProbe, result: CheckResult| {
+            on_check(endpoint, &result);
+            api.checks.push(result);
+        };
+        let credential = self
+            .pull
+            .credentials
+            .as_ref()
+            .and_then(|keyring| keyring.lookup(image.registry(), image.repository()));
+        let base_url = endpoint.url();
+        let plan = auth::plan(http.status, http.challenge.as_deref());
+
+        // A Bearer realm elsewhere is an endpoint of its own: reach it before asking it for a token.
+        let mut token_link = Some(link.clone());
+        if let Ok(Plan::Bearer(bearer)) = &plan
+            && let Some(server) = token_endpoint(&bearer.realm, endpoint)
+        {
+            let mut probe = Probe::default();
+            token_link = self.reach(&server, &mut probe, on_check).await;
+            api.token_server = Some((server, probe));
+        }
+        let unreachable = api
+            .token_server
+            .as_ref()
+            .and_then(|(server, probe)| unreachable(server, probe));
+
+        let (result, outcome) = check::run(CheckKind::Auth, self.timeout, async {
+            match plan? {
+                Plan::Open => Ok(AuthOutcome {
+                    method: Method::Open,
+                    authorization: None,
+                }),
+                Plan::Basic { .. } => match credential {
+                    Some(credential) => {
+                        auth::basic(&link.client, &base_url, credential, link.proxied).await
+                    }
+                    None => Ok(AuthOutcome {
+                        method: Method::BasicAnonymous,
+                        authorization: None,
+                    }),
+                },
+                Plan::Bearer(bearer) => match (&token_link, unreachable) {
+                    (Some(token_link), _) => {
+                        auth::token(
+                            &token_link.client,
+                            &bearer,
+                            image.repository(),
+                            credential,
+                            &self.pull.tokens,
+                            token_link.proxied,
+                        )
+                        .await
+                    }
+                    (None, Some(failed)) => Err(failed),
+                    (None, None) => Err(AuthFailed::new(
+                        Reason::Unknown,
+                        "the token server could not be reached".into(),
+                    )),
+                },
+            }
+        })
+        .await;
+        record(&mut api, result);
+        let Some(auth) = outcome else { return api };
+
+        let target = manifest::Target {
+            base_url: &base_url,
+            registry: image.registry(),
+            repository: image.repository(),
+            reference: image.manifest_reference(),
+        };
+        let options = manifest::Options {
+            platform,
+            list_budget: self.timeout,
+        };
+        let failed_limit = Mutex::new(None);
+        let checked = async {
+            let checked = manifest::check(&link.client, target, &auth, options, link.proxied).await;
+            if let (Err(failed), Ok(mut slot)) = (&checked, failed_limit.lock()) {
+                *slot = failed.rate_limit.clone();
+            }
+            checked
+        };
+        let (result, manifest) = check::run(
+            CheckKind::Manifest,
+            self.timeout * MANIFEST_TIMEOUTS,
+            checked,
+        )
+        .await;
+        // A token the registry refused is not worth keeping.
+        if matches!(
+            result.reason,
+            Some(Reason::AuthRequired | Reason::Forbidden)
+        ) && let Some(authorization) = &auth.authorization
+        {
+            self.pull.tokens.forget(authorization);
+        }
+        record(&mut api, result);
+        api.rate_limit = match &manifest {
+            Some(outcome) => outcome.rate_limit.clone(),
+            None => failed_limit.into_inner().ok().flatten(),
+        };
+        api.manifest = manifest;
+        api.auth = Some(auth);
+        api
+    }
+}
+
+/// The realm's `scheme://host:port` as an endpoint with role `auth`, or `None` when it is the
+/// registry endpoint itself. It inherits the endpoint's TLS settings: the runtime fetches tokens
+/// with the same client configuration as the registry host that sent it there.
+fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
+    let scheme = match realm.scheme() {
+        "http" => Scheme::Http,
+        _ => Scheme::Https,
+    };
+    let host = realm
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = realm.port_or_known_default()?;
+    if scheme == registry.scheme && host == registry.host && port == registry.port {
+        return None;
+    }
+    Some(Endpoint {
+        scheme,
+        host,
+        port,
+        role: Role::Auth,
+        source: format!("WWW-Authenticate of {}", registry.url()),
+        tls: registry.tls.clone(),
+    })
+}
+
+/// The auth check's failure when the token server's own dns/tcp/tls failed: the same reason.
+fn unreachable(server: &Endpoint, probe: &Probe) -> Option<AuthFailed> {
+    let failure = probe.checks.iter().find(|c| !c.ok)?;
+    Some(AuthFailed::new(
+        failure.reason.unwrap_or(Reason::Unknown),
+        format!(
+            "token server {} unreachable: {} failed: {}",
+            server.url(),
+            failure.check.as_str(),
+            failure.detail
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::TlsOptions;
+
+    #[test]
+    fn token_servers_are_their_own_endpoints() {
+        let registry = Endpoint {
+            scheme: Scheme::Https,
+            host: "registry-1.docker.io".into(),
+            port: 443,
+            role: Role::Upstream,
+            source: "default".into(),
+            tls: TlsOptions {
+                skip_verify: true,
+                ..TlsOptions::default()
+            },
+        };
+        struct Case {
+            realm: &'static str,
+            want: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                realm: "https://auth.docker.io/token",
+                want: Some("https://auth.docker.io"),
+            },
+            Case {
+                realm: "https://registry-1.docker.io/token?x=1",
+                want: None,
+            },
+            Case {
+                realm: "http://registry-1.docker.io/token",
+                want: Some("http://registry-1.docker.io"),
+            },
+            Case {
+                realm: "https://[::1]:5001/token",
+                want: Some("https://[::1]:5001"),
+            },
+        ];
+        for case in cases {
+            let realm = Url::parse(case.realm).unwrap();
+            let got = token_endpoint(&realm, &registry);
+            assert_eq!(
+                got.as_ref().map(Endpoint::url).as_deref(),
+                case.want,
+                "{}",
+                case.realm
+            );
+            if let Some(server) = got {
+                assert_eq!(server.role, Role::Auth);
+                assert!(
+                    server.tls.skip_verify,
+                    "inherits the endpoint's TLS settings"
+                );
+                assert_eq!(
+                    server.source,
+                    "WWW-Authenticate of https://registry-1.docker.io"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreachable_token_server_lends_its_reason() {
+        let server = token_endpoint(
+            &Url::parse("https://auth.test:5001/token").unwrap(),
+            &Endpoint {
+                scheme: Scheme::Https,
+                host: "reg.test".into(),
+                port: 443,
+                role: Role::Upstream,
+                source: "default".into(),
+                tls: TlsOptions::default(),
+            },
+        )
+        .unwrap();
+        let probe = Probe {
+            checks: vec![CheckResult {
+                check: CheckKind::Tcp,
+                ok: false,
+                seconds: 0.001,
+                detail: "127.0.0.1:5001 refused".into(),
+                reason: Some(Reason::TcpRefused),
+            }],
+            ..Probe::default()
+        };
+        let failed = unreachable(&server, &probe).unwrap();
+        assert_eq!(failed.reason, Reason::TcpRefused);
+        assert_eq!(
+            failed.message,
+            "token server https://auth.test:5001 unreachable: tcp failed: 127.0.0.1:5001 refused"
+        );
+        assert!(unreachable(&server, &Probe::default()).is_none());
+    }
+}
