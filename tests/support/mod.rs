@@ -11,6 +11,7 @@
     reason = "each test binary uses a different part of the shared harness"
 )]
 
+pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod containerd;
@@ -18,7 +19,9 @@ pub mod dns;
 pub mod http;
 pub mod image;
 pub mod netns;
+pub mod prometheus;
 pub mod registry;
+pub mod relay;
 pub mod scripted;
 pub mod watchdog;
 
