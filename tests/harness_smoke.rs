@@ -495,11 +495,11 @@ fn process_runner_kills_what_outlives_its_timeout() {
     assert_ne!(done.code, Some(0), "{done:?}");
 }
 
-/// Run only as a child of `watchdogs_clean_up_after_a_killed_test_process`: holds a
-/// netns and a registry, says so on stdout, and waits to be SIGKILLed.
-#[test]
-#[ignore = "helper process for watchdogs_clean_up_after_a_killed_test_process"]
-fn helper_holds_resources_until_killed() {
+/// Set in the child that `watchdogs_clean_up_after_a_killed_test_process` runs of itself.
+const HOLDER_ENV: &str = "PULLWATCH_SMOKE_HOLD_RESOURCES";
+
+/// The child's part: hold a netns and a registry, say so on stdout, wait to be SIGKILLed.
+fn hold_resources_until_killed() {
     let ns = Netns::new();
     let reg = Registry::start();
     println!("READY {} {}", ns.name(), reg.port());
@@ -509,13 +509,17 @@ fn helper_holds_resources_until_killed() {
 #[test]
 fn watchdogs_clean_up_after_a_killed_test_process() {
     use std::io::BufRead;
+    if std::env::var_os(HOLDER_ENV).is_some() {
+        return hold_resources_until_killed();
+    }
+    // The same test, re-run in a child process that plays the holder.
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "helper_holds_resources_until_killed",
-            "--ignored",
+            "watchdogs_clean_up_after_a_killed_test_process",
             "--nocapture",
         ])
+        .env(HOLDER_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
