@@ -693,6 +693,41 @@ fn bearer_denials_name_their_cause() {
 }
 
 #[test]
+fn an_open_v2_still_follows_the_challenge_of_the_manifest() {
+    // Quay's way: /v2/ answers 200, the repository wants a token, anonymous ones included.
+    let world = world();
+    let tokens = token_server(&world, 300);
+    let realm = format!("https://{AUTH_HOST}:{}/token", tokens.port());
+    let challenge =
+        format!(r#"Bearer realm="{realm}",service="{HOST}",scope="repository:team/app:pull""#);
+    let registry = world.scripted(move |b| {
+        b.route("GET", "/v2/", Response::registry_v2()).route_fn(
+            "HEAD",
+            "/v2/team/app/manifests/",
+            move |req: &Request| {
+                if req.header("authorization") == Some(&format!("Bearer {ANONYMOUS_TOKEN}")) {
+                    manifest_found()
+                } else {
+                    Response::new(401).header("WWW-Authenticate", &challenge)
+                }
+            },
+        )
+    });
+    let image = format!("{HOST}:{}/team/app:1.0", registry.port());
+    let (code, reports) = world.diagnose(&[], &[&image]);
+    let report = &reports[0];
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        text(&check(report, "auth")["detail"]),
+        format!("token for repository:team/app:pull from {realm} (anonymous), expires in 5m")
+    );
+    assert_eq!(report["endpoints"][1]["role"], "auth", "{report}");
+    let asked = tokens.requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].header("authorization").is_none(), "{asked:?}");
+}
+
+#[test]
 fn an_unreachable_token_server_fails_as_its_own_endpoint() {
     let world = world();
     let closed = closed_port();

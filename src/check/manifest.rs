@@ -280,6 +280,27 @@ pub async fn check(
     Ok(outcome)
 }
 
+/// The `WWW-Authenticate` of an anonymous manifest HEAD that answered 401, if it did: where a
+/// registry with an open `/v2/` says which token the repository needs.
+pub async fn anonymous_challenge(client: &reqwest::Client, target: Target<'_>) -> Option<String> {
+    let response = client
+        .head(format!("{}{}", target.base_url, target.path()))
+        .header(ACCEPT, ACCEPT_MANIFESTS)
+        .send()
+        .await
+        .ok()?;
+    if response.status().as_u16() != 401 {
+        return None;
+    }
+    let challenges: Vec<&str> = response
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!challenges.is_empty()).then(|| challenges.join(", "))
+}
+
 /// The reason and headline for a HEAD that was neither found nor missing (401, 403, 429, 5xx, …).
 fn judge_denial(
     status: u16,

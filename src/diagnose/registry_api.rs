@@ -54,7 +54,20 @@ impl Diagnoser {
             .as_ref()
             .and_then(|keyring| keyring.lookup(image.registry(), image.repository()));
         let base_url = endpoint.url();
-        let plan = auth::plan(http.status, http.challenge.as_deref());
+        let target = manifest::Target {
+            base_url: &base_url,
+            registry: image.registry(),
+            repository: image.repository(),
+            reference: image.manifest_reference(),
+        };
+        let mut plan = auth::plan(http.status, http.challenge.as_deref());
+        // An open /v2/ may still want a token per repository (Quay does): the runtime learns it
+        // from the manifest's 401, so ask the manifest anonymously and follow its challenge.
+        if let Ok(Plan::Open) = plan
+            && let Some(challenge) = manifest::anonymous_challenge(&link.client, target).await
+        {
+            plan = auth::plan(401, Some(&challenge));
+        }
 
         // A Bearer realm elsewhere is an endpoint of its own: reach it before asking it for a token.
         let mut token_link = Some(link.clone());
@@ -109,12 +122,6 @@ impl Diagnoser {
         record(&mut api, result);
         let Some(auth) = outcome else { return api };
 
-        let target = manifest::Target {
-            base_url: &base_url,
-            registry: image.registry(),
-            repository: image.repository(),
-            reference: image.manifest_reference(),
-        };
         let options = manifest::Options {
             platform,
             list_budget: self.timeout,
