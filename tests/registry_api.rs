@@ -799,6 +799,52 @@ fn an_unreachable_token_server_fails_as_its_own_endpoint() {
 }
 
 #[test]
+fn the_text_report_shows_the_token_server_cause_and_fix() {
+    let world = world();
+    let closed = closed_port();
+    let realm = format!("https://{AUTH_HOST}:{closed}/token");
+    let registry = world.scripted(|b| b.route("GET", "/v2/", bearer_v2(&realm)));
+    let key = format!("{HOST}:{}", registry.port());
+    let mut args = world.args();
+    args.extend(["diagnose".into(), format!("{key}/team/app:1.0")]);
+    let out = Pullwatch::new().args(args).run();
+    assert_eq!(out.exit_code(), 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], format!("✗ {key}/team/app:1.0: NOT pullable"));
+    assert_eq!(lines[1], format!("  https://{key} (upstream, default)"));
+    assert!(
+        lines[6].starts_with("    ✗ auth ")
+            && lines[6].contains(&format!(
+                "token server https://{AUTH_HOST}:{closed} unreachable"
+            )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        lines[7],
+        format!("  https://{AUTH_HOST}:{closed} (auth, WWW-Authenticate of https://{key})")
+    );
+    assert!(
+        lines[8].starts_with("    ✓ dns ") && lines[9].starts_with("    ✗ tcp "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[10].starts_with(&format!(
+            "  Cause: tcp_refused: https://{key} (auth): token server"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        lines[11],
+        format!(
+            "  Fix: nothing listens at https://{AUTH_HOST}:{closed}: check the port and that the registry is running"
+        )
+    );
+}
+
+#[test]
 fn rate_limits_and_server_errors_from_the_manifest_head() {
     let world = world();
     let limited = Response::new(429)
