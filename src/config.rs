@@ -58,6 +58,16 @@ pub struct CommonFlags {
     #[arg(long, global = true, env = "PULLWATCH_PLATFORM", default_value_t = Platform::host())]
     pub platform: Platform,
 
+    /// The container runtime's CRI socket in crictl's form (unix:///run/containerd/containerd.sock);
+    /// default: the first well-known socket present. No runtime is a warning, not an error.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_RUNTIME_ENDPOINT",
+        value_name = "unix:///PATH"
+    )]
+    pub runtime_endpoint: Option<String>,
+
     /// Timeout of each check, e.g. 5s, 500ms.
     #[arg(long, global = true, env = "PULLWATCH_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
@@ -72,6 +82,14 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// Where runtimes put their CRI socket, in the order they are looked for (DESIGN.md).
+pub const RUNTIME_SOCKETS: [&str; 4] = [
+    "/run/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/run/crio/crio.sock",
+    "/var/run/cri-dockerd.sock",
+];
 
 /// A flag value that parsed but cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +106,12 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 }
 
 impl CommonFlags {
+    /// The runtime's socket: `--runtime-endpoint`, else the first of [`RUNTIME_SOCKETS`] present.
+    pub fn runtime_socket(&self) -> Result<Option<crate::runtime::Located>, ConfigError> {
+        crate::runtime::locate(self.runtime_endpoint.as_deref(), &RUNTIME_SOCKETS)
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
     /// Validates everything the checks need and builds the engine.
     pub fn diagnoser(&self) -> Result<Diagnoser, ConfigError> {
         let resolver = DnsResolver::from_resolv_conf(&self.resolv_conf)
