@@ -81,6 +81,12 @@ fn assert_fails(code: i32, report: &Value, check: &str, reason: &str) {
     );
 }
 
+/// The registry with the image every test asks for pushed to it, so the chain can finish.
+fn with_app(registry: Registry) -> Registry {
+    registry.push_image("team/app", "1.0");
+    registry
+}
+
 fn image_at(port: u16) -> String {
     format!("{HOST}:{port}/team/app:1.0")
 }
@@ -88,9 +94,11 @@ fn image_at(port: u16) -> String {
 #[test]
 fn healthy_tls_registry_is_pullable_with_full_evidence() {
     let tls = TlsFixtures::for_host(HOST);
-    let registry = Registry::builder()
-        .tls(&tls.valid.cert_path, &tls.valid.key_path)
-        .start();
+    let registry = with_app(
+        Registry::builder()
+            .tls(&tls.valid.cert_path, &tls.valid.key_path)
+            .start(),
+    );
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
 
     let (code, report) = diagnose(
@@ -115,7 +123,7 @@ fn healthy_tls_registry_is_pullable_with_full_evidence() {
     let checks = chain(&report);
     assert!(checks.iter().all(|(_, ok, _)| *ok), "{report}");
     let names: Vec<&str> = checks.iter().map(|(c, _, _)| c.as_str()).collect();
-    assert_eq!(names, ["dns", "tcp", "tls", "http"]);
+    assert_eq!(names, ["dns", "tcp", "tls", "http", "auth", "manifest"]);
     let detail = |i: usize| {
         endpoint["checks"][i]["detail"]
             .as_str()
@@ -257,7 +265,7 @@ fn the_test_ca_is_not_trusted_without_ca_file() {
 
 #[test]
 fn plain_http_on_the_tls_port_is_a_handshake_failure_unless_declared_insecure() {
-    let registry = Registry::start();
+    let registry = with_app(Registry::start());
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let image = image_at(registry.port());
 
@@ -281,7 +289,7 @@ fn plain_http_on_the_tls_port_is_a_handshake_failure_unless_declared_insecure() 
     let checks: Vec<String> = chain(&report).into_iter().map(|(c, _, _)| c).collect();
     assert_eq!(
         checks,
-        ["dns", "tcp", "http"],
+        ["dns", "tcp", "http", "auth", "manifest"],
         "no tls check over plain HTTP"
     );
 }
@@ -319,7 +327,7 @@ fn dns_failures() {
 
 #[test]
 fn dns_cache_is_off_and_families_are_asked_apart() {
-    let registry = Registry::start();
+    let registry = with_app(Registry::start());
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let insecure = format!("{HOST}:{}", registry.port());
     let image = image_at(registry.port());
@@ -346,7 +354,7 @@ fn dns_cache_is_off_and_families_are_asked_apart() {
 
 #[test]
 fn partly_dead_address_set_passes_but_shows() {
-    let registry = Registry::start();
+    let registry = with_app(Registry::start());
     // 127.0.0.2 is on loopback too, but the registry only listens on 127.0.0.1.
     let dns = dns_with(|b| b.a(HOST, LOOPBACK).a(HOST, Ipv4Addr::new(127, 0, 0, 2)));
     let insecure = format!("{HOST}:{}", registry.port());
@@ -463,9 +471,11 @@ fn http_answers_that_are_not_a_healthy_registry() {
 #[test]
 fn a_refusing_or_dead_proxy_is_a_proxy_error() {
     let tls = TlsFixtures::for_host(HOST);
-    let registry = Registry::builder()
-        .tls(&tls.valid.cert_path, &tls.valid.key_path)
-        .start();
+    let registry = with_app(
+        Registry::builder()
+            .tls(&tls.valid.cert_path, &tls.valid.key_path)
+            .start(),
+    );
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let image = image_at(registry.port());
     let refusing = ScriptedServer::refusing_proxy();
@@ -551,7 +561,7 @@ fn invalid_references_are_explained() {
 
 #[test]
 fn several_images_one_line_each_and_exit_code_1_when_any_fails() {
-    let registry = Registry::start();
+    let registry = with_app(Registry::start());
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let insecure = format!("{HOST}:{}", registry.port());
     let good = image_at(registry.port());
