@@ -20,6 +20,9 @@ use crate::reason::{Reason, classify_runtime_message};
 /// Largest CRI message sent or accepted (ListImages on a busy node is big).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// How much longer than a call's deadline the outer bound waits.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
 /// Reconnect backoff after the runtime went away: quick at first, at most every 30 s.
 pub const RECONNECT_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(250),
@@ -118,7 +121,8 @@ pub enum RuntimeError {
         socket: String,
         after: Duration,
     },
-    /// The runtime answered with an error; `message` is its text, verbatim.
+    /// The runtime answered with an error; `message` is its text, verbatim. (A runtime that
+    /// ran out of time answers too: `DeadlineExceeded`, with the inner error's text.)
     #[error("{call}: {message}")]
     Call {
         call: &'static str,
@@ -504,7 +508,9 @@ impl RuntimeClient {
         timeout: Duration,
         rpc: impl AsyncFnOnce(Duration) -> Result<tonic::Response<T>, tonic::Status>,
     ) -> Result<T, RuntimeError> {
-        let result = tokio::time::timeout(timeout, rpc(timeout)).await;
+        // The runtime gets the deadline too (grpc-timeout) and stops; tonic enforces it here as
+        // well, so the outer bound only covers a call that hangs outside tonic.
+        let result = tokio::time::timeout(timeout + DEADLINE_GRACE, rpc(timeout)).await;
         let mut conn = self.conn.lock().await;
         match result {
             Ok(Ok(response)) => {
@@ -513,18 +519,19 @@ impl RuntimeClient {
                 conn.last_error = None;
                 Ok(response.into_inner())
             }
-            Ok(Err(status)) if is_transport_failure(&status) => {
-                let message = transport_message(&status);
-                conn.channel = None;
-                Self::failed(&mut conn, &self.backoff, message.clone());
-                Err(self.unavailable(message))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            // tonic enforces the request's deadline on this side too.
+            Ok(Err(status)) if caused_by::<tonic::TimeoutExpired>(&status) => {
                 Err(RuntimeError::Timeout {
                     call: name,
                     socket: self.endpoint(),
                     after: timeout,
                 })
+            }
+            Ok(Err(status)) if is_transport_failure(&status) => {
+                let message = transport_message(&status);
+                conn.channel = None;
+                Self::failed(&mut conn, &self.backoff, message.clone());
+                Err(self.unavailable(message))
             }
             Ok(Err(status)) => Err(RuntimeError::Call {
                 call: name,
@@ -585,13 +592,17 @@ fn bounded<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 
 /// The call never reached the runtime, or the connection broke under it.
 fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        || caused_by::<tonic::transport::Error>(status)
+        || caused_by::<std::io::Error>(status)
+}
+
+/// Whether an error of type `E` is in the status's source chain.
+fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     use std::error::Error;
-    if status.code() == tonic::Code::Unavailable {
-        return true;
-    }
     let mut source = status.source();
     while let Some(error) = source {
-        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
+        if error.is::<E>() {
             return true;
         }
         source = error.source();
