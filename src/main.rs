@@ -171,6 +171,13 @@ fn agent(common: &CommonFlags, flags: &AgentFlags) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let runtime_socket = match common.runtime_socket() {
+        Ok(located) => located.map(|l| l.socket),
+        Err(error) => {
+            eprintln!("pullwatch agent: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -186,7 +193,7 @@ fn agent(common: &CommonFlags, flags: &AgentFlags) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let agent = match Agent::start(config, diagnoser).await {
+        let agent = match Agent::start(config, diagnoser, runtime_socket).await {
             Ok(agent) => agent,
             Err(error) => {
                 eprintln!("pullwatch agent: {error}");

@@ -27,6 +27,15 @@ pub const TLS_INFO: &str = "pullwatch_tls_info";
 pub const HTTP_STATUS: &str = "pullwatch_http_status_code";
 pub const SERIES_DROPPED: &str = "pullwatch_series_dropped_total";
 pub const BUILD_INFO: &str = "pullwatch_build_info";
+pub const RUNTIME_UP: &str = "pullwatch_runtime_up";
+pub const RUNTIME_INFO: &str = "pullwatch_runtime_info";
+pub const RUNTIME_CONDITION: &str = "pullwatch_runtime_condition";
+pub const IMAGE_FS_USED_BYTES: &str = "pullwatch_image_fs_used_bytes";
+pub const IMAGE_FS_INODES_USED: &str = "pullwatch_image_fs_inodes_used";
+pub const IMAGES: &str = "pullwatch_images";
+
+/// Runtime conditions and image filesystems exported at most (label values come from the runtime).
+const MAX_RUNTIME_LABELS: usize = 16;
 
 /// Metrics whose series a cap can refuse; their `series_dropped_total` series always exist.
 const CAPPED: [&str; 3] = [REGISTRY_UP, ENDPOINT_FAILURE_REASON, CHECK_FAILURES];
@@ -46,6 +55,12 @@ pub struct Metrics {
     tls_info: IntGaugeVec,
     http_status: IntGaugeVec,
     series_dropped: IntCounterVec,
+    runtime_up: IntGaugeVec,
+    runtime_info: IntGaugeVec,
+    runtime_condition: IntGaugeVec,
+    image_fs_used_bytes: IntGaugeVec,
+    image_fs_inodes_used: IntGaugeVec,
+    images: IntGaugeVec,
     /// Which label sets exist, so they can be removed and counted. Held briefly, never across `.await`.
     book: Mutex<Book>,
 }
@@ -55,6 +70,25 @@ struct Book {
     /// Live series carrying a failure `reason` label (capped by `max_failing`).
     failing: usize,
     registries: BTreeMap<String, RegistrySeries>,
+    runtime: RuntimeSeries,
+}
+
+/// The runtime's label sets now exported.
+#[derive(Default)]
+struct RuntimeSeries {
+    info: Option<[String; 3]>,
+    conditions: BTreeSet<String>,
+    mountpoints: BTreeSet<String>,
+    images: bool,
+}
+
+/// What the runtime said in one refresh (`Version`, `Status`, `ImageFsInfo`, `ListImages`).
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeFacts {
+    pub version: Option<crate::runtime::RuntimeVersion>,
+    pub conditions: Vec<crate::runtime::Condition>,
+    pub image_fs: Vec<crate::runtime::ImageFs>,
+    pub images: Option<usize>,
 }
 
 #[derive(Default)]
@@ -160,10 +194,33 @@ impl Metrics {
                 "Series refused by a cap (--max-registries, --max-failing-series).",
                 &["metric"],
             )?,
+            runtime_up: gauge(RUNTIME_UP, "1 while the CRI socket answers.", &[])?,
+            runtime_info: gauge(
+                RUNTIME_INFO,
+                "Always 1: the runtime on the CRI socket (Version).",
+                &["runtime_name", "runtime_version", "runtime_api_version"],
+            )?,
+            runtime_condition: gauge(
+                RUNTIME_CONDITION,
+                "The runtime's Status conditions (RuntimeReady, NetworkReady), 0/1.",
+                &["condition"],
+            )?,
+            image_fs_used_bytes: gauge(
+                IMAGE_FS_USED_BYTES,
+                "Bytes used on the runtime's image filesystem (ImageFsInfo).",
+                &["mountpoint"],
+            )?,
+            image_fs_inodes_used: gauge(
+                IMAGE_FS_INODES_USED,
+                "Inodes used on the runtime's image filesystem (ImageFsInfo).",
+                &["mountpoint"],
+            )?,
+            images: gauge(IMAGES, "Images the node holds (ListImages).", &[])?,
             book: Mutex::new(Book {
                 max_failing: max_failing_series,
                 failing: 0,
                 registries: BTreeMap::new(),
+                runtime: RuntimeSeries::default(),
             }),
             registry: registry.clone(),
         };
@@ -194,6 +251,86 @@ impl Metrics {
         self.series_dropped
             .with_label_values(&[metric])
             .inc_by(count);
+    }
+
+    /// Records one refresh of the runtime's state; facts it did not give lose their series
+    /// (`runtime_info` stays: it names the runtime that went away).
+    pub fn record_runtime(&self, up: bool, facts: &RuntimeFacts) {
+        let mut guard = self.lock();
+        let series = &mut guard.runtime;
+        self.runtime_up
+            .with_label_values::<&str>(&[])
+            .set(i64::from(up));
+        if let Some(version) = &facts.version {
+            let info = [
+                version.runtime_name.clone(),
+                version.runtime_version.clone(),
+                version.runtime_api_version.clone(),
+            ];
+            if series.info.as_ref() != Some(&info) {
+                if let Some(old) = series.info.take() {
+                    let _ = self.runtime_info.remove_label_values(&old);
+                }
+                self.runtime_info.with_label_values(&info).set(1);
+                series.info = Some(info);
+            }
+        }
+        let conditions: BTreeMap<&str, bool> = facts
+            .conditions
+            .iter()
+            .take(MAX_RUNTIME_LABELS)
+            .map(|c| (c.kind.as_str(), c.status))
+            .collect();
+        series.conditions.retain(|kind| {
+            let keep = conditions.contains_key(kind.as_str());
+            if !keep {
+                let _ = self.runtime_condition.remove_label_values(&[kind]);
+            }
+            keep
+        });
+        for (kind, status) in conditions {
+            self.runtime_condition
+                .with_label_values(&[kind])
+                .set(i64::from(status));
+            series.conditions.insert(kind.to_string());
+        }
+        let filesystems: BTreeMap<&str, &crate::runtime::ImageFs> = facts
+            .image_fs
+            .iter()
+            .take(MAX_RUNTIME_LABELS)
+            .map(|fs| (fs.mountpoint.as_str(), fs))
+            .collect();
+        series.mountpoints.retain(|mountpoint| {
+            let keep = filesystems.contains_key(mountpoint.as_str());
+            if !keep {
+                let _ = self.image_fs_used_bytes.remove_label_values(&[mountpoint]);
+                let _ = self.image_fs_inodes_used.remove_label_values(&[mountpoint]);
+            }
+            keep
+        });
+        for (mountpoint, fs) in filesystems {
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.image_fs_used_bytes
+                .with_label_values(&[mountpoint])
+                .set(clamp(fs.used_bytes));
+            self.image_fs_inodes_used
+                .with_label_values(&[mountpoint])
+                .set(clamp(fs.inodes_used));
+            series.mountpoints.insert(mountpoint.to_string());
+        }
+        match facts.images {
+            Some(count) => {
+                self.images
+                    .with_label_values::<&str>(&[])
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                series.images = true;
+            }
+            None if series.images => {
+                let _ = self.images.remove_label_values::<&str>(&[]);
+                series.images = false;
+            }
+            None => {}
+        }
     }
 
     /// Sets `registry_up`.

@@ -7,11 +7,12 @@ pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod scheduler;
 pub mod status;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +26,12 @@ use self::config::AgentConfig;
 use self::discovery::Discovery;
 use self::health::Liveness;
 use self::metrics::Metrics;
+use self::node::NodeWatch;
 use self::scheduler::Scheduler;
 use self::status::StatusBoard;
 use crate::diagnose::Diagnoser;
 use crate::route::Route;
+use crate::runtime::RuntimeClient;
 
 /// How long the tasks get to finish after SIGTERM/SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -80,14 +83,21 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     status: Arc<StatusBoard>,
     liveness: Arc<Liveness>,
+    node: NodeWatch,
+    runtime_up: bool,
     targets: watch::Receiver<Vec<Route>>,
-    /// Kept so the scheduler follows the targets for as long as the agent runs.
-    _discovered: watch::Sender<Vec<Route>>,
+    /// Where the node watch publishes the routes it discovers.
+    discovered: watch::Sender<Vec<Route>>,
 }
 
 impl Agent {
-    /// Binds `--listen` and `--api-socket`, builds the metrics and runs the first discovery.
-    pub async fn start(config: AgentConfig, diagnoser: Diagnoser) -> Result<Self, StartError> {
+    /// Binds `--listen` and `--api-socket`, builds the metrics, looks at the runtime on
+    /// `runtime_socket` (none: a warning) and runs the first discovery.
+    pub async fn start(
+        config: AgentConfig,
+        diagnoser: Diagnoser,
+        runtime_socket: Option<PathBuf>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new(
             &config.node_name,
             env!("CARGO_PKG_VERSION"),
@@ -103,11 +113,31 @@ impl Agent {
                 })?;
         let socket = api::bind(&config.api_socket)?;
         let status = Arc::new(StatusBoard::new(config.node_name.clone()));
-        let mut discovery =
-            Discovery::new(config.max_registries, diagnoser.insecure_registries.clone());
-        let routes = discovery.routes(config.registries.iter().map(String::as_str), &metrics);
+        let liveness = Arc::new(Liveness::default());
+        if runtime_socket.is_none() {
+            warn!("no container runtime socket found (--runtime-endpoint): runtime_up is 0");
+        }
+        let mut node = NodeWatch {
+            runtime: runtime_socket.map(|socket| RuntimeClient::new(socket, diagnoser.timeout)),
+            discovery: Discovery::new(config.max_registries, diagnoser.insecure_registries.clone()),
+            static_registries: config.registries.clone(),
+            metrics: Arc::clone(&metrics),
+            liveness: Arc::clone(&liveness),
+            interval: config.interval,
+            max_quiet: max_quiet(&config, diagnoser.timeout),
+            held: None,
+        };
+        let first = node.refresh().await;
+        if let (Some(client), Some(error)) = (&node.runtime, &first.error) {
+            warn!(runtime = client.endpoint(), %error, "container runtime not answering fully");
+        }
+        let routes = node.apply(&first);
         status.discovered(routes.iter().map(|r| r.registry.as_str()));
-        info!(registries = routes.len(), "discovery done");
+        info!(
+            registries = routes.len(),
+            runtime_up = first.up,
+            "discovery done"
+        );
         let (discovered, targets) = watch::channel(routes);
         Ok(Agent {
             config,
@@ -116,9 +146,11 @@ impl Agent {
             diagnoser: Arc::new(diagnoser),
             metrics,
             status,
-            liveness: Arc::new(Liveness::default()),
+            liveness,
+            node,
+            runtime_up: first.up,
             targets,
-            _discovered: discovered,
+            discovered,
         })
     }
 
@@ -133,8 +165,10 @@ impl Agent {
             metrics,
             status,
             liveness,
+            node,
+            runtime_up,
             targets,
-            _discovered,
+            discovered,
         } = self;
         let cancel = CancellationToken::new();
         let settings = scheduler::Settings {
@@ -173,6 +207,11 @@ impl Agent {
         tasks.spawn(async move {
             scheduler.run(targets, token).await;
             ("scheduler", Ok(()))
+        });
+        let token = cancel.clone();
+        tasks.spawn(async move {
+            node.run(runtime_up, discovered, token).await;
+            ("node watch", Ok(()))
         });
         info!(
             node = config.node_name,
