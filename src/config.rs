@@ -12,7 +12,7 @@ use crate::credentials::Keyring;
 use crate::diagnose::{Diagnoser, PullSettings};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
-use crate::route::split_host_port;
+use crate::route::{RouteConfig, split_host_port};
 use crate::trust::Trust;
 
 /// Flags shared by `agent` and `diagnose` (DESIGN.md "Shared flags"); crictl's names where it has one.
@@ -68,6 +68,26 @@ pub struct CommonFlags {
     )]
     pub runtime_endpoint: Option<String>,
 
+    /// containerd's registry host directory (its `config_path`): `<registry>/hosts.toml`, `_default/`.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_CONTAINERD_CERTS_DIR",
+        default_value = "/etc/containerd/certs.d",
+        value_name = "DIR"
+    )]
+    pub containerd_certs_dir: PathBuf,
+
+    /// CRI-O's registries.conf; its `<FILE>.d/*.conf` drop-ins are read too.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_REGISTRIES_CONF",
+        default_value = "/etc/containers/registries.conf",
+        value_name = "FILE"
+    )]
+    pub registries_conf: PathBuf,
+
     /// Timeout of each check, e.g. 5s, 500ms.
     #[arg(long, global = true, env = "PULLWATCH_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
@@ -112,6 +132,15 @@ impl CommonFlags {
             .map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// Where the runtime's registry config is; which runtime's applies is learnt from the runtime.
+    pub fn route_config(&self) -> RouteConfig {
+        RouteConfig::new(
+            self.containerd_certs_dir.clone(),
+            self.registries_conf.clone(),
+            self.insecure_registries.clone(),
+        )
+    }
+
     /// Validates everything the checks need and builds the engine.
     pub fn diagnoser(&self) -> Result<Diagnoser, ConfigError> {
         let resolver = DnsResolver::from_resolv_conf(&self.resolv_conf)
@@ -136,6 +165,7 @@ impl CommonFlags {
             proxies,
             timeout: self.timeout,
             insecure_registries: self.insecure_registries.clone(),
+            routes: self.route_config(),
             pull: PullSettings {
                 credentials,
                 platform: self.platform.clone(),

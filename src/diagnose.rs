@@ -23,7 +23,8 @@ use crate::proxy::{self, Proxy, ProxySettings};
 use crate::reason::Reason;
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report};
-use crate::route::{self, Endpoint, Role, Scheme};
+use crate::route::{Endpoint, Role, RouteConfig, Scheme};
+use crate::runtime::{PullAuth, RuntimeClient};
 use crate::trust::Trust;
 
 /// What the checks need from the node, built once at start-up.
@@ -34,6 +35,8 @@ pub struct Diagnoser {
     /// Per check.
     pub timeout: Duration,
     pub insecure_registries: Vec<String>,
+    /// Where routes come from (the runtime's registry config); see [`RouteConfig::resolve`].
+    pub routes: RouteConfig,
     /// How this node pulls: credentials, platform, tokens (the auth and manifest checks).
     pub pull: PullSettings,
 }
@@ -99,12 +102,24 @@ impl Diagnoser {
             Ok(image) => image,
             Err(error) => return invalid_reference(input, "", error.to_string()),
         };
-        let route = match route::default_route(image.registry(), &self.insecure_registries) {
-            Ok(route) => route,
+        let configured = match self
+            .routes
+            .resolve(image.registry(), Some(image.repository()))
+        {
+            Ok(configured) => configured,
             Err(error) => {
                 return invalid_reference(&image.to_string(), image.registry(), error.to_string());
             }
         };
+        for problem in &configured.problems {
+            tracing::warn!(%problem, registry = image.registry(), "runtime registry config not used as written");
+        }
+        if let Some(file) = &configured.blocked_by {
+            return blocked(&image.to_string(), image.registry(), file);
+        }
+        // The runtime resolves a tag only through hosts that may resolve; a digest through any
+        // that may pull.
+        let route = configured.route_for(image.digest().is_some());
         let mut endpoints = Vec::with_capacity(route.endpoints.len());
         for endpoint in &route.endpoints {
             let (probe, link) = self.probe_linked(endpoint, on_check).await;
@@ -138,7 +153,40 @@ impl Diagnoser {
                 });
             }
         }
-        conclude(image.to_string(), route.registry, endpoints)
+        let mut report = conclude(image.to_string(), route.registry, endpoints);
+        if !configured.problems.is_empty() {
+            let problems: Vec<String> = configured.problems.iter().map(|p| p.to_string()).collect();
+            report.summary = format!(
+                "{}; runtime registry config not used as written: {}",
+                report.summary,
+                problems.join("; ")
+            );
+        }
+        report
+    }
+
+    /// `diagnose --via-runtime`: the chain, then a real CRI `PullImage` by the node's runtime
+    /// (with the `--docker-config` credentials, as the kubelet passes imagePullSecrets), whose
+    /// verdict decides. `pull_timeout` bounds the pull, which may download the whole image.
+    pub async fn diagnose_via_runtime(
+        &self,
+        input: &str,
+        runtime: &RuntimeClient,
+        pull_timeout: Duration,
+    ) -> Report {
+        let report = self.diagnose(input).await;
+        let auth = ImageRef::parse(&report.image).ok().and_then(|image| {
+            let credentials = self.pull.credentials.as_ref()?;
+            let found = credentials.lookup(image.registry(), image.repository())?;
+            Some(PullAuth {
+                username: found.username.clone(),
+                password: found.password.expose().to_string(),
+            })
+        });
+        let pull = check::runtime::check(runtime, &report.image, auth.as_ref(), pull_timeout);
+        // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
+        let (result, _) = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;
+        with_runtime_check(report, result)
     }
 
     /// Runs dns → tcp → tls → http against one endpoint, stopping at the first failure.
@@ -285,6 +333,66 @@ impl Diagnoser {
     }
 }
 
+/// How much longer than the pull's own timeout the `runtime` check waits.
+const RUNTIME_GRACE: Duration = Duration::from_secs(5);
+
+/// Folds a `runtime` check into a report. The runtime's verdict decides whether the image is
+/// pullable; the check goes last in the chain of the endpoint the runtime's message names, else of
+/// the endpoint that passed, else of the last one. A failed pull's reason is the runtime's, unless
+/// only the chain could say more than `runtime_error`.
+pub fn with_runtime_check(mut report: Report, result: CheckResult) -> Report {
+    let named = report.endpoints.iter().position(|e| {
+        e.role != Role::Auth
+            && e.endpoint
+                .split_once("://")
+                .is_some_and(|(_, authority)| result.detail.contains(&format!("{authority}/")))
+    });
+    let at = named
+        .or_else(|| report.endpoints.iter().position(|e| e.pullable()))
+        .or_else(|| report.endpoints.iter().rposition(|e| e.role != Role::Auth));
+    let endpoint = at
+        .map(|i| report.endpoints[i].endpoint.clone())
+        .unwrap_or_default();
+    let chain_summary = std::mem::take(&mut report.summary);
+    if result.ok {
+        report.summary = if report.pullable {
+            format!("{chain_summary}; {}", result.detail)
+        } else {
+            format!(
+                "{}, although pullwatch's own checks failed: {chain_summary}",
+                result.detail
+            )
+        };
+        report.pullable = true;
+        report.reason = None;
+        report.fix = None;
+    } else {
+        let runtime_reason = result.reason.unwrap_or(Reason::RuntimeError);
+        let reason = match (runtime_reason, report.reason) {
+            (Reason::RuntimeError | Reason::Unknown, Some(chain)) => chain,
+            (runtime, _) => runtime,
+        };
+        report.summary = if report.pullable {
+            format!(
+                "the runtime could not pull it: {}; pullwatch's own checks passed: {chain_summary}",
+                result.detail
+            )
+        } else {
+            format!(
+                "the runtime could not pull it: {}; {chain_summary}",
+                result.detail
+            )
+        };
+        report.pullable = false;
+        report.reason = Some(reason);
+        report.fix = Some(reason.fix(&report.registry, &endpoint));
+    }
+    if let Some(i) = at {
+        report.endpoints[i].checks.push(result);
+    }
+    report
+}
+
 /// A host that is an IP literal: no lookup, as in the runtime.
 fn literal_address(ip: IpAddr) -> (CheckResult, Option<DnsOutcome>) {
     use crate::check::Evidence;
@@ -320,6 +428,20 @@ fn config_failure(check: CheckKind, detail: String) -> CheckResult {
         seconds: 0.0,
         detail,
         reason: Some(reason),
+    }
+}
+
+/// The runtime's config forbids the registry (CRI-O `blocked = true`): nothing to probe.
+fn blocked(image: &str, registry: &str, file: &std::path::Path) -> Report {
+    let reason = Reason::Blocked;
+    Report {
+        image: image.to_string(),
+        registry: registry.to_string(),
+        pullable: false,
+        reason: Some(reason),
+        summary: format!("registry {registry} is blocked in {}", file.display()),
+        fix: Some(reason.fix(registry, "")),
+        endpoints: vec![],
     }
 }
 

@@ -15,6 +15,7 @@ pub mod reference;
 pub mod report;
 pub mod route;
 pub mod runtime;
+pub mod targets;
 pub mod trust;
 
 /// The CRI API version pullwatch speaks (the `k8s-cri` crate's `v1`).

@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pullwatch::agent::Agent;
 use pullwatch::agent::config::{AgentFlags, system_hostname};
 use pullwatch::config::{CommonFlags, LogFormat};
+use pullwatch::runtime::{RuntimeClient, RuntimeVersion};
 
 /// Exit code for a usage error (clap's too): bad flag value, empty image name.
 const EXIT_USAGE: u8 = 2;
@@ -40,9 +41,26 @@ enum Command {
         /// Ask the agent serving this socket to run the checks instead of running them here.
         #[arg(long, env = "PULLWATCH_AGENT", value_name = "unix:///PATH", value_parser = parse_agent_socket)]
         agent: Option<PathBuf>,
+        /// Finish with a real CRI PullImage by the node's runtime; its verdict decides.
+        #[arg(long, env = "PULLWATCH_VIA_RUNTIME", conflicts_with = "agent")]
+        via_runtime: bool,
         /// Image references as a pod spec writes them (nginx, ghcr.io/org/app:1.2, repo@sha256:…).
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
+    },
+    /// Print the registries this node pulls from, their routes, and where each piece came from.
+    Targets {
+        /// Text for people, or json: one object per registry per line.
+        #[arg(long, env = "PULLWATCH_OUTPUT", value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Also list this registry (host or host:port); repeatable.
+        #[arg(
+            long = "registry",
+            env = "PULLWATCH_REGISTRY",
+            value_delimiter = ',',
+            value_name = "HOST"
+        )]
+        registries: Vec<String>,
     },
     /// Print version, git revision and CRI API version.
     Version,
@@ -88,27 +106,52 @@ fn main() -> ExitCode {
             output,
             agent: Some(ref socket),
             ref images,
+            ..
         } => diagnose_via_agent(&cli.common, output, socket, images),
         Command::Diagnose {
             output,
             agent: None,
+            via_runtime,
             ref images,
-        } => diagnose(&cli.common, output, images),
+        } => diagnose(&cli.common, output, images, via_runtime),
+        Command::Targets {
+            output,
+            ref registries,
+        } => targets(&cli.common, output, registries),
     }
 }
 
-fn diagnose(common: &CommonFlags, output: Output, images: &[String]) -> ExitCode {
+fn diagnose(
+    common: &CommonFlags,
+    output: Output,
+    images: &[String],
+    via_runtime: bool,
+) -> ExitCode {
     if let Some(position) = images.iter().position(|i| i.trim().is_empty()) {
         eprintln!("pullwatch diagnose: IMAGE #{} is empty", position + 1);
         return ExitCode::from(EXIT_USAGE);
     }
-    let diagnoser = match common.diagnoser() {
+    let mut diagnoser = match common.diagnoser() {
         Ok(diagnoser) => diagnoser,
         Err(error) => {
             eprintln!("pullwatch diagnose: {error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let located = match common.runtime_socket() {
+        Ok(located) => located,
+        Err(error) => {
+            eprintln!("pullwatch diagnose: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if via_runtime && located.is_none() {
+        eprintln!(
+            "pullwatch diagnose --via-runtime: no container runtime socket found at {}; name it with --runtime-endpoint",
+            pullwatch::config::RUNTIME_SOCKETS.join(", ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -117,9 +160,25 @@ fn diagnose(common: &CommonFlags, output: Output, images: &[String]) -> ExitCode
         }
     };
     let all_pullable = runtime.block_on(async {
+        let cri = identify_runtime(located, common.timeout).await;
+        if let Some(version) = cri.as_ref().and_then(|(_, v)| v.as_ref()) {
+            diagnoser.routes = diagnoser
+                .routes
+                .clone()
+                .with_runtime(version.kind(), &version.runtime_version);
+        }
+        // As long as the kubelet's --runtime-request-timeout default, or the check timeout.
+        let pull_timeout = common.timeout.max(Duration::from_secs(120));
         let mut all_pullable = true;
         for image in images {
-            let report = diagnoser.diagnose(image).await;
+            let report = match (&cri, via_runtime) {
+                (Some((client, _)), true) => {
+                    diagnoser
+                        .diagnose_via_runtime(image, client, pull_timeout)
+                        .await
+                }
+                _ => diagnoser.diagnose(image).await,
+            };
             all_pullable &= report.pullable;
             match output {
                 Output::Json => println!("{}", report.to_json_line()),
@@ -133,6 +192,78 @@ fn diagnose(common: &CommonFlags, output: Output, images: &[String]) -> ExitCode
     } else {
         ExitCode::from(1)
     }
+}
+
+/// A client for the runtime's socket and its `Version`, which says whose registry config applies.
+/// No socket, or no answer, is a warning: routes then come from the config files alone.
+async fn identify_runtime(
+    located: Option<pullwatch::runtime::Located>,
+    timeout: Duration,
+) -> Option<(RuntimeClient, Option<RuntimeVersion>)> {
+    let Some(located) = located else {
+        tracing::warn!(
+            "no container runtime socket found at {}: routes come from the config files alone",
+            pullwatch::config::RUNTIME_SOCKETS.join(", ")
+        );
+        return None;
+    };
+    let client = RuntimeClient::new(located.socket, timeout);
+    match client.version().await {
+        Ok(version) => Some((client, Some(version))),
+        Err(error) => {
+            tracing::warn!(%error, "the container runtime does not answer: routes come from the config files alone");
+            Some((client, None))
+        }
+    }
+}
+
+/// `targets`: the registries of the runtime's images, of its config files and of `--registry`.
+fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> ExitCode {
+    for registry in registries {
+        if let Err(error) = pullwatch::route::split_host_port(registry) {
+            eprintln!("pullwatch targets: --registry: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let located = match common.runtime_socket() {
+        Ok(located) => located,
+        Err(error) => {
+            eprintln!("pullwatch targets: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match async_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pullwatch targets: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = runtime.block_on(async {
+        let mut routes = common.route_config();
+        let mut images = Vec::new();
+        let mut name = None;
+        if let Some((client, Some(version))) = identify_runtime(located, common.timeout).await {
+            routes = routes.with_runtime(version.kind(), &version.runtime_version);
+            name = Some(format!(
+                "{} {}",
+                version.runtime_name, version.runtime_version
+            ));
+            match client.list_images().await {
+                Ok(list) => images = list,
+                Err(error) => tracing::warn!(%error, "cannot list the runtime's images"),
+            }
+        }
+        pullwatch::targets::collect(&routes, &images, registries, name.as_deref())
+    });
+    for problem in &found.problems {
+        tracing::warn!(%problem, "runtime registry config");
+    }
+    match output {
+        Output::Json => print!("{}", found.to_json_lines()),
+        Output::Text => print!("{}", found.to_text()),
+    }
+    ExitCode::SUCCESS
 }
 
 /// The subcommand on the command line: the first word that is neither a flag nor a flag's value.

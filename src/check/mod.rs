@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dns;
 pub mod http;
 pub mod manifest;
+pub mod runtime;
 pub mod tags;
 pub mod tcp;
 pub mod tls;

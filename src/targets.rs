@@ -1,0 +1,292 @@
+//! `pullwatch targets`: every registry this node pulls from (the runtime's images, its registry
+//! config files, `--registry`), each with its route and where every piece of it came from.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::reference::ImageRef;
+use crate::route::{ConfigProblem, ConfiguredRoute, RouteConfig, RouteHost};
+use crate::runtime::NodeImage;
+
+/// One registry and its route.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub registry: String,
+    /// Why it is listed: `runtime images (N)`, a config file or directory, `--registry`.
+    pub sources: Vec<String>,
+    /// Whose config decided the route: `containerd`, `cri-o`, `default`.
+    pub config: &'static str,
+    /// The runtime whose config applies, when known (`containerd 1.6.20`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    pub endpoints: Vec<TargetEndpoint>,
+    /// Config files that could not be used as written (`file:line: why`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One endpoint of a route, with its settings and their origin.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetEndpoint {
+    pub endpoint: String,
+    pub role: crate::route::Role,
+    /// The file it comes from (or `default`), with the line when known.
+    pub source: String,
+    pub capabilities: Vec<&'static str>,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ca_files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    pub skip_verify: bool,
+}
+
+impl TargetEndpoint {
+    fn from_host(host: &RouteHost) -> Self {
+        let e = &host.endpoint;
+        let source = match host.line {
+            Some(line) if e.source != "default" => format!("{}:{line}", e.source),
+            _ => e.source.clone(),
+        };
+        TargetEndpoint {
+            endpoint: e.url(),
+            role: e.role,
+            source,
+            capabilities: host.capabilities.names(),
+            path: host.path.clone(),
+            location: host.location.clone(),
+            ca_files: e
+                .tls
+                .ca_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            client_cert: e.tls.client_cert.as_ref().map(|(cert, key)| {
+                if cert == key {
+                    cert.display().to_string()
+                } else {
+                    format!("{} + {}", cert.display(), key.display())
+                }
+            }),
+            skip_verify: e.tls.skip_verify,
+        }
+    }
+}
+
+/// Everything `targets` found, and the problems met on the way.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    pub targets: Vec<Target>,
+    /// Problems not tied to one registry (an unreadable config directory, a bad name).
+    pub problems: Vec<String>,
+}
+
+/// Lists the registries of `images`, of the config files under `routes`, and of `flagged`, each
+/// with its route. `runtime` names the runtime whose config applies, when known.
+pub fn collect(
+    routes: &RouteConfig,
+    images: &[NodeImage],
+    flagged: &[String],
+    runtime: Option<&str>,
+) -> Targets {
+    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut from_images: BTreeMap<String, usize> = BTreeMap::new();
+    for image in images {
+        let registry = image
+            .repo_tags
+            .iter()
+            .chain(&image.repo_digests)
+            .find_map(|name| ImageRef::parse(name).ok())
+            .map(|r| r.registry().to_string());
+        if let Some(registry) = registry {
+            *from_images.entry(registry).or_default() += 1;
+        }
+    }
+    for (registry, count) in from_images {
+        sources
+            .entry(registry)
+            .or_default()
+            .push(format!("runtime images ({count})"));
+    }
+    let (configured, config_problems) = routes.configured_registries();
+    problems.extend(config_problems.iter().map(ConfigProblem::to_string));
+    for (registry, source) in configured {
+        sources.entry(registry).or_default().push(source);
+    }
+    for registry in flagged {
+        sources
+            .entry(registry.clone())
+            .or_default()
+            .push("--registry".into());
+    }
+    let mut targets = Vec::new();
+    for (registry, sources) in sources {
+        match routes.resolve(&registry, None) {
+            Ok(route) => targets.push(target(registry, sources, route, runtime)),
+            Err(error) => problems.push(format!("{}: {error}", sources.join(", "))),
+        }
+    }
+    Targets { targets, problems }
+}
+
+fn target(
+    registry: String,
+    sources: Vec<String>,
+    route: ConfiguredRoute,
+    runtime: Option<&str>,
+) -> Target {
+    Target {
+        registry,
+        sources,
+        config: route.kind.as_str(),
+        runtime: runtime.map(str::to_string),
+        blocked_by: route.blocked_by.map(|p| p.display().to_string()),
+        endpoints: route.hosts.iter().map(TargetEndpoint::from_host).collect(),
+        problems: route.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+impl Targets {
+    /// One JSON object per registry, one per line.
+    pub fn to_json_lines(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| {
+                serde_json::to_string(t)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode target: {e}\"}}"))
+                    + "\n"
+            })
+            .collect()
+    }
+
+    /// For people: a block per registry, a line per endpoint, then the problems.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        if self.targets.is_empty() {
+            out.push_str(
+                "no registries: no runtime images, no registry config files, no --registry\n",
+            );
+        }
+        for t in &self.targets {
+            out.push_str(&format!(
+                "{}  (from {}; route: {})\n",
+                t.registry,
+                t.sources.join(", "),
+                t.config
+            ));
+            if let Some(file) = &t.blocked_by {
+                out.push_str(&format!("  blocked by {file}\n"));
+            }
+            for (i, e) in t.endpoints.iter().enumerate() {
+                let mut line = format!(
+                    "  {}. {}  {}  {}  [{}]",
+                    i + 1,
+                    e.endpoint,
+                    e.role.as_str(),
+                    e.source,
+                    e.capabilities.join(",")
+                );
+                if e.path != "/v2" {
+                    line.push_str(&format!("  path {}", e.path));
+                }
+                if let Some(location) = &e.location {
+                    line.push_str(&format!("  location {location}"));
+                }
+                if !e.ca_files.is_empty() {
+                    line.push_str(&format!("  ca {}", e.ca_files.join(",")));
+                }
+                if let Some(client) = &e.client_cert {
+                    line.push_str(&format!("  client {client}"));
+                }
+                if e.skip_verify {
+                    line.push_str("  skip_verify");
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+            for problem in &t.problems {
+                out.push_str(&format!("  ! {problem}\n"));
+            }
+        }
+        for problem in &self.problems {
+            out.push_str(&format!("! {problem}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(tag: &str) -> NodeImage {
+        NodeImage {
+            id: "sha256:0".into(),
+            repo_tags: vec![tag.into()],
+            repo_digests: vec![],
+            size: 1,
+            pinned: false,
+        }
+    }
+
+    #[test]
+    fn registries_from_images_config_and_flags_each_with_its_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        std::fs::create_dir_all(certs.join("docker.io")).unwrap();
+        std::fs::write(
+            certs.join("docker.io/hosts.toml"),
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"https://mirror.local\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let routes = RouteConfig::new(certs.clone(), dir.path().join("none.conf"), vec![]);
+        let images = [
+            image("nginx:1"),
+            image("docker.io/library/redis:7"),
+            image("ghcr.io/org/app:1"),
+        ];
+        let found = collect(&routes, &images, &["quay.io".into()], None);
+        assert!(found.problems.is_empty(), "{:?}", found.problems);
+        let names: Vec<&str> = found.targets.iter().map(|t| t.registry.as_str()).collect();
+        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io"]);
+        let hub = &found.targets[0];
+        assert_eq!(
+            hub.sources,
+            [
+                "runtime images (2)".to_string(),
+                certs.join("docker.io").display().to_string()
+            ]
+        );
+        assert_eq!(hub.config, "containerd");
+        let file = certs.join("docker.io/hosts.toml").display().to_string();
+        assert_eq!(hub.endpoints[0].endpoint, "https://mirror.local");
+        assert_eq!(hub.endpoints[0].source, format!("{file}:3"));
+        assert_eq!(hub.endpoints[0].capabilities, ["pull", "resolve"]);
+        assert_eq!(
+            hub.endpoints[0].ca_files,
+            [certs.join("docker.io/ca.pem").display().to_string()]
+        );
+        assert_eq!(hub.endpoints[1].source, format!("{file}:1"));
+        assert_eq!(found.targets[2].sources, ["--registry"]);
+        assert_eq!(found.targets[2].config, "default");
+
+        let text = found.to_text();
+        assert!(
+            text.contains("  1. https://mirror.local  mirror  "),
+            "{text}"
+        );
+        let lines: Vec<serde_json::Value> = found
+            .to_json_lines()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["endpoints"][1]["role"], "upstream");
+    }
+}
