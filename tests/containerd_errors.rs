@@ -361,6 +361,13 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
             format!("{http_on_tls}/app:1.0"),
         ),
         Scenario::new(
+            "plain_http_to_tls_port",
+            Reason::TlsHandshake,
+            &p,
+            format!("{}/app:1.0", unknown_ca.addr()),
+        )
+        .note("no hosts.toml: containerd speaks plain HTTP to a registry on localhost; Go's TLS server answers 400"),
+        Scenario::new(
             "connection_refused",
             Reason::TcpRefused,
             &c,

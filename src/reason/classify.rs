@@ -66,6 +66,8 @@ const BEFORE_DIAL_TIMEOUT: &[(Reason, &[&str])] = &[
         Reason::TlsHandshake,
         &[
             "server gave http response to https client",
+            // Go's TLS server to a plain-HTTP request; registries answer 400 to little else.
+            "400 bad request",
             "first record does not look like a tls handshake",
             "tls handshake timeout",
             "remote error: tls:",
