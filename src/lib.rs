@@ -1,13 +1,14 @@
 //! pullwatch: can this node pull its images right now, and if not, why?
 //! The engine behind `pullwatch diagnose` (and, later, the agent): checks, reasons, routes, reports.
 
-pub mod backoff;
 pub mod agent;
+pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod diagnose;
 pub mod http_client;
+pub mod kube;
 pub mod platform;
 pub mod proxy;
 pub mod reason;

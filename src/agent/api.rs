@@ -20,6 +20,7 @@ use super::status::{RegistryStatus, Status, StatusBoard};
 use crate::check::CheckResult;
 use crate::check::http::error_chain;
 use crate::diagnose::Diagnoser;
+use crate::kube::PodFailure;
 use crate::report::{EndpointReport, Report};
 use crate::route::Endpoint;
 
@@ -365,6 +366,25 @@ impl From<Status> for pb::StatusResponse {
             node: s.node,
             ready: s.ready,
             registries: s.registries.into_iter().map(Into::into).collect(),
+            failures: s.failures.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<PodFailure> for pb::PodFailure {
+    fn from(f: PodFailure) -> Self {
+        pb::PodFailure {
+            diagnosis: f.diagnosis.as_ref().map(Into::into),
+            namespace: f.namespace,
+            pod: f.pod,
+            container: f.container,
+            image: f.image,
+            registry: f.registry,
+            waiting_reason: f.waiting_reason,
+            message: f.message,
+            reason: f.reason.as_str().to_string(),
+            attempts: f.attempts,
+            since: f.since,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::kube::Mode as KubernetesMode;
 use crate::route::split_host_port;
 
 /// The agent's own flags (the shared ones are [`crate::config::CommonFlags`]).
@@ -45,6 +46,18 @@ pub struct AgentFlags {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_failing_series: u32,
 
+    /// Watch this node's pods (spec.nodeName only) for image pull failures; auto: when running in
+    /// a cluster (KUBERNETES_SERVICE_HOST set). Credentials: KUBECONFIG, else in-cluster.
+    #[arg(long, env = "PULLWATCH_KUBERNETES", value_enum, default_value_t = KubernetesMode::Auto)]
+    pub kubernetes: KubernetesMode,
+
+    /// Post each pull failure's diagnosis as an Event on its pod; --post-events=false keeps it to
+    /// metrics and /api/v1/status.
+    #[arg(long, env = "PULLWATCH_POST_EVENTS", default_value_t = true,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub post_events: bool,
+
     /// Unix socket of the agent's own gRPC API (Status, Diagnose); `diagnose --agent` connects to it.
     #[arg(
         long,
@@ -65,6 +78,9 @@ pub struct AgentConfig {
     pub max_registries: usize,
     pub max_failing_series: usize,
     pub api_socket: PathBuf,
+    /// `--kubernetes`, with `auto` already decided: `Off` outside a cluster, `Auto` inside one.
+    pub kubernetes: KubernetesMode,
+    pub post_events: bool,
 }
 
 /// A flag value that parsed but cannot be used; the message names the flag.
@@ -147,6 +163,11 @@ impl AgentFlags {
             max_registries: self.max_registries as usize,
             max_failing_series: self.max_failing_series as usize,
             api_socket: self.api_socket.clone(),
+            kubernetes: match self.kubernetes {
+                KubernetesMode::Auto if !self.kubernetes.enabled(&env) => KubernetesMode::Off,
+                mode => mode,
+            },
+            post_events: self.post_events,
         })
     }
 }
@@ -275,6 +296,26 @@ mod tests {
             assert_eq!(error.flag, "--registry", "{bad}");
             assert!(error.to_string().contains(bad), "{error}");
         }
+    }
+
+    #[test]
+    fn kubernetes_auto_follows_the_cluster_and_events_can_be_turned_off() {
+        let in_cluster =
+            |name: &str| (name == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".to_string());
+        let host = || Some("n".to_string());
+        let config = flags(&[]).unwrap().validate(in_cluster, host).unwrap();
+        assert_eq!(config.kubernetes, KubernetesMode::Auto);
+        assert!(config.post_events);
+        let config = flags(&[]).unwrap().validate(|_| None, host).unwrap();
+        assert_eq!(config.kubernetes, KubernetesMode::Off);
+        let config = flags(&["--kubernetes", "on", "--post-events=false"])
+            .unwrap()
+            .validate(|_| None, host)
+            .unwrap();
+        assert_eq!(config.kubernetes, KubernetesMode::On);
+        assert!(!config.post_events);
+        assert!(flags(&["--post-events"]).unwrap().post_events);
+        assert!(flags(&["--kubernetes", "maybe"]).is_err());
     }
 
     #[test]

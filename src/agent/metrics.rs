@@ -36,9 +36,20 @@ pub const IMAGES: &str = "pullwatch_images";
 
 /// Runtime conditions and image filesystems exported at most (label values come from the runtime).
 const MAX_RUNTIME_LABELS: usize = 16;
+pub const IMAGE_PULL_FAILURES: &str = "pullwatch_image_pull_failures_total";
+pub const CONTAINERS_WAITING_ON_PULL: &str = "pullwatch_containers_waiting_on_pull";
+pub const CONTAINER_PULL_FAILING: &str = "pullwatch_container_pull_failing";
+pub const KUBERNETES_WATCH_UP: &str = "pullwatch_kubernetes_watch_up";
 
 /// Metrics whose series a cap can refuse; their `series_dropped_total` series always exist.
-const CAPPED: [&str; 3] = [REGISTRY_UP, ENDPOINT_FAILURE_REASON, CHECK_FAILURES];
+const CAPPED: [&str; 6] = [
+    REGISTRY_UP,
+    ENDPOINT_FAILURE_REASON,
+    CHECK_FAILURES,
+    IMAGE_PULL_FAILURES,
+    CONTAINERS_WAITING_ON_PULL,
+    CONTAINER_PULL_FAILING,
+];
 
 /// Every metric of the agent, registered in its own registry.
 pub struct Metrics {
@@ -61,6 +72,13 @@ pub struct Metrics {
     image_fs_used_bytes: IntGaugeVec,
     image_fs_inodes_used: IntGaugeVec,
     images: IntGaugeVec,
+    /// The pod failures (`crate::kube`), which keeps their label sets and takes their slots of the
+    /// failing-series budget through [`Metrics::take_failing_slot`].
+    pub(crate) image_pull_failures: IntCounterVec,
+    pub(crate) containers_waiting_on_pull: IntGaugeVec,
+    pub(crate) container_pull_failing: IntGaugeVec,
+    /// No labels but `node`; its one series exists only while the pod watch runs.
+    kubernetes_watch_up: IntGaugeVec,
     /// Which label sets exist, so they can be removed and counted. Held briefly, never across `.await`.
     book: Mutex<Book>,
 }
@@ -216,6 +234,26 @@ impl Metrics {
                 &["mountpoint"],
             )?,
             images: gauge(IMAGES, "Images the node holds (ListImages).", &[])?,
+            image_pull_failures: counter(
+                IMAGE_PULL_FAILURES,
+                "Failed image pulls the kubelet reported for pods on this node, each attempt once.",
+                &["registry", "reason"],
+            )?,
+            containers_waiting_on_pull: gauge(
+                CONTAINERS_WAITING_ON_PULL,
+                "Containers on this node waiting for an image the kubelet could not pull.",
+                &["registry", "reason"],
+            )?,
+            container_pull_failing: gauge(
+                CONTAINER_PULL_FAILING,
+                "1 while this container waits for an image the kubelet could not pull (capped).",
+                &["namespace", "pod", "container", "registry", "reason"],
+            )?,
+            kubernetes_watch_up: gauge(
+                KUBERNETES_WATCH_UP,
+                "1 while the watch on this node's pods is established.",
+                &[],
+            )?,
             book: Mutex::new(Book {
                 max_failing: max_failing_series,
                 failing: 0,
@@ -251,6 +289,27 @@ impl Metrics {
         self.series_dropped
             .with_label_values(&[metric])
             .inc_by(count);
+    }
+
+    /// Sets `kubernetes_watch_up`.
+    pub fn set_kubernetes_watch_up(&self, up: bool) {
+        self.kubernetes_watch_up
+            .with_label_values::<&str>(&[])
+            .set(i64::from(up));
+    }
+
+    /// Takes one slot of the `--max-failing-series` budget for a series kept by another module;
+    /// false (nothing taken) when the budget is spent.
+    pub fn take_failing_slot(&self) -> bool {
+        let mut book = self.lock();
+        let max = book.max_failing;
+        admit(&mut book.failing, max)
+    }
+
+    /// Gives back a slot taken with [`Metrics::take_failing_slot`].
+    pub fn release_failing_slot(&self) {
+        let mut book = self.lock();
+        book.failing = book.failing.saturating_sub(1);
     }
 
     /// Records one refresh of the runtime's state; facts it did not give lose their series

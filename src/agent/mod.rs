@@ -30,6 +30,7 @@ use self::node::NodeWatch;
 use self::scheduler::Scheduler;
 use self::status::StatusBoard;
 use crate::diagnose::Diagnoser;
+use crate::kube::{KubeError, Mode as KubernetesMode, PodWatch};
 use crate::route::Route;
 use crate::runtime::RuntimeClient;
 
@@ -56,6 +57,8 @@ pub enum StartError {
     Socket(#[from] api::SocketError),
     #[error("cannot set up the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
 }
 
 impl StartError {
@@ -86,6 +89,8 @@ pub struct Agent {
     node: NodeWatch,
     runtime_up: bool,
     targets: watch::Receiver<Vec<Route>>,
+    /// The API server, when the pods of this node are watched.
+    kubernetes: Option<::kube::Client>,
     /// Where the node watch publishes the routes it discovers.
     discovered: watch::Sender<Vec<Route>>,
 }
@@ -139,6 +144,17 @@ impl Agent {
             "discovery done"
         );
         let (discovered, targets) = watch::channel(routes);
+        let kubernetes = match config.kubernetes {
+            KubernetesMode::Off => None,
+            mode => match crate::kube::connect(Arc::clone(&metrics)).await {
+                Ok(client) => Some(client),
+                Err(error) if mode == KubernetesMode::On => return Err(error.into()),
+                Err(error) => {
+                    warn!(%error, "in a cluster but without API credentials: not watching pods");
+                    None
+                }
+            },
+        };
         Ok(Agent {
             config,
             listener,
@@ -150,6 +166,7 @@ impl Agent {
             node,
             runtime_up: first.up,
             targets,
+            kubernetes,
             discovered,
         })
     }
@@ -168,6 +185,7 @@ impl Agent {
             node,
             runtime_up,
             targets,
+            kubernetes,
             discovered,
         } = self;
         let cancel = CancellationToken::new();
@@ -185,6 +203,15 @@ impl Agent {
             Arc::clone(&liveness),
             settings,
         ));
+        let pod_watch = kubernetes.map(|client| PodWatch {
+            client,
+            node: config.node_name.clone(),
+            post_events: config.post_events,
+            diagnoser: Arc::clone(&diagnoser),
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+            scheduler: Arc::clone(&scheduler),
+        });
         let endpoints = http::Endpoints {
             metrics,
             status: Arc::clone(&status),
@@ -213,6 +240,10 @@ impl Agent {
             node.run(runtime_up, discovered, token).await;
             ("node watch", Ok(()))
         });
+        if let Some(pod_watch) = pod_watch {
+            let token = cancel.clone();
+            tasks.spawn(async move { ("pod watch", pod_watch.run(token).await) });
+        }
         info!(
             node = config.node_name,
             listen = %config.listen,

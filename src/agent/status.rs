@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kube::PodFailure;
 use crate::reason::Reason;
 use crate::report::{EndpointReport, Report};
 
@@ -29,6 +30,8 @@ pub struct Status {
     pub node: String,
     pub ready: bool,
     pub registries: Vec<RegistryStatus>,
+    /// Containers on this node failing to pull, with this node's diagnosis (the pod watch's).
+    pub failures: Vec<PodFailure>,
 }
 
 /// Why the agent is not ready yet.
@@ -62,6 +65,7 @@ struct Inner {
     /// `None` until the first discovery; then the registries whose first round is still due.
     pending: Option<BTreeSet<String>>,
     registries: BTreeMap<String, RegistryStatus>,
+    failures: Vec<PodFailure>,
 }
 
 impl StatusBoard {
@@ -107,6 +111,11 @@ impl StatusBoard {
         inner.registries.remove(registry);
     }
 
+    /// Replaces the pod failures.
+    pub fn set_pod_failures(&self, failures: Vec<PodFailure>) {
+        self.write().failures = failures;
+    }
+
     /// Ready once discovery ran and every registry it found finished a round (or went away).
     pub fn readiness(&self) -> Result<(), NotReady> {
         match &self.read().pending {
@@ -120,10 +129,12 @@ impl StatusBoard {
 
     pub fn snapshot(&self) -> Status {
         let ready = self.readiness().is_ok();
+        let inner = self.read();
         Status {
             node: self.node.clone(),
             ready,
-            registries: self.read().registries.values().cloned().collect(),
+            registries: inner.registries.values().cloned().collect(),
+            failures: inner.failures.clone(),
         }
     }
 

@@ -27,6 +27,11 @@ impl Agent {
     /// Starts `pullwatch GLOBAL… agent --listen … --api-socket … --node-name test-node AGENT…` and
     /// waits until `/healthz` answers; panics with its stderr if it exits or never answers.
     pub fn start(global: &[&str], agent: &[&str]) -> Self {
+        Self::start_with_env(global, agent, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables for the agent (e.g. `KUBECONFIG`).
+    pub fn start_with_env(global: &[&str], agent: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pw-agent-")
             .tempdir()
@@ -40,7 +45,11 @@ impl Agent {
                 .expect("bind 127.0.0.1:0")
                 .port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut running = Pullwatch::new()
+            let mut command = Pullwatch::new();
+            for (key, value) in env {
+                command = command.env(*key, *value);
+            }
+            let mut running = command
                 .args(global.iter().copied())
                 .arg("agent")
                 .args(["--listen", &addr.to_string()])

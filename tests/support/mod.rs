@@ -18,6 +18,7 @@ pub mod containerd;
 pub mod dns;
 pub mod http;
 pub mod image;
+pub mod kube_api;
 pub mod netns;
 pub mod prometheus;
 pub mod registry;

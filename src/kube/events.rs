@@ -1,0 +1,234 @@
+//! The diagnosis Event on a pod (events.k8s.io/v1 through kube-rs's recorder): what the kubelet said,
+//! what this node's own checks found, and the fix, in at most 1 KiB, so `kubectl describe pod` shows it.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use super::failures::{ContainerKind, Failure, PodId, clip};
+use crate::reason::Reason;
+use crate::report::Report;
+
+/// The Event's `reason`.
+pub const EVENT_REASON: &str = "PullDiagnosis";
+/// The Event's `reportingController`.
+pub const CONTROLLER: &str = "pullwatch";
+/// The Event's `action`: what pullwatch did about the pod.
+const ACTION: &str = "DiagnosePull";
+/// events.k8s.io/v1 refuses a `note` longer than this.
+pub const MAX_NOTE: usize = 1024;
+/// The API server refuses a `reportingInstance` longer than this.
+const MAX_INSTANCE: usize = 128;
+/// Room for each part of the note, so that the fix always fits.
+const MAX_KUBELET: usize = 320;
+const MAX_NAME: usize = 128;
+
+/// The cause the Event names: the kubelet's when its message had one, else this node's checks'.
+pub fn cause(failure: &Failure, report: &Report) -> Reason {
+    match (failure.reason, report.reason) {
+        (Reason::Unknown, Some(found)) => found,
+        (said, _) => said,
+    }
+}
+
+/// The Event's note: cause, the kubelet's words, this node's evidence, the fix; at most [`MAX_NOTE`] bytes.
+pub fn note(node: &str, container: &str, failure: &Failure, report: &Report) -> String {
+    let cause = cause(failure, report);
+    let kubelet = clip(
+        &format!("{}: {}", failure.waiting_reason, failure.message),
+        MAX_KUBELET,
+    );
+    let evidence = if report.pullable {
+        format!(
+            "the image is pullable from this node ({}); the pod's own credentials (imagePullSecrets) or a passing outage may explain the failure",
+            report.summary
+        )
+    } else {
+        match report.reason {
+            Some(found) => format!("{found}: {}", report.summary),
+            None => report.summary.clone(),
+        }
+    };
+    let fix = match (&report.fix, report.reason) {
+        (Some(fix), Some(found)) if found == cause => fix.clone(),
+        _ => {
+            let endpoint = report
+                .endpoints
+                .first()
+                .map_or(report.registry.as_str(), |e| e.endpoint.as_str());
+            cause.fix(&failure.registry, endpoint)
+        }
+    };
+    // The evidence gets whatever room the rest leaves, so the fix is never cut off.
+    let head = format!(
+        "{cause}: container {container} cannot pull {image}. Kubelet: {kubelet}. Checked from node {node}: ",
+        container = clip(container, MAX_NAME),
+        image = clip(&failure.image, MAX_NAME),
+        node = clip(node, MAX_NAME),
+    );
+    let tail = format!(". Fix: {fix}");
+    let room = MAX_NOTE.saturating_sub(head.len() + tail.len());
+    let text = format!("{head}{}{tail}", clip(&evidence, room));
+    clip(&text, MAX_NOTE)
+}
+
+/// Posts `note` as a Warning Event regarding the container of `pod`.
+pub async fn post(
+    client: kube::Client,
+    node: &str,
+    pod: &PodId,
+    kind: ContainerKind,
+    container: &str,
+    note: String,
+) -> Result<(), kube::Error> {
+    let reporter = Reporter {
+        controller: CONTROLLER.into(),
+        instance: Some(clip(node, MAX_INSTANCE)),
+    };
+    // A recorder per Event: pullwatch decides itself when a diagnosis is new, and a shared
+    // recorder would turn a new diagnosis of the same container into a patch of the old note.
+    let recorder = Recorder::new(client, reporter);
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(pod.namespace.clone()),
+        name: Some(pod.name.clone()),
+        uid: Some(pod.uid.clone()),
+        field_path: Some(kind.field_path(container)),
+        resource_version: None,
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: EVENT_REASON.into(),
+        note: Some(note),
+        action: ACTION.into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &regarding).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::check::{CheckKind, CheckResult};
+    use crate::report::EndpointReport;
+    use crate::route::Role;
+
+    fn failure(reason: Reason, message: &str) -> Failure {
+        Failure {
+            kind: ContainerKind::Container,
+            image: "missing.test/app:1.0".into(),
+            registry: "missing.test".into(),
+            waiting_reason: "ErrImagePull".into(),
+            message: message.into(),
+            reason,
+            attempts: 1,
+            since: SystemTime::now(),
+        }
+    }
+
+    fn nxdomain_report() -> Report {
+        Report {
+            image: "missing.test/app:1.0".into(),
+            registry: "missing.test".into(),
+            pullable: false,
+            reason: Some(Reason::DnsNxdomain),
+            summary: "https://missing.test (dns): missing.test: A NXDOMAIN in 1ms, AAAA NXDOMAIN in 1ms (nameserver 127.0.0.1:53)".into(),
+            fix: Some(Reason::DnsNxdomain.fix("missing.test", "https://missing.test")),
+            endpoints: vec![EndpointReport {
+                endpoint: "https://missing.test".into(),
+                role: Role::Upstream,
+                source: "default".into(),
+                checks: vec![CheckResult {
+                    check: CheckKind::Dns,
+                    ok: false,
+                    seconds: 0.001,
+                    detail: "NXDOMAIN".into(),
+                    reason: Some(Reason::DnsNxdomain),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_note_joins_the_kubelet_and_the_evidence() {
+        struct Case {
+            name: &'static str,
+            failure: Failure,
+            report: Report,
+            want_cause: Reason,
+            want: &'static [&'static str],
+        }
+        let pullable = Report {
+            pullable: true,
+            reason: None,
+            fix: None,
+            summary: "pullable via https://missing.test (manifest found)".into(),
+            ..nxdomain_report()
+        };
+        let cases = [
+            Case {
+                name: "both agree",
+                failure: failure(Reason::DnsNxdomain, "lookup missing.test: no such host"),
+                report: nxdomain_report(),
+                want_cause: Reason::DnsNxdomain,
+                want: &[
+                    "dns_nxdomain: container app cannot pull missing.test/app:1.0.",
+                    "Kubelet: ErrImagePull: lookup missing.test: no such host.",
+                    "Checked from node node-1: dns_nxdomain: https://missing.test (dns): missing.test: A NXDOMAIN",
+                    "Fix: check the spelling of missing.test",
+                ],
+            },
+            Case {
+                name: "the kubelet's message had no cause: the checks name it",
+                failure: failure(Reason::Unknown, "Back-off pulling image"),
+                report: nxdomain_report(),
+                want_cause: Reason::DnsNxdomain,
+                want: &["dns_nxdomain: container app", "Fix: check the spelling"],
+            },
+            Case {
+                name: "pullable from the node: the kubelet's cause, and a hint",
+                failure: failure(Reason::AuthRequired, "401 Unauthorized"),
+                report: pullable,
+                want_cause: Reason::AuthRequired,
+                want: &[
+                    "auth_required: container app",
+                    "the image is pullable from this node",
+                    "imagePullSecrets",
+                    "Fix: create an imagePullSecret for missing.test",
+                ],
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                cause(&case.failure, &case.report),
+                case.want_cause,
+                "{}",
+                case.name
+            );
+            let note = note("node-1", "app", &case.failure, &case.report);
+            for want in case.want {
+                assert!(note.contains(want), "{}: {want:?} not in {note}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_note_fits_in_a_kibibyte_with_its_fix() {
+        let long = "é".repeat(3000);
+        let mut report = nxdomain_report();
+        report.summary = long.clone();
+        let note = note(
+            "node-1",
+            "app",
+            &failure(Reason::DnsNxdomain, &long),
+            &report,
+        );
+        assert!(note.len() <= MAX_NOTE, "{}", note.len());
+        assert!(
+            note.contains("Fix: check the spelling of missing.test"),
+            "{note}"
+        );
+    }
+}
