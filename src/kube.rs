@@ -10,7 +10,7 @@ pub use events::{CONTROLLER, EVENT_REASON, MAX_NOTE};
 pub use failures::PULL_WAITING_REASONS;
 pub use watch::node_selector;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -129,9 +129,13 @@ struct Books {
     series: PodSeries,
     /// Each image's last diagnosis and when it finished.
     diagnosed: HashMap<String, (Instant, Arc<Report>)>,
-    in_flight: HashSet<String>,
+    /// Diagnoses running, and the image of each.
+    diagnoses: JoinSet<(String, Report)>,
+    in_flight: HashMap<tokio::task::Id, String>,
+    permits: Arc<Semaphore>,
     /// The reason each container's Event was posted (or is being posted) for.
     posted: HashMap<ContainerKey, Reason>,
+    posts: JoinSet<(ContainerKey, Reason, Result<(), String>)>,
 }
 
 impl PodWatch {
@@ -143,12 +147,12 @@ impl PodWatch {
         let mut books = Books {
             series: PodSeries::new(Arc::clone(&self.metrics)),
             diagnosed: HashMap::new(),
-            in_flight: HashSet::new(),
+            diagnoses: JoinSet::new(),
+            in_flight: HashMap::new(),
+            permits: Arc::new(Semaphore::new(MAX_DIAGNOSES)),
             posted: HashMap::new(),
+            posts: JoinSet::new(),
         };
-        let permits = Arc::new(Semaphore::new(MAX_DIAGNOSES));
-        let mut diagnoses: JoinSet<(String, Report)> = JoinSet::new();
-        let mut posts: JoinSet<(ContainerKey, Reason, Result<(), String>)> = JoinSet::new();
         self.metrics.set_kubernetes_watch_up(false);
         info!(
             node = self.node,
@@ -173,12 +177,21 @@ impl PodWatch {
                     };
                     self.publish(&tracker, &mut books);
                     for (pod, container) in touched {
-                        self.follow_up(&tracker, &mut books, &pod, &container, &permits, &mut diagnoses, &mut posts);
+                        self.follow_up(&tracker, &mut books, &pod, &container);
                     }
                 }
-                Some(joined) = diagnoses.join_next() => {
-                    let Ok((image, report)) = joined else { continue };
-                    books.in_flight.remove(&image);
+                Some(joined) = books.diagnoses.join_next_with_id() => {
+                    let (image, report) = match joined {
+                        Ok((id, done)) => {
+                            books.in_flight.remove(&id);
+                            done
+                        }
+                        Err(error) => {
+                            let image = books.in_flight.remove(&error.id());
+                            warn!(image, %error, "a pod image diagnosis failed");
+                            continue;
+                        }
+                    };
                     debug!(image, reason = report.reason.map(Reason::as_str), "pod image diagnosed");
                     books.diagnosed.insert(image.clone(), (Instant::now(), Arc::new(report)));
                     let waiting: Vec<(PodId, String)> = tracker
@@ -188,11 +201,11 @@ impl PodWatch {
                         .map(|(id, c, _)| (id.clone(), c.to_string()))
                         .collect();
                     for (pod, container) in waiting {
-                        self.post_if_new(&tracker, &mut books, &pod.uid, &container, &mut posts);
+                        self.post_if_new(&tracker, &mut books, &pod.uid, &container);
                     }
                     self.publish(&tracker, &mut books);
                 }
-                Some(joined) = posts.join_next() => {
+                Some(joined) = books.posts.join_next() => {
                     let Ok((key, reason, result)) = joined else { continue };
                     if let Err(error) = result {
                         warn!(%error, reason = reason.as_str(), "cannot post the diagnosis Event");
@@ -284,52 +297,43 @@ impl PodWatch {
 
     /// A container started failing or failed again: check its registry and image from here (unless
     /// a fresh diagnosis exists), and post its Event once the diagnosis is there.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the loop's state, passed apart for the borrow checker"
-    )]
-    fn follow_up(
-        &self,
-        tracker: &Tracker,
-        books: &mut Books,
-        pod: &PodId,
-        container: &str,
-        permits: &Arc<Semaphore>,
-        diagnoses: &mut JoinSet<(String, Report)>,
-        posts: &mut JoinSet<(ContainerKey, Reason, Result<(), String>)>,
-    ) {
+    fn follow_up(&self, tracker: &Tracker, books: &mut Books, pod: &PodId, container: &str) {
         let Some((_, failure)) = tracker.get(&pod.uid, container) else {
             return;
         };
+        info!(
+            namespace = pod.namespace,
+            pod = pod.name,
+            container,
+            image = failure.image,
+            waiting_reason = failure.waiting_reason,
+            reason = failure.reason.as_str(),
+            attempts = failure.attempts,
+            "image pull failing"
+        );
         self.scheduler.check_now(&failure.registry);
         let fresh = books
             .diagnosed
             .get(&failure.image)
             .is_some_and(|(at, _)| at.elapsed() < DIAGNOSIS_TTL);
         if fresh {
-            self.post_if_new(tracker, books, &pod.uid, container, posts);
-        } else if books.in_flight.insert(failure.image.clone()) {
+            self.post_if_new(tracker, books, &pod.uid, container);
+        } else if !books.in_flight.values().any(|i| *i == failure.image) {
             let image = failure.image.clone();
             let diagnoser = Arc::clone(&self.diagnoser);
-            let permits = Arc::clone(permits);
-            diagnoses.spawn(async move {
+            let permits = Arc::clone(&books.permits);
+            let task = books.diagnoses.spawn(async move {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
                 let report = diagnoser.diagnose(&image).await;
                 (image, report)
             });
+            books.in_flight.insert(task.id(), failure.image.clone());
         }
     }
 
     /// Posts the container's Event unless one was posted for its current reason.
-    fn post_if_new(
-        &self,
-        tracker: &Tracker,
-        books: &mut Books,
-        uid: &str,
-        container: &str,
-        posts: &mut JoinSet<(ContainerKey, Reason, Result<(), String>)>,
-    ) {
+    fn post_if_new(&self, tracker: &Tracker, books: &mut Books, uid: &str, container: &str) {
         if !self.post_events {
             return;
         }
@@ -361,7 +365,7 @@ impl PodWatch {
         );
         let container = container.to_string();
         let reason = failure.reason;
-        posts.spawn(async move {
+        books.posts.spawn(async move {
             let posted = tokio::time::timeout(
                 POST_TIMEOUT,
                 events::post(client, &node, &pod, kind, &container, note),

@@ -456,11 +456,37 @@ mod tests {
 
         let board = StatusBoard::new("n");
         board.record(sample(), std::time::SystemTime::now());
+        board.set_pod_failures(vec![PodFailure {
+            namespace: "ns".into(),
+            pod: "web".into(),
+            container: "app".into(),
+            image: "registry.test/app:1".into(),
+            registry: "registry.test".into(),
+            waiting_reason: "ErrImagePull".into(),
+            message: "m".into(),
+            reason: Reason::TlsExpired,
+            attempts: 1,
+            since: "2025-01-01T00:00:00Z".into(),
+            diagnosis: Some(sample()),
+        }]);
         let status = serde_json::to_value(board.snapshot()).unwrap();
         assert_eq!(json_keys(&status), proto_fields("StatusResponse"));
         assert_eq!(
             json_keys(&status["registries"][0]),
             proto_fields("RegistryStatus")
+        );
+        assert_eq!(
+            json_keys(&status["failures"][0]),
+            proto_fields("PodFailure")
+        );
+        let wire = pb::StatusResponse::from(board.snapshot());
+        assert_eq!(wire.failures[0].reason, "tls_expired");
+        assert_eq!(
+            wire.failures[0]
+                .diagnosis
+                .as_ref()
+                .map(|d| d.image.as_str()),
+            Some("registry.test/app:1")
         );
     }
 
