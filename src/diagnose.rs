@@ -337,12 +337,13 @@ impl Diagnoser {
 const RUNTIME_GRACE: Duration = Duration::from_secs(5);
 
 /// Folds a `runtime` check into a report. The runtime's verdict decides whether the image is
-/// pullable; the check goes last in the chain of the endpoint the runtime's message names, else of
+/// pullable; the check goes last in the chain of the endpoint a failure message names, else of
 /// the endpoint that passed, else of the last one. A failed pull's reason is the runtime's, unless
 /// only the chain could say more than `runtime_error`.
 pub fn with_runtime_check(mut report: Report, result: CheckResult) -> Report {
     let named = report.endpoints.iter().position(|e| {
-        e.role != Role::Auth
+        !result.ok
+            && e.role != Role::Auth
             && e.endpoint
                 .split_once("://")
                 .is_some_and(|(_, authority)| result.detail.contains(&format!("{authority}/")))

@@ -1,0 +1,432 @@
+//! `pullwatch diagnose` along the runtime's real route: the real containerd and its certs.d,
+//! mirrors down and up, a hosts.toml `ca`, `--via-runtime`, and CRI-O's registries.conf.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::certs::TlsFixtures;
+use support::cli::Pullwatch;
+use support::containerd::Containerd;
+use support::netns::Netns;
+use support::registry::Registry;
+
+/// A port on 127.0.0.1 where nothing listens.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `pullwatch diagnose --output json [DIAGNOSE FLAGS] IMAGE` against `ctrd` and its certs.d.
+fn diagnose(ctrd: &Containerd, flags: &[&str], image: &str) -> (i32, Value) {
+    let (code, reports) = Pullwatch::new()
+        .args([
+            "--runtime-endpoint",
+            &ctrd.endpoint(),
+            "--containerd-certs-dir",
+            ctrd.certs_dir_str(),
+            "--timeout",
+            "5s",
+        ])
+        .diagnose_json(flags.iter().copied().chain([image]));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    (code, reports.into_iter().next().expect("one report"))
+}
+
+/// The checks of one endpoint as (check, ok, reason).
+fn checks(endpoint: &Value) -> Vec<(String, bool, String)> {
+    endpoint["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap_or_default().to_string(),
+                c["ok"].as_bool().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
+    endpoint["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["check"] == name)
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn mirror_down_upstream_up_is_pullable_via_the_upstream_with_the_mirror_failure_shown() {
+    let upstream = Registry::start();
+    upstream.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let mirror = format!("127.0.0.1:{}", dead_port());
+    let hosts = ctrd.write_hosts_toml(
+        &upstream.addr().to_string(),
+        &format!(
+            "server = \"http://{}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            upstream.addr()
+        ),
+    );
+    let image = format!("{}/team/app:1.0", upstream.addr());
+
+    for via_runtime in [false, true] {
+        let extra: &[&str] = if via_runtime { &["--via-runtime"] } else { &[] };
+        let (code, report) = diagnose(&ctrd, extra, &image);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["pullable"], true, "{report}");
+        let endpoints = report["endpoints"].as_array().expect("endpoints");
+        assert_eq!(endpoints[0]["endpoint"], format!("http://{mirror}"));
+        assert_eq!(endpoints[0]["role"], "mirror");
+        assert_eq!(endpoints[0]["source"], path_str(&hosts));
+        assert!(
+            checks(&endpoints[0]).contains(&("tcp".into(), false, "tcp_refused".into())),
+            "{report}"
+        );
+        assert_eq!(
+            endpoints[1]["endpoint"],
+            format!("http://{}", upstream.addr())
+        );
+        assert_eq!(endpoints[1]["role"], "upstream");
+        assert_eq!(endpoints[1]["source"], path_str(&hosts));
+        assert!(
+            checks(&endpoints[1]).contains(&("manifest".into(), true, String::new())),
+            "{report}"
+        );
+        assert!(
+            report["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("pullable via http://{}", upstream.addr())),
+            "{report}"
+        );
+        let runtime = check_named(&endpoints[1], "runtime");
+        assert_eq!(runtime.is_some(), via_runtime, "{report}");
+        if let Some(runtime) = runtime {
+            assert_eq!(runtime["ok"], true, "{report}");
+        }
+    }
+}
+
+#[test]
+fn mirror_up_is_pullable_via_the_mirror_and_the_runtime_uses_it() {
+    let mirror = Registry::start();
+    mirror.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let upstream = format!("127.0.0.1:{}", dead_port());
+    let hosts = ctrd.write_hosts_toml(
+        &upstream,
+        &format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.addr()
+        ),
+    );
+    let image = format!("{upstream}/team/app:1.0");
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["pullable"], true, "{report}");
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    assert_eq!(
+        endpoints[0]["endpoint"],
+        format!("http://{}", mirror.addr())
+    );
+    assert_eq!(endpoints[0]["role"], "mirror");
+    assert_eq!(endpoints[0]["source"], path_str(&hosts));
+    let mirror_checks = checks(&endpoints[0]);
+    assert!(
+        mirror_checks.iter().all(|(_, ok, _)| *ok)
+            && mirror_checks.iter().any(|(c, _, _)| c == "manifest")
+            && mirror_checks.iter().any(|(c, _, _)| c == "runtime"),
+        "{report}"
+    );
+    assert_eq!(endpoints[1]["role"], "upstream");
+    assert!(
+        checks(&endpoints[1]).contains(&("tcp".into(), false, "tcp_refused".into())),
+        "{report}"
+    );
+    // containerd itself went to the mirror for the upstream's name.
+    let log = mirror.access_log();
+    assert!(
+        log.iter().any(|r| r.user_agent.starts_with("containerd/")
+            && r.path.starts_with("/v2/team/app/manifests/1.0")
+            && r.path
+                .contains(&format!("ns={}", upstream.replace(':', "%3A")))),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_hosts_toml_ca_makes_tls_pass_for_pullwatch_and_for_containerd() {
+    let tls = TlsFixtures::for_host("registry.test");
+    let registry = Registry::builder()
+        .tls(&tls.valid.cert_path, &tls.valid.key_path)
+        .start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let name = registry.addr().to_string();
+    let image = format!("{name}/team/app:1.0");
+    let server = format!("server = \"https://{name}\"\n");
+
+    // Without the CA, both fail the same way.
+    ctrd.write_hosts_toml(&name, &format!("{server}[host]\n"));
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["reason"], "tls_unknown_authority", "{report}");
+    let endpoint = &report["endpoints"][0];
+    assert_eq!(endpoint["endpoint"], format!("https://{name}"));
+    assert!(
+        checks(endpoint).contains(&("tls".into(), false, "tls_unknown_authority".into())),
+        "{report}"
+    );
+    let runtime = check_named(endpoint, "runtime").expect("runtime check");
+    assert_eq!(runtime["reason"], "tls_unknown_authority", "{report}");
+
+    // With `ca`, TLS verifies and the image is pullable, by pullwatch and by containerd.
+    let hosts = ctrd.write_hosts_toml(
+        &name,
+        &format!("{server}ca = \"{}\"\n[host]\n", tls.ca.cert_path_str()),
+    );
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+    assert_eq!(code, 0, "{report}");
+    let endpoint = &report["endpoints"][0];
+    assert_eq!(endpoint["source"], path_str(&hosts));
+    let tls_check = check_named(endpoint, "tls").expect("tls check");
+    assert_eq!(tls_check["ok"], true, "{report}");
+    assert!(
+        tls_check["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("verified"),
+        "{report}"
+    );
+    assert_eq!(
+        check_named(endpoint, "runtime").expect("runtime check")["ok"],
+        true,
+        "{report}"
+    );
+}
+
+/// containerd 1.6 ignores a hosts.toml without a `[host]` table (containerd#10027) and talks plain
+/// HTTP to a localhost registry; pullwatch, knowing the version, says so and follows it there.
+#[test]
+fn a_hosts_toml_that_containerd_ignores_is_reported_and_followed_like_containerd() {
+    let tls = TlsFixtures::for_host("registry.test");
+    let registry = Registry::builder()
+        .tls(&tls.valid.cert_path, &tls.valid.key_path)
+        .start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let name = registry.addr().to_string();
+    let hosts = ctrd.write_hosts_toml(
+        &name,
+        &format!(
+            "server = \"https://{name}\"\nca = \"{}\"\n",
+            tls.ca.cert_path_str()
+        ),
+    );
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &format!("{name}/team/app:1.0"));
+    assert_eq!(code, 1, "{report}");
+    let summary = report["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&path_str(&hosts)) && summary.contains("containerd#10027"),
+        "{report}"
+    );
+    let endpoint = &report["endpoints"][0];
+    assert_eq!(endpoint["endpoint"], format!("http://{name}"), "{report}");
+    // containerd fails the same way: plain HTTP to the TLS port.
+    let runtime = check_named(endpoint, "runtime").expect("runtime check");
+    assert_eq!(runtime["reason"], "tls_handshake", "{report}");
+    assert!(
+        runtime["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400 Bad Request"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_malformed_hosts_toml_is_reported_with_its_line_and_the_route_falls_back() {
+    let registry = Registry::start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let name = registry.addr().to_string();
+    let hosts = ctrd.write_hosts_toml(
+        &name,
+        "[host.\"http://mirror.invalid\"]\n  capabilities = [\"pull\", \"teleport\"]\n",
+    );
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &format!("{name}/team/app:1.0"));
+    assert_eq!(code, 0, "{report}");
+    let summary = report["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!(
+            "{}:2: unknown capability \"teleport\"",
+            path_str(&hosts)
+        )),
+        "{report}"
+    );
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{report}");
+    assert_eq!(endpoints[0]["endpoint"], format!("http://{name}"));
+    assert_eq!(
+        check_named(&endpoints[0], "runtime").expect("runtime check")["ok"],
+        true,
+        "containerd fell back the same way: {report}"
+    );
+}
+
+/// The runtime sits behind a proxy that is down; pullwatch's own checks pass, the real pull does
+/// not: `--via-runtime` says so, with the runtime's reason.
+#[test]
+fn via_runtime_catches_what_only_the_runtime_sees() {
+    let ns = Netns::new();
+    let registry = Registry::builder().listen_ip(ns.host_ip()).start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::builder()
+        .env("HTTP_PROXY", &format!("http://127.0.0.1:{}", dead_port()))
+        .start();
+    let name = registry.addr().to_string();
+    ctrd.write_hosts_toml(&name, &format!("server = \"http://{name}\"\n[host]\n"));
+    let image = format!("{name}/team/app:1.0");
+
+    let (code, report) = diagnose(&ctrd, &[], &image);
+    assert_eq!(code, 0, "without the runtime, it looks pullable: {report}");
+
+    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["pullable"], false);
+    assert_eq!(report["reason"], "proxy_error", "{report}");
+    let summary = report["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("the runtime could not pull it") && summary.contains("proxyconnect"),
+        "{report}"
+    );
+    let endpoint = &report["endpoints"][0];
+    let runtime = check_named(endpoint, "runtime").expect("runtime check");
+    assert_eq!(runtime["ok"], false);
+    assert_eq!(runtime["reason"], "proxy_error");
+    assert!(
+        report["fix"].as_str().unwrap_or_default().contains("proxy"),
+        "{report}"
+    );
+}
+
+#[test]
+fn via_runtime_without_a_runtime_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("none.sock");
+    for well_known in pullwatch::config::RUNTIME_SOCKETS {
+        assert!(
+            !Path::new(well_known).exists(),
+            "this test needs a machine without a system runtime, but {well_known} exists"
+        );
+    }
+    let out = Pullwatch::new()
+        .args(["diagnose", "--via-runtime", "registry.invalid/app:1"])
+        .run();
+    assert_eq!(out.exit_code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--runtime-endpoint"), "{}", out.stderr);
+
+    // A named socket that is dead: the pull fails as a runtime error, not a crash.
+    let (code, reports) = Pullwatch::new()
+        .args([
+            "--runtime-endpoint",
+            &format!("unix://{}", socket.display()),
+            "--timeout",
+            "2s",
+        ])
+        .diagnose_json(["--via-runtime", "127.0.0.1:1/app:1"]);
+    assert_eq!(code, 1);
+    let runtime = reports[0]["endpoints"][0]["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == "runtime"))
+        .cloned()
+        .expect("runtime check");
+    assert_eq!(runtime["ok"], false);
+    assert!(
+        runtime["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unavailable"),
+        "{runtime}"
+    );
+}
+
+#[test]
+fn cri_o_registries_conf_routes_mirrors_and_blocks() {
+    let mirror = Registry::start();
+    mirror.push_image("team/app", "1.0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("registries.conf");
+    let upstream = format!("127.0.0.1:{}", dead_port());
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{upstream}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n\n[[registry]]\nlocation = \"blocked.invalid\"\nblocked = true\n",
+            mirror.addr()
+        ),
+    )
+    .expect("write registries.conf");
+    let common = [
+        "--registries-conf".to_string(),
+        conf.display().to_string(),
+        "--containerd-certs-dir".to_string(),
+        dir.path().join("certs.d").display().to_string(),
+        "--timeout".to_string(),
+        "5s".to_string(),
+    ];
+
+    let (code, reports) = Pullwatch::new()
+        .args(common.clone())
+        .diagnose_json([format!("{upstream}/team/app:1.0")]);
+    let report = &reports[0];
+    assert_eq!(code, 0, "{report}");
+    let urls: Vec<&str> = report["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap_or_default())
+        .collect();
+    // insecure: HTTPS without verification first, then plain HTTP, as containers/image does.
+    assert_eq!(
+        urls,
+        [
+            format!("https://{}", mirror.addr()),
+            format!("http://{}", mirror.addr()),
+            format!("https://{upstream}"),
+            format!("http://{upstream}"),
+        ],
+        "{report}"
+    );
+    assert_eq!(report["endpoints"][1]["source"], path_str(&conf));
+    assert!(
+        report["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("pullable via http://{}", mirror.addr())),
+        "{report}"
+    );
+
+    let (code, reports) = Pullwatch::new()
+        .args(common)
+        .diagnose_json(["blocked.invalid/team/app:1.0"]);
+    assert_eq!(code, 1);
+    assert_eq!(reports[0]["reason"], "blocked", "{}", reports[0]);
+    assert!(
+        reports[0]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&path_str(&conf)),
+        "{}",
+        reports[0]
+    );
+    assert_eq!(reports[0]["endpoints"].as_array().map(Vec::len), Some(0));
+}
