@@ -53,7 +53,7 @@ async fn every_call_answers_from_the_real_containerd() {
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let images = client.list_images().await.expect("ListImages");
     assert_eq!(images.len(), 1, "{images:?}");
-    assert_eq!(images[0].repo_tags, [pause.clone()]);
+    assert_eq!(images[0].repo_tags, std::slice::from_ref(&pause));
     assert_eq!(
         images[0].repo_digests,
         [format!("{}/pause@{}", registry.addr(), pushed.digest)]
