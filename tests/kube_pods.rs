@@ -334,3 +334,45 @@ fn events_off_series_capped_and_the_watch_goes_down_and_up() {
     assert_eq!(sample(&agent.metrics(), FAILURES, &nx), Some(3.0));
     assert_eq!(api.violations(), Vec::<String>::new(), "never cluster-wide");
 }
+
+#[test]
+fn kubernetes_on_without_credentials_is_bad_config_and_auto_outside_a_cluster_is_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("pw.sock");
+    let missing = dir.path().join("no-kubeconfig");
+    let agent_args = |mode: &str| {
+        vec![
+            "agent".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--api-socket".into(),
+            socket.display().to_string(),
+            "--node-name".into(),
+            NODE.into(),
+            "--kubernetes".into(),
+            mode.into(),
+        ]
+    };
+    let out = support::cli::Pullwatch::new()
+        .env("KUBECONFIG", missing.display().to_string())
+        .env("KUBERNETES_SERVICE_HOST", "")
+        .args(agent_args("on"))
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_eq!(out.exit_code(), 64, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("--kubernetes"), "{}", out.stderr);
+
+    // auto outside a cluster: the agent runs, without a pod watch.
+    let dns = DnsServer::builder().start();
+    let agent = Agent::start_with_env(
+        &["--resolv-conf", dns.resolv_conf_str()],
+        &["--kubernetes", "auto"],
+        &[
+            ("KUBECONFIG", missing.to_str().expect("UTF-8 tempdir")),
+            ("KUBERNETES_SERVICE_HOST", ""),
+        ],
+    );
+    let text = agent.metrics();
+    assert!(samples(&text, WATCH_UP, &[]).is_empty(), "{text}");
+    assert!(!agent.stderr().contains("watching this node's pods"));
+}
