@@ -215,6 +215,8 @@ struct HostFields {
     override_path: bool,
 }
 
+/// The file: `server` and the root's own [`HostFields`], spelled out rather than
+/// `#[serde(flatten)]`ed, which would lose the spans that locate a problem.
 #[derive(Deserialize)]
 struct HostsFile {
     server: Option<Spanned<String>>,
