@@ -19,7 +19,7 @@ fn runtime_up(metrics: &str) -> Option<f64> {
 #[test]
 fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
     let registry = Registry::start();
-    registry.push_image("team/app", "1.0");
+    let pushed = registry.push_image("team/app", "1.0");
     let registry_name = format!("127.0.0.1:{}", registry.port());
     let mut containerd = Containerd::start();
     // An image on the node, pulled into the CRI plugin's namespace.
@@ -28,22 +28,29 @@ fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
         .to_str()
         .expect("UTF-8 path")
         .to_string();
-    support::run_tool(
-        "ctr",
-        &[
-            "--address",
-            &socket,
-            "--namespace",
-            "k8s.io",
-            "images",
-            "pull",
-            "--plain-http",
-            &format!("{registry_name}/team/app:1.0"),
-        ],
-        None,
-        Duration::from_secs(60),
-    );
+    // By tag and by digest, as the kubelet's pull leaves it (the digest is the canary).
+    for reference in [
+        format!("{registry_name}/team/app:1.0"),
+        format!("{registry_name}/team/app@{}", pushed.digest),
+    ] {
+        support::run_tool(
+            "ctr",
+            &[
+                "--address",
+                &socket,
+                "--namespace",
+                "k8s.io",
+                "images",
+                "pull",
+                "--plain-http",
+                &reference,
+            ],
+            None,
+            Duration::from_secs(60),
+        );
+    }
     let dns = DnsServer::builder().start();
+    let requests_before = registry.access_log().len();
     let agent = Agent::start(
         &[
             "--resolv-conf",
@@ -100,6 +107,55 @@ fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
     agent.wait_metrics("the discovered registry up", SETTLE, |m| {
         sample(m, "pullwatch_registry_up", &[("registry", &registry_name)]) == Some(1.0)
     });
+    // Its canary is the image the node holds, by digest: auth and manifest checked with a HEAD,
+    // and the runtime's own pull of it, which downloads nothing.
+    let check = |m: &str, check: &str| {
+        sample(
+            m,
+            "pullwatch_check_success",
+            &[("registry", &registry_name), ("check", check)],
+        )
+    };
+    let (metrics, _) = agent.wait_metrics("the manifest and runtime checks", SETTLE, |m| {
+        check(m, "manifest").is_some()
+            && sample(
+                m,
+                "pullwatch_runtime_check_success",
+                &[("registry", &registry_name)],
+            )
+            .is_some()
+    });
+    assert_eq!(check(&metrics, "auth"), Some(1.0), "{metrics}");
+    assert_eq!(check(&metrics, "manifest"), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_runtime_check_success",
+            &[("registry", &registry_name)]
+        ),
+        Some(1.0),
+        "{metrics}\ncontainerd log:\n{}",
+        containerd.log()
+    );
+    let since_agent = &registry.access_log()[requests_before..];
+    let manifest_heads = since_agent
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.path.contains("/manifests/sha256:"))
+        .count();
+    assert!(
+        manifest_heads >= 1,
+        "no HEAD of the canary: {since_agent:#?}"
+    );
+    let gets: Vec<_> = since_agent
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && (r.path.contains("/manifests/") || r.path.contains("/blobs/"))
+        })
+        .collect();
+    assert!(
+        gets.is_empty(),
+        "manifests or blobs were downloaded: {gets:#?}"
+    );
     let status: serde_json::Value =
         serde_json::from_str(&agent.get("/api/v1/status").1).expect("status JSON");
     assert!(

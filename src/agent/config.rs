@@ -25,6 +25,15 @@ pub struct AgentFlags {
     #[arg(long, env = "PULLWATCH_INTERVAL", default_value = "30s", value_parser = parse_interval)]
     pub interval: Duration,
 
+    /// How often each registry's auth and manifest checks run (a HEAD of a digest the node holds,
+    /// never a GET), ±10% jitter.
+    #[arg(long, env = "PULLWATCH_MANIFEST_INTERVAL", default_value = "5m", value_parser = parse_long_interval)]
+    pub manifest_interval: Duration,
+
+    /// How often the runtime pulls each registry's canary by digest (it downloads nothing); 0 disables.
+    #[arg(long, env = "PULLWATCH_RUNTIME_CHECK_INTERVAL", default_value = "5m", value_parser = parse_optional_interval)]
+    pub runtime_check_interval: Duration,
+
     /// A registry (host or host:port) to probe always; repeatable.
     #[arg(
         long = "registry",
@@ -73,6 +82,9 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     pub node_name: String,
     pub interval: Duration,
+    pub manifest_interval: Duration,
+    /// `None`: the runtime check is off.
+    pub runtime_check_interval: Option<Duration>,
     /// `--registry`, deduplicated, in the order given.
     pub registries: Vec<String>,
     pub max_registries: usize,
@@ -94,6 +106,27 @@ pub struct AgentConfigError {
 
 /// Kubernetes node names are DNS subdomains: at most 253 characters.
 const MAX_NODE_NAME: usize = 253;
+
+/// 1s to 24h.
+fn parse_long_interval(value: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| format!("{e} (expected e.g. 5m, 1h)"))?;
+    if duration < Duration::from_secs(1) || duration > Duration::from_secs(24 * 3600) {
+        return Err("must be between 1s and 24h".into());
+    }
+    Ok(duration)
+}
+
+/// 0 (off), or 1s to 24h.
+fn parse_optional_interval(value: &str) -> Result<Duration, String> {
+    if value.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    match humantime::parse_duration(value) {
+        Ok(duration) if duration.is_zero() => Ok(duration),
+        _ => parse_long_interval(value).map_err(|e| format!("{e}, or 0 to disable")),
+    }
+}
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
     let duration =
@@ -159,6 +192,9 @@ impl AgentFlags {
             listen: self.listen,
             node_name,
             interval: self.interval,
+            manifest_interval: self.manifest_interval,
+            runtime_check_interval: (!self.runtime_check_interval.is_zero())
+                .then_some(self.runtime_check_interval),
             registries,
             max_registries: self.max_registries as usize,
             max_failing_series: self.max_failing_series as usize,
@@ -203,6 +239,11 @@ mod tests {
             .unwrap();
         assert_eq!(config.listen, "0.0.0.0:9746".parse().unwrap());
         assert_eq!(config.interval, Duration::from_secs(30));
+        assert_eq!(config.manifest_interval, Duration::from_secs(300));
+        assert_eq!(
+            config.runtime_check_interval,
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(config.max_registries, 64);
         assert_eq!(config.max_failing_series, 500);
         assert_eq!(
@@ -279,6 +320,12 @@ mod tests {
             (&["--interval", "0s"][..], "--interval"),
             (&["--interval", "500ms"][..], "--interval"),
             (&["--interval", "soon"][..], "--interval"),
+            (&["--manifest-interval", "0s"][..], "--manifest-interval"),
+            (&["--manifest-interval", "2d"][..], "--manifest-interval"),
+            (
+                &["--runtime-check-interval", "forever"][..],
+                "--runtime-check-interval",
+            ),
             (&["--listen", "9746"][..], "--listen"),
             (&["--max-registries", "0"][..], "--max-registries"),
             (&["--max-failing-series=-1"][..], "--max-failing-series"),
@@ -316,6 +363,17 @@ mod tests {
         assert!(!config.post_events);
         assert!(flags(&["--post-events"]).unwrap().post_events);
         assert!(flags(&["--kubernetes", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_runtime_check_can_be_turned_off() {
+        for off in ["0", "0s"] {
+            let config = flags(&["--runtime-check-interval", off])
+                .unwrap()
+                .validate(|_| None, || Some("n".into()))
+                .unwrap();
+            assert_eq!(config.runtime_check_interval, None, "{off}");
+        }
     }
 
     #[test]

@@ -1,52 +1,79 @@
-//! Which registries the agent watches and along which routes: the candidates of every source, in
-//! priority order, deduplicated, capped by `--max-registries` (each refused registry counted once).
+//! Which registries the agent watches and along which routes: the candidates of every source in
+//! priority order (`--registry`, the runtime's registry config files, the node's images),
+//! deduplicated, capped by `--max-registries` (each refused registry counted once), each routed
+//! as the runtime would route it and given a canary (an image the node holds, by digest).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::metrics::{self, Metrics};
-use crate::route::{self, Route};
+use super::scheduler::Target;
+use crate::route::{Route, RouteConfig};
 
-/// Turns candidate registries into the routes the scheduler follows.
+/// Turns candidate registries into the targets the scheduler follows.
 pub struct Discovery {
     max_registries: usize,
-    insecure_registries: Vec<String>,
     /// Registries refused last time, so a refusal is counted when it starts, not every pass.
     refused: BTreeSet<String>,
+    /// Config problems already logged.
+    reported: BTreeSet<String>,
 }
 
 impl Discovery {
-    pub fn new(max_registries: usize, insecure_registries: Vec<String>) -> Self {
+    pub fn new(max_registries: usize) -> Self {
         Discovery {
             max_registries,
-            insecure_registries,
             refused: BTreeSet::new(),
+            reported: BTreeSet::new(),
         }
     }
 
-    /// The routes for `candidates` (highest priority first; `--registry` comes first). Registries
-    /// past the cap are refused and counted in `pullwatch_series_dropped_total{metric="pullwatch_registry_up"}`.
-    pub fn routes<'a>(
+    /// The targets for `candidates` (highest priority first), routed by `routes`, with the canary
+    /// of `canaries` for their registry. Registries past the cap are refused and counted in
+    /// `pullwatch_series_dropped_total{metric="pullwatch_registry_up"}`; a registry the runtime's
+    /// config blocks is not watched (`pullwatch targets` shows it).
+    pub fn targets<'a>(
         &mut self,
         candidates: impl IntoIterator<Item = &'a str>,
+        routes: &RouteConfig,
+        canaries: &BTreeMap<String, String>,
         metrics: &Metrics,
-    ) -> Vec<Route> {
+    ) -> Vec<Target> {
         let mut seen = BTreeSet::new();
-        let mut routes = Vec::new();
+        let mut targets = Vec::new();
         let mut refused = BTreeSet::new();
         for registry in candidates {
             if !seen.insert(registry) {
                 continue;
             }
-            if routes.len() >= self.max_registries {
+            if targets.len() >= self.max_registries {
                 refused.insert(registry.to_string());
                 continue;
             }
-            match route::default_route(registry, &self.insecure_registries) {
-                Ok(route) => routes.push(route),
-                Err(error) => warn!(registry, %error, "cannot watch this registry"),
+            let configured = match routes.resolve(registry, None) {
+                Ok(configured) => configured,
+                Err(error) => {
+                    warn!(registry, %error, "cannot watch this registry");
+                    continue;
+                }
+            };
+            for problem in &configured.problems {
+                if self.reported.insert(problem.to_string()) {
+                    warn!(registry, %problem, "runtime registry config not used as written");
+                }
             }
+            if let Some(file) = &configured.blocked_by {
+                debug!(registry, file = %file.display(), "blocked by the runtime's config: not watched");
+                continue;
+            }
+            targets.push(Target {
+                route: Route {
+                    registry: registry.to_string(),
+                    endpoints: configured.hosts.into_iter().map(|h| h.endpoint).collect(),
+                },
+                canary: canaries.get(registry).cloned(),
+            });
         }
         let newly_refused = refused.difference(&self.refused).count() as u64;
         if newly_refused > 0 {
@@ -58,7 +85,7 @@ impl Discovery {
             metrics.series_dropped(metrics::REGISTRY_UP, newly_refused);
         }
         self.refused = refused;
-        routes
+        targets
     }
 }
 
@@ -69,7 +96,18 @@ mod tests {
     #[test]
     fn registries_are_deduplicated_capped_and_refusals_counted_once() {
         let metrics = Metrics::new("n", "v", "r", 10).unwrap();
-        let mut discovery = Discovery::new(2, vec!["b.example".into()]);
+        let dir = tempfile::tempdir().unwrap();
+        let routes = RouteConfig::new(
+            dir.path().join("certs.d"),
+            dir.path().join("registries.conf"),
+            vec!["b.example".into()],
+        );
+        let canaries = BTreeMap::from([(
+            "a.example".to_string(),
+            "a.example/app@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .to_string(),
+        )]);
+        let mut discovery = Discovery::new(2);
         let candidates = [
             "a.example",
             "b.example",
@@ -77,10 +115,11 @@ mod tests {
             "c.example",
             "d.example",
         ];
-        let routes = discovery.routes(candidates, &metrics);
-        let names: Vec<&str> = routes.iter().map(|r| r.registry.as_str()).collect();
+        let targets = discovery.targets(candidates, &routes, &canaries, &metrics);
+        let names: Vec<&str> = targets.iter().map(|t| t.route.registry.as_str()).collect();
         assert_eq!(names, ["a.example", "b.example"]);
-        assert_eq!(routes[1].endpoints[0].url(), "http://b.example");
+        assert_eq!(targets[1].route.endpoints[0].url(), "http://b.example");
+        assert!(targets[0].canary.is_some() && targets[1].canary.is_none());
         let dropped = |metrics: &Metrics| {
             metrics
                 .encode()
@@ -94,9 +133,34 @@ mod tests {
         };
         assert_eq!(dropped(&metrics).as_deref(), Some("2"));
         // The same refusals again are not new.
-        discovery.routes(candidates, &metrics);
+        discovery.targets(candidates, &routes, &canaries, &metrics);
         assert_eq!(dropped(&metrics).as_deref(), Some("2"));
-        discovery.routes(["a.example", "b.example", "e.example"], &metrics);
+        discovery.targets(
+            ["a.example", "b.example", "e.example"],
+            &routes,
+            &canaries,
+            &metrics,
+        );
         assert_eq!(dropped(&metrics).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn routes_follow_the_runtime_config() {
+        let metrics = Metrics::new("n", "v", "r", 10).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        std::fs::create_dir_all(certs.join("docker.io")).unwrap();
+        std::fs::write(
+            certs.join("docker.io/hosts.toml"),
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"https://mirror.example\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        )
+        .unwrap();
+        let routes = RouteConfig::new(certs, dir.path().join("registries.conf"), vec![]);
+        let targets = Discovery::new(8).targets(["docker.io"], &routes, &BTreeMap::new(), &metrics);
+        let urls: Vec<String> = targets[0].route.endpoints.iter().map(|e| e.url()).collect();
+        assert_eq!(
+            urls,
+            ["https://mirror.example", "https://registry-1.docker.io"]
+        );
     }
 }

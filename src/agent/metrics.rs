@@ -27,6 +27,11 @@ pub const TLS_INFO: &str = "pullwatch_tls_info";
 pub const HTTP_STATUS: &str = "pullwatch_http_status_code";
 pub const SERIES_DROPPED: &str = "pullwatch_series_dropped_total";
 pub const BUILD_INFO: &str = "pullwatch_build_info";
+pub const RATELIMIT_LIMIT: &str = "pullwatch_registry_ratelimit_limit";
+pub const RATELIMIT_REMAINING: &str = "pullwatch_registry_ratelimit_remaining";
+pub const RATELIMIT_WINDOW: &str = "pullwatch_registry_ratelimit_window_seconds";
+pub const RUNTIME_CHECK_SUCCESS: &str = "pullwatch_runtime_check_success";
+pub const RUNTIME_CHECK_DURATION: &str = "pullwatch_runtime_check_duration_seconds";
 pub const RUNTIME_UP: &str = "pullwatch_runtime_up";
 pub const RUNTIME_INFO: &str = "pullwatch_runtime_info";
 pub const RUNTIME_CONDITION: &str = "pullwatch_runtime_condition";
@@ -66,6 +71,11 @@ pub struct Metrics {
     tls_info: IntGaugeVec,
     http_status: IntGaugeVec,
     series_dropped: IntCounterVec,
+    ratelimit_limit: IntGaugeVec,
+    ratelimit_remaining: IntGaugeVec,
+    ratelimit_window: IntGaugeVec,
+    runtime_check_success: IntGaugeVec,
+    runtime_check_duration: GaugeVec,
     runtime_up: IntGaugeVec,
     runtime_info: IntGaugeVec,
     runtime_condition: IntGaugeVec,
@@ -112,6 +122,8 @@ pub struct RuntimeFacts {
 #[derive(Default)]
 struct RegistrySeries {
     endpoints: BTreeMap<String, EndpointSeries>,
+    ratelimit: bool,
+    runtime_check: bool,
 }
 
 struct EndpointSeries {
@@ -211,6 +223,31 @@ impl Metrics {
                 SERIES_DROPPED,
                 "Series refused by a cap (--max-registries, --max-failing-series).",
                 &["metric"],
+            )?,
+            ratelimit_limit: gauge(
+                RATELIMIT_LIMIT,
+                "The registry's pull quota (ratelimit-limit) at the last manifest check.",
+                &["registry"],
+            )?,
+            ratelimit_remaining: gauge(
+                RATELIMIT_REMAINING,
+                "Pulls left in the window (ratelimit-remaining) at the last manifest check.",
+                &["registry"],
+            )?,
+            ratelimit_window: gauge(
+                RATELIMIT_WINDOW,
+                "The quota's window (ratelimit-limit;w=) at the last manifest check.",
+                &["registry"],
+            )?,
+            runtime_check_success: gauge(
+                RUNTIME_CHECK_SUCCESS,
+                "1 when the runtime pulled this registry's canary (by digest) in the last runtime check.",
+                &["registry"],
+            )?,
+            runtime_check_duration: float(
+                RUNTIME_CHECK_DURATION,
+                "Duration of the last runtime check of this registry.",
+                &["registry"],
             )?,
             runtime_up: gauge(RUNTIME_UP, "1 while the CRI socket answers.", &[])?,
             runtime_info: gauge(
@@ -392,6 +429,52 @@ impl Metrics {
         }
     }
 
+    /// Sets the registry's rate-limit gauges from its last manifest check; `None` (no headers)
+    /// removes them. Each value the registry did not send is left out.
+    pub fn set_ratelimit(&self, registry: &str, limit: Option<&crate::check::manifest::RateLimit>) {
+        let mut book = self.lock();
+        let entry = book.registries.entry(registry.to_string()).or_default();
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let values = [
+            (
+                &self.ratelimit_limit,
+                limit.and_then(|l| l.limit).map(clamp),
+            ),
+            (
+                &self.ratelimit_remaining,
+                limit.and_then(|l| l.remaining).map(clamp),
+            ),
+            (
+                &self.ratelimit_window,
+                limit.and_then(|l| l.window).map(|w| clamp(w.as_secs())),
+            ),
+        ];
+        for (gauge, value) in values {
+            match value {
+                Some(value) => gauge.with_label_values(&[registry]).set(value),
+                None => {
+                    let _ = gauge.remove_label_values(&[registry]);
+                }
+            }
+        }
+        entry.ratelimit = limit.is_some();
+    }
+
+    /// Records the registry's last runtime check (a CRI pull of its canary).
+    pub fn set_runtime_check(&self, registry: &str, ok: bool, seconds: f64) {
+        let mut book = self.lock();
+        book.registries
+            .entry(registry.to_string())
+            .or_default()
+            .runtime_check = true;
+        self.runtime_check_success
+            .with_label_values(&[registry])
+            .set(i64::from(ok));
+        self.runtime_check_duration
+            .with_label_values(&[registry])
+            .set(seconds);
+    }
+
     /// Sets `registry_up`.
     pub fn set_registry_up(&self, registry: &str, up: bool) {
         let mut book = self.lock();
@@ -403,6 +486,18 @@ impl Metrics {
 
     /// Records one endpoint's last connectivity run.
     pub fn record_endpoint(&self, registry: &str, endpoint: &Endpoint, probe: &Probe) {
+        self.record_endpoint_with(registry, endpoint, probe, &[]);
+    }
+
+    /// Records one endpoint's last connectivity run (`probe`: up to `/v2/`, which decides
+    /// `endpoint_up`) and the checks after it (`later`: auth, manifest), which may be older.
+    pub fn record_endpoint_with(
+        &self,
+        registry: &str,
+        endpoint: &Endpoint,
+        probe: &Probe,
+        later: &[crate::check::CheckResult],
+    ) {
         let url = endpoint.url();
         let role = endpoint.role;
         let mut guard = self.lock();
@@ -425,13 +520,15 @@ impl Metrics {
             .with_label_values(&labels)
             .set(i64::from(up));
 
-        // Every check of the chain has a series, run or not, so none vanishes mid-incident.
+        // Every check of the chain has a series, run or not (0), so none vanishes mid-incident.
+        let checks: Vec<&crate::check::CheckResult> = probe.checks.iter().chain(later).collect();
         let chain = connectivity_chain(endpoint.scheme)
             .iter()
             .copied()
-            .chain(probe.checks.iter().map(|c| c.check));
+            .chain(series.checks.iter().copied())
+            .chain(checks.iter().map(|c| c.check));
         for kind in chain.collect::<BTreeSet<_>>() {
-            let ran = probe.checks.iter().find(|c| c.check == kind);
+            let ran = checks.iter().find(|c| c.check == kind);
             let check_labels = [registry, url.as_str(), role.as_str(), kind.as_str()];
             self.check_success
                 .with_label_values(&check_labels)
@@ -443,7 +540,7 @@ impl Metrics {
         }
 
         // The current reason first: when the budget is short, it matters more than the history.
-        let failure = probe.checks.iter().find(|c| !c.ok);
+        let failure = checks.iter().find(|c| !c.ok);
         let reason = failure.map(|f| f.reason.unwrap_or(Reason::Unknown));
         if series.failure_reason != reason {
             if let Some(old) = series.failure_reason.take() {
@@ -562,6 +659,15 @@ impl Metrics {
             return;
         };
         let _ = self.registry_up.remove_label_values(&[registry]);
+        if gone.ratelimit {
+            let _ = self.ratelimit_limit.remove_label_values(&[registry]);
+            let _ = self.ratelimit_remaining.remove_label_values(&[registry]);
+            let _ = self.ratelimit_window.remove_label_values(&[registry]);
+        }
+        if gone.runtime_check {
+            let _ = self.runtime_check_success.remove_label_values(&[registry]);
+            let _ = self.runtime_check_duration.remove_label_values(&[registry]);
+        }
         for (url, series) in &gone.endpoints {
             self.remove_endpoint(registry, url, series, &mut book.failing);
         }

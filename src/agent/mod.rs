@@ -28,10 +28,10 @@ use self::health::Liveness;
 use self::metrics::Metrics;
 use self::node::NodeWatch;
 use self::scheduler::Scheduler;
+use self::scheduler::Target;
 use self::status::StatusBoard;
 use crate::diagnose::Diagnoser;
 use crate::kube::{KubeError, Mode as KubernetesMode, PodWatch};
-use crate::route::Route;
 use crate::runtime::RuntimeClient;
 
 /// How long the tasks get to finish after SIGTERM/SIGINT.
@@ -42,8 +42,9 @@ const MAX_IN_FLIGHT: usize = 8;
 const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(10);
 /// On-demand rounds of one registry start at most this often.
 const DEBOUNCE: Duration = Duration::from_secs(10);
-/// Checks in one endpoint's connectivity chain (dns, tcp, tls, http), for the liveness budget.
-const CHAIN_LENGTH: u32 = 4;
+/// Check timeouts one registry round may use, for the liveness budget: dns, tcp, tls, http; the
+/// token server's dns, tcp, tls; auth; the manifest's HEAD and what follows it; the runtime check.
+const TIMEOUTS_PER_ROUND: u32 = 16;
 
 /// The agent could not start; every variant names the flag to fix (exit 64).
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +89,11 @@ pub struct Agent {
     liveness: Arc<Liveness>,
     node: NodeWatch,
     runtime_up: bool,
-    targets: watch::Receiver<Vec<Route>>,
+    targets: watch::Receiver<Vec<Target>>,
     /// The API server, when the pods of this node are watched.
     kubernetes: Option<::kube::Client>,
     /// Where the node watch publishes the routes it discovers.
-    discovered: watch::Sender<Vec<Route>>,
+    discovered: watch::Sender<Vec<Target>>,
 }
 
 impl Agent {
@@ -100,7 +101,7 @@ impl Agent {
     /// `runtime_socket` (none: a warning) and runs the first discovery.
     pub async fn start(
         config: AgentConfig,
-        diagnoser: Diagnoser,
+        mut diagnoser: Diagnoser,
         runtime_socket: Option<PathBuf>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new(
@@ -123,8 +124,10 @@ impl Agent {
             warn!("no container runtime socket found (--runtime-endpoint): runtime_up is 0");
         }
         let mut node = NodeWatch {
-            runtime: runtime_socket.map(|socket| RuntimeClient::new(socket, diagnoser.timeout)),
-            discovery: Discovery::new(config.max_registries, diagnoser.insecure_registries.clone()),
+            runtime: runtime_socket
+                .map(|socket| Arc::new(RuntimeClient::new(socket, diagnoser.timeout))),
+            routes: diagnoser.routes.clone(),
+            discovery: Discovery::new(config.max_registries),
             static_registries: config.registries.clone(),
             metrics: Arc::clone(&metrics),
             liveness: Arc::clone(&liveness),
@@ -136,14 +139,22 @@ impl Agent {
         if let (Some(client), Some(error)) = (&node.runtime, &first.error) {
             warn!(runtime = client.endpoint(), %error, "container runtime not answering fully");
         }
-        let routes = node.apply(&first);
-        status.discovered(routes.iter().map(|r| r.registry.as_str()));
+        if let Some(version) = &first.facts.version {
+            // Whose registry config applies is the runtime's: routes follow it from now on.
+            node.routes = node
+                .routes
+                .clone()
+                .with_runtime(version.kind(), &version.runtime_version);
+            diagnoser.routes = node.routes.clone();
+        }
+        let found = node.apply(&first);
+        status.discovered(found.iter().map(|t| t.route.registry.as_str()));
         info!(
-            registries = routes.len(),
+            registries = found.len(),
             runtime_up = first.up,
             "discovery done"
         );
-        let (discovered, targets) = watch::channel(routes);
+        let (discovered, targets) = watch::channel(found);
         let kubernetes = match config.kubernetes {
             KubernetesMode::Off => None,
             mode => match crate::kube::connect(Arc::clone(&metrics)).await {
@@ -191,6 +202,8 @@ impl Agent {
         let cancel = CancellationToken::new();
         let settings = scheduler::Settings {
             interval: config.interval,
+            manifest_interval: config.manifest_interval,
+            runtime_check_interval: config.runtime_check_interval,
             max_quiet: max_quiet(&config, diagnoser.timeout),
             max_in_flight: MAX_IN_FLIGHT,
             first_round_spread: FIRST_ROUND_SPREAD,
@@ -202,6 +215,7 @@ impl Agent {
             Arc::clone(&status),
             Arc::clone(&liveness),
             settings,
+            node.runtime.clone(),
         ));
         let pod_watch = kubernetes.map(|client| PodWatch {
             client,
@@ -299,7 +313,7 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 /// every check's timeout and may queue behind the other registries' probes for the in-flight cap.
 fn max_quiet(config: &AgentConfig, timeout: Duration) -> Duration {
     let queue = config.max_registries.div_ceil(MAX_IN_FLIGHT) as u32;
-    config.interval * 2 + timeout * CHAIN_LENGTH * queue.max(1) + Duration::from_secs(30)
+    config.interval * 2 + timeout * TIMEOUTS_PER_ROUND * queue.max(1) + Duration::from_secs(30)
 }
 
 /// Logs how a task ended; returns its name.

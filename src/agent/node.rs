@@ -1,8 +1,9 @@
 //! The node's container runtime as the agent sees it: every `--interval`, `Version`, `Status`,
 //! `ImageFsInfo` and `ListImages` over CRI into the runtime metrics, and the registries of the
-//! images it holds into discovery. A runtime that goes away is a metric, never a crash.
+//! images it holds (with a canary each) plus those of the runtime's registry config into
+//! discovery. A runtime that goes away is a metric, never a crash.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use tracing::{info, warn};
 use super::discovery::Discovery;
 use super::health::Liveness;
 use super::metrics::{Metrics, RuntimeFacts};
+use super::scheduler::Target;
 use crate::reference::ImageRef;
-use crate::route::Route;
-use crate::runtime::{NodeImage, RuntimeClient};
+use crate::route::RouteConfig;
+use crate::runtime::{NodeImage, RuntimeClient, canary_for};
 
 /// Follows the runtime and keeps the discovered routes current.
 pub struct NodeWatch {
-    pub runtime: Option<RuntimeClient>,
+    pub runtime: Option<Arc<RuntimeClient>>,
+    /// The runtime's registry config (files re-read at every refresh, as the runtime does).
+    pub routes: RouteConfig,
     pub discovery: Discovery,
     /// `--registry`, always first.
     pub static_registries: Vec<String>,
@@ -28,16 +32,24 @@ pub struct NodeWatch {
     pub liveness: Arc<Liveness>,
     pub interval: Duration,
     pub max_quiet: Duration,
-    /// The registries `ListImages` gave last: kept when a later call fails.
-    pub held: Option<Vec<String>>,
+    /// What `ListImages` gave last: kept when a later call fails.
+    pub held: Option<Held>,
+}
+
+/// The registries of the node's images, and for each a canary: an image from there, by digest
+/// (the sandbox image first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub registries: Vec<String>,
+    pub canaries: BTreeMap<String, String>,
 }
 
 /// One look at the runtime.
 pub struct Refresh {
     pub up: bool,
     pub facts: RuntimeFacts,
-    /// The registries of the images the node holds, sorted; `None` when `ListImages` failed.
-    pub registries: Option<Vec<String>>,
+    /// What the node holds; `None` when `ListImages` failed.
+    pub held: Option<Held>,
     pub error: Option<String>,
 }
 
@@ -48,7 +60,7 @@ impl NodeWatch {
             return Refresh {
                 up: false,
                 facts: RuntimeFacts::default(),
-                registries: None,
+                held: None,
                 error: Some("no container runtime socket found".into()),
             };
         };
@@ -58,7 +70,7 @@ impl NodeWatch {
                 return Refresh {
                     up: false,
                     facts: RuntimeFacts::default(),
-                    registries: None,
+                    held: None,
                     error: Some(error.to_string()),
                 };
             }
@@ -75,7 +87,18 @@ impl NodeWatch {
         .flatten()
         .next()
         .map(ToString::to_string);
-        let registries = images.as_ref().ok().map(|images| registries_of(images));
+        let sandbox = status.as_ref().ok().and_then(|s| s.sandbox_image.clone());
+        let held = images.as_ref().ok().map(|images| {
+            let registries = registries_of(images);
+            let canaries = registries
+                .iter()
+                .filter_map(|r| Some((r.clone(), canary_for(images, sandbox.as_deref(), r)?)))
+                .collect();
+            Held {
+                registries,
+                canaries,
+            }
+        });
         Refresh {
             up: true,
             facts: RuntimeFacts {
@@ -84,32 +107,36 @@ impl NodeWatch {
                 image_fs: image_fs.unwrap_or_default(),
                 images: images.ok().map(|i| i.len()),
             },
-            registries,
+            held,
             error,
         }
     }
 
-    /// Records a refresh and returns the routes it makes (`--registry` first, then the runtime's).
-    pub fn apply(&mut self, refresh: &Refresh) -> Vec<Route> {
+    /// Records a refresh and returns the targets it makes: `--registry` first, then the
+    /// registries of the runtime's config files, then those of the node's images.
+    pub fn apply(&mut self, refresh: &Refresh) -> Vec<Target> {
         self.metrics.record_runtime(refresh.up, &refresh.facts);
-        // A failed ListImages keeps the registries it found last, rather than dropping them all.
-        if let Some(registries) = &refresh.registries {
-            self.held = Some(registries.clone());
+        // A failed ListImages keeps what it found last, rather than dropping every registry.
+        if let Some(held) = &refresh.held {
+            self.held = Some(held.clone());
         }
-        let runtime = self.held.as_deref().unwrap_or_default();
+        let held = self.held.clone().unwrap_or_default();
+        let (configured, _problems) = self.routes.configured_registries();
         let candidates = self
             .static_registries
             .iter()
-            .chain(runtime)
+            .chain(configured.iter().map(|(registry, _source)| registry))
+            .chain(&held.registries)
             .map(String::as_str);
-        self.discovery.routes(candidates, &self.metrics)
+        self.discovery
+            .targets(candidates, &self.routes, &held.canaries, &self.metrics)
     }
 
     /// Refreshes every interval (±10 %) until `cancel`, publishing changed routes to `targets`.
     pub async fn run(
         mut self,
         was_up: bool,
-        targets: watch::Sender<Vec<Route>>,
+        targets: watch::Sender<Vec<Target>>,
         cancel: CancellationToken,
     ) {
         let heart = self.liveness.register("node watch", self.max_quiet);
@@ -132,11 +159,11 @@ impl NodeWatch {
                 _ => {}
             }
             was_up = refresh.up;
-            let routes = self.apply(&refresh);
+            let discovered = self.apply(&refresh);
             targets.send_if_modified(|current| {
-                let changed = *current != routes;
+                let changed = *current != discovered;
                 if changed {
-                    *current = routes;
+                    *current = discovered;
                 }
                 changed
             });

@@ -1,6 +1,7 @@
 //! When checks run: one task per watched registry, probing its route every `--interval` ±10 % with the
-//! first round spread out; a cap on probes in flight; one endpoint never probed twice at once
-//! (registries sharing a mirror share its fresh result); on-demand rounds, debounced.
+//! first round spread out, auth + manifest every `--manifest-interval`, the runtime's pull of its
+//! canary every `--runtime-check-interval`; a cap on probes in flight; one endpoint never probed
+//! twice at once (registries sharing a mirror share its fresh result); on-demand rounds, debounced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -15,18 +16,34 @@ use tracing::{debug, error, info, warn};
 use super::health::{Heart, Liveness};
 use super::metrics::Metrics;
 use super::status::StatusBoard;
-use crate::diagnose::{Diagnoser, Probe, conclude};
+use crate::check::{self, CheckKind, CheckResult};
+use crate::diagnose::{ApiProbe, Diagnoser, Probe, conclude};
+use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report};
 use crate::route::{Endpoint, Role, Route};
+use crate::runtime::{PullAuth, RuntimeClient};
 
 /// How often the supervisor loop wakes up (and beats) when nothing else happens.
 const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
+/// The runtime check's pull may take this many check timeouts (by digest, nothing downloads).
+const RUNTIME_CHECK_TIMEOUTS: u32 = 4;
+
+/// A registry to watch: its route, and an image the node holds from it, by digest (the canary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub route: Route,
+    pub canary: Option<String>,
+}
 
 /// Timing and limits.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Connectivity checks of each registry's route, ±10 %.
     pub interval: Duration,
+    /// Auth and manifest checks (of the canary), ±10 %.
+    pub manifest_interval: Duration,
+    /// The runtime's pull of the canary, ±10 %; `None`: never.
+    pub runtime_check_interval: Option<Duration>,
     /// The longest a loop may go without progress before `/healthz` fails.
     pub max_quiet: Duration,
     /// Probes (one endpoint's chain each) in flight at once, over all registries.
@@ -44,6 +61,8 @@ pub struct Scheduler {
     status: Arc<StatusBoard>,
     liveness: Arc<Liveness>,
     settings: Settings,
+    /// The node's runtime, for the runtime check.
+    runtime: Option<Arc<RuntimeClient>>,
     permits: Semaphore,
     /// One slot per endpoint (URL and TLS settings): its lock serialises probes, its value is the
     /// last result. Held strongly by the registry tasks whose route has the endpoint.
@@ -58,7 +77,7 @@ type Flight = tokio::sync::Mutex<Option<(Instant, Arc<Probe>)>>;
 /// The supervisor's handle on a running registry task.
 struct Handle {
     id: tokio::task::Id,
-    route: watch::Sender<Route>,
+    target: watch::Sender<Target>,
     cancel: CancellationToken,
 }
 
@@ -69,7 +88,15 @@ struct Tasks {
     running: HashMap<String, Handle>,
     /// Cancelled tasks not yet finished: their registry is not restarted before they cleaned up.
     stopping: HashMap<tokio::task::Id, String>,
-    desired: BTreeMap<String, Route>,
+    desired: BTreeMap<String, Target>,
+}
+
+/// The checks after `/v2/` of one endpoint, from the last manifest round: shown and exported
+/// until the next one, dropped as soon as the endpoint's connectivity fails.
+struct Later {
+    checks: Vec<CheckResult>,
+    /// The Bearer realm's host (role `auth`), with its dns/tcp/tls records.
+    token_server: Option<(Endpoint, Vec<CheckResult>)>,
 }
 
 /// A periodic job's clock: due every `every` ±10 %.
@@ -101,6 +128,7 @@ impl Scheduler {
         status: Arc<StatusBoard>,
         liveness: Arc<Liveness>,
         settings: Settings,
+        runtime: Option<Arc<RuntimeClient>>,
     ) -> Self {
         Scheduler {
             permits: Semaphore::new(settings.max_in_flight.max(1)),
@@ -109,6 +137,7 @@ impl Scheduler {
             status,
             liveness,
             settings,
+            runtime,
             flights: Mutex::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
         }
@@ -130,7 +159,7 @@ impl Scheduler {
     /// routes to running ones, stops (and so removes the series of) vanished ones; then drains.
     pub async fn run(
         self: Arc<Self>,
-        mut targets: watch::Receiver<Vec<Route>>,
+        mut targets: watch::Receiver<Vec<Target>>,
         cancel: CancellationToken,
     ) {
         let heart = self.liveness.register("scheduler", self.settings.max_quiet);
@@ -143,7 +172,7 @@ impl Scheduler {
                 tasks.desired = targets
                     .borrow_and_update()
                     .iter()
-                    .map(|route| (route.registry.clone(), route.clone()))
+                    .map(|target| (target.route.registry.clone(), target.clone()))
                     .collect();
                 self.apply(&mut tasks, &cancel);
                 changed = false;
@@ -181,35 +210,35 @@ impl Scheduler {
                 tasks.stopping.insert(handle.id, registry);
             }
         }
-        let desired: Vec<Route> = tasks.desired.values().cloned().collect();
-        for route in desired {
-            if let Some(handle) = tasks.running.get(&route.registry) {
-                handle.route.send_if_modified(|current| {
-                    let modified = *current != route;
+        let desired: Vec<Target> = tasks.desired.values().cloned().collect();
+        for target in desired {
+            if let Some(handle) = tasks.running.get(&target.route.registry) {
+                handle.target.send_if_modified(|current| {
+                    let modified = *current != target;
                     if modified {
-                        *current = route.clone();
+                        *current = target.clone();
                     }
                     modified
                 });
-            } else if !tasks.stopping.values().any(|r| *r == route.registry) {
-                self.spawn(route, tasks, cancel);
+            } else if !tasks.stopping.values().any(|r| *r == target.route.registry) {
+                self.spawn(target, tasks, cancel);
             }
         }
     }
 
-    fn spawn(self: &Arc<Self>, route: Route, tasks: &mut Tasks, cancel: &CancellationToken) {
-        let registry = route.registry.clone();
-        let (route_tx, route_rx) = watch::channel(route);
+    fn spawn(self: &Arc<Self>, target: Target, tasks: &mut Tasks, cancel: &CancellationToken) {
+        let registry = target.route.registry.clone();
+        let (target_tx, target_rx) = watch::channel(target);
         let token = cancel.child_token();
         let trigger = Arc::new(Notify::new());
         lock(&self.triggers).insert(registry.clone(), Arc::clone(&trigger));
-        let task = Arc::clone(self).watch_registry(route_rx, trigger, token.clone());
+        let task = Arc::clone(self).watch_registry(target_rx, trigger, token.clone());
         let id = tasks.set.spawn(task).id();
         tasks.running.insert(
             registry,
             Handle {
                 id,
-                route: route_tx,
+                target: target_tx,
                 cancel: token,
             },
         );
@@ -254,26 +283,36 @@ impl Scheduler {
             }
         };
         if !tasks.running.contains_key(&registry)
-            && let Some(route) = tasks.desired.get(&registry).cloned()
+            && let Some(target) = tasks.desired.get(&registry).cloned()
         {
-            self.spawn(route, tasks, cancel);
+            self.spawn(target, tasks, cancel);
         }
     }
 
-    /// One registry's loop: rounds on its timer or on demand, until cancelled; then its series go.
+    /// One registry's loop: rounds on its timers or on demand, until cancelled; then its series go.
     async fn watch_registry(
         self: Arc<Self>,
-        mut route: watch::Receiver<Route>,
+        mut target: watch::Receiver<Target>,
         trigger: Arc<Notify>,
         cancel: CancellationToken,
     ) {
-        let registry = route.borrow().registry.clone();
+        let registry = target.borrow().route.registry.clone();
         let heart = self
             .liveness
             .register(format!("registry {registry}"), self.settings.max_quiet);
         let spread = self.settings.first_round_spread.min(self.settings.interval);
         let mut connectivity = Timer::first(self.settings.interval, spread);
-        let mut flights = self.flights_for(&route.borrow());
+        // The first round checks everything; the others follow their own intervals.
+        let mut manifest = Timer {
+            every: self.settings.manifest_interval,
+            next: connectivity.next,
+        };
+        let mut runtime_check = self.settings.runtime_check_interval.map(|every| Timer {
+            every,
+            next: connectivity.next,
+        });
+        let mut flights = self.flights_for(&target.borrow().route);
+        let mut later: HashMap<String, Later> = HashMap::new();
         let mut last_start: Option<Instant> = None;
         let mut was_up: Option<bool> = None;
         let mut fresh_wanted = false;
@@ -294,14 +333,14 @@ impl Scheduler {
                         _ => {}
                     }
                 }
-                changed = route.changed(), if follow => {
+                changed = target.changed(), if follow => {
                     match changed {
                         Ok(()) => {
-                            let current = route.borrow().clone();
-                            let urls: Vec<String> = current.endpoints.iter().map(Endpoint::url).collect();
-                            self.metrics.retain_endpoints(&registry, &urls);
+                            let current = target.borrow().route.clone();
                             flights = self.flights_for(&current);
+                            later.clear();
                             connectivity.next = Instant::now();
+                            manifest.next = connectivity.next;
                         }
                         Err(_) => follow = false,
                     }
@@ -310,28 +349,68 @@ impl Scheduler {
             }
             let started = Instant::now();
             last_start = Some(started);
-            let current = route.borrow_and_update().clone();
+            let current = target.borrow_and_update().clone();
             let force = std::mem::take(&mut fresh_wanted);
+            let canary = current
+                .canary
+                .as_deref()
+                .and_then(|c| ImageRef::parse(c).ok());
+            // An on-demand round checks the manifest too: it is asked because a pull failed.
+            let api = canary
+                .as_ref()
+                .filter(|_| force || started >= manifest.next);
             let report = tokio::select! {
                 _ = cancel.cancelled() => break,
-                report = self.round(&current, &flights, force, &heart) => report,
+                report = self.round(&current.route, &flights, force, api, &mut later, &heart) => report,
             };
             connectivity.reschedule(started);
+            if api.is_some() {
+                manifest.reschedule(started);
+            }
             let up = registry_up(&report);
             log_transition(&report, was_up, up);
+            if was_up == Some(false) && up && canary.is_some() {
+                // Back after an outage: the manifest's word is stale, ask it again soon.
+                manifest.next = manifest.next.min(Instant::now());
+            }
             was_up = Some(up);
             self.status.record(report, SystemTime::now());
+            if let (Some(timer), Some(canary), Some(runtime)) =
+                (runtime_check.as_mut(), &canary, &self.runtime)
+                && started >= timer.next
+            {
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    result = self.runtime_check(runtime, canary) => result,
+                };
+                heart.beat();
+                self.metrics
+                    .set_runtime_check(&registry, result.ok, result.seconds);
+                if !result.ok {
+                    warn!(
+                        registry,
+                        canary = %canary,
+                        reason = result.reason.map(|r| r.as_str()).unwrap_or_default(),
+                        detail = result.detail,
+                        "the runtime cannot pull from this registry"
+                    );
+                }
+                timer.reschedule(started);
+            }
         }
         self.metrics.forget_registry(&registry);
         self.status.forget(&registry);
     }
 
-    /// Probes every endpoint of the route at once, records their metrics, and concludes.
+    /// Probes every endpoint of the route at once (with auth and manifest of `api` when given),
+    /// records their metrics, and concludes.
     async fn round(
         self: &Arc<Self>,
         route: &Route,
         flights: &[Arc<Flight>],
         force: bool,
+        api: Option<&ImageRef>,
+        later: &mut HashMap<String, Later>,
         heart: &Heart,
     ) -> Report {
         let mut probes = JoinSet::new();
@@ -339,9 +418,10 @@ impl Scheduler {
             let this = Arc::clone(self);
             let endpoint = endpoint.clone();
             let flight = Arc::clone(flight);
+            let api = api.cloned();
             probes.spawn(async move {
-                let probe = this.probe(&endpoint, &flight, force).await;
-                (index, endpoint, probe)
+                let (probe, api) = this.probe(&endpoint, &flight, force, api.as_ref()).await;
+                (index, endpoint, probe, api)
             });
         }
         let mut done = Vec::with_capacity(route.endpoints.len());
@@ -352,39 +432,134 @@ impl Scheduler {
                 Err(error) => error!(registry = route.registry, %error, "probe task failed"),
             }
         }
-        done.sort_by_key(|(index, _, _)| *index);
-        let mut endpoints = Vec::with_capacity(done.len());
-        for (_, endpoint, probe) in &done {
+        done.sort_by_key(|(index, ..)| *index);
+        let mut endpoints: Vec<EndpointReport> = Vec::with_capacity(done.len());
+        let mut rate_limit = None;
+        for (_, endpoint, probe, api) in done {
+            let url = endpoint.url();
+            match api {
+                _ if probe.http.is_none() => {
+                    later.remove(&url);
+                }
+                Some(api) => {
+                    rate_limit = api.rate_limit.clone().or(rate_limit);
+                    let token_server = api.token_server.map(|(server, server_probe)| {
+                        self.metrics
+                            .record_endpoint(&route.registry, &server, &server_probe);
+                        (server, server_probe.checks)
+                    });
+                    later.insert(
+                        url.clone(),
+                        Later {
+                            checks: api.checks,
+                            token_server,
+                        },
+                    );
+                }
+                None => {}
+            }
+            let after = later.get(&url);
+            let after_checks = after.map(|l| l.checks.as_slice()).unwrap_or_default();
             self.metrics
-                .record_endpoint(&route.registry, endpoint, probe);
+                .record_endpoint_with(&route.registry, &endpoint, &probe, after_checks);
             endpoints.push(EndpointReport {
-                endpoint: endpoint.url(),
+                endpoint: url,
                 role: endpoint.role,
                 source: endpoint.source.clone(),
-                checks: probe.checks.clone(),
+                checks: probe.checks.iter().chain(after_checks).cloned().collect(),
             });
+            // The token server once, after the first endpoint that sent the runtime there.
+            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref())
+                && !endpoints
+                    .iter()
+                    .any(|e| e.endpoint == server.url() && e.role == server.role)
+            {
+                endpoints.push(EndpointReport {
+                    endpoint: server.url(),
+                    role: server.role,
+                    source: server.source.clone(),
+                    checks: checks.clone(),
+                });
+            }
         }
+        if api.is_some() {
+            self.metrics
+                .set_ratelimit(&route.registry, rate_limit.as_ref());
+        }
+        let urls: Vec<String> = endpoints.iter().map(|e| e.endpoint.clone()).collect();
+        self.metrics.retain_endpoints(&route.registry, &urls);
         let report = conclude(String::new(), route.registry.clone(), endpoints);
         self.metrics
             .set_registry_up(&route.registry, registry_up(&report));
         report
     }
 
-    /// One endpoint's chain, never twice at once; a result younger than half an interval is shared
-    /// (registries with a common mirror) unless `force`.
-    async fn probe(&self, endpoint: &Endpoint, flight: &Flight, force: bool) -> Arc<Probe> {
+    /// The runtime's own pull of `canary` (by digest: it resolves remotely and downloads nothing),
+    /// with the `--docker-config` credentials for it, as the kubelet passes imagePullSecrets.
+    async fn runtime_check(&self, runtime: &RuntimeClient, canary: &ImageRef) -> CheckResult {
+        let auth = self
+            .diagnoser
+            .pull
+            .credentials
+            .as_ref()
+            .and_then(|keyring| keyring.lookup(canary.registry(), canary.repository()))
+            .map(|found| PullAuth {
+                username: found.username.clone(),
+                password: found.password.expose().to_string(),
+            });
+        let _permit = self.permits.acquire().await.ok();
+        let pull_timeout = self.diagnoser.timeout * RUNTIME_CHECK_TIMEOUTS;
+        let image = canary.to_string();
+        let pull = check::runtime::check(runtime, &image, auth.as_ref(), pull_timeout);
+        // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
+        let (result, _) = check::run(
+            CheckKind::Runtime,
+            pull_timeout + self.diagnoser.timeout,
+            pull,
+        )
+        .await;
+        result
+    }
+
+    /// One endpoint's chain, never twice at once; with `api`, its auth and manifest checks too.
+    /// A connectivity result younger than half an interval is shared (registries with a common
+    /// mirror) unless `force`.
+    async fn probe(
+        &self,
+        endpoint: &Endpoint,
+        flight: &Flight,
+        force: bool,
+        api: Option<&ImageRef>,
+    ) -> (Arc<Probe>, Option<ApiProbe>) {
         let mut last = flight.lock().await;
         if !force
+            && api.is_none()
             && let Some((at, probe)) = last.as_ref()
             && at.elapsed() < self.settings.interval / 2
         {
-            return Arc::clone(probe);
+            return (Arc::clone(probe), None);
         }
         // The semaphore is never closed; without a permit the probe would still be bounded by its timeouts.
         let _permit = self.permits.acquire().await.ok();
-        let probe = Arc::new(self.diagnoser.probe(endpoint).await);
+        let (probe, api) = match api {
+            None => (self.diagnoser.probe(endpoint).await, None),
+            Some(image) => {
+                let (probe, link) = self.diagnoser.probe_linked(endpoint, &|_, _| {}).await;
+                let api = match (&probe.http, &link) {
+                    // No platform: a HEAD only, which spends no pull quota.
+                    (Some(http), Some(link)) => Some(
+                        self.diagnoser
+                            .registry_api(endpoint, link, http, image, None, &|_, _| {})
+                            .await,
+                    ),
+                    _ => None,
+                };
+                (probe, api)
+            }
+        };
+        let probe = Arc::new(probe);
         *last = Some((Instant::now(), Arc::clone(&probe)));
-        probe
+        (probe, api)
     }
 
     fn flights_for(&self, route: &Route) -> Vec<Arc<Flight>> {
@@ -498,10 +673,13 @@ mod tests {
         }
     }
 
-    fn route(registry: &str, endpoints: Vec<Endpoint>) -> Route {
-        Route {
-            registry: registry.into(),
-            endpoints,
+    fn route(registry: &str, endpoints: Vec<Endpoint>) -> Target {
+        Target {
+            route: Route {
+                registry: registry.into(),
+                endpoints,
+            },
+            canary: None,
         }
     }
 
@@ -536,6 +714,7 @@ mod tests {
             Arc::clone(&status),
             Arc::new(Liveness::default()),
             settings,
+            None,
         ));
         Fixture {
             scheduler,
@@ -548,6 +727,8 @@ mod tests {
     fn settings(interval: Duration) -> Settings {
         Settings {
             interval,
+            manifest_interval: interval,
+            runtime_check_interval: None,
             max_quiet: Duration::from_secs(60),
             max_in_flight: 8,
             first_round_spread: Duration::ZERO,
@@ -568,7 +749,7 @@ mod tests {
         let server = fake_registry(Duration::from_millis(300)).await;
         let f = fixture(settings(Duration::from_secs(60)));
         let shared = endpoint(server.port);
-        let routes: Vec<Route> = (0..4)
+        let routes: Vec<Target> = (0..4)
             .map(|i| route(&format!("r{i}.example"), vec![shared.clone()]))
             .collect();
         let (_tx, rx) = watch::channel(routes);
