@@ -120,7 +120,11 @@ impl<'a> ContainerdBuilder<'a> {
                 format!("nameserver {ip}\noptions timeout:1 attempts:1\n"),
             )
             .expect("write /etc/netns/<name>/resolv.conf");
-            resources.push(format!("rm -rf '{}'", etc.display()));
+            // The parent goes too when this was its last namespace (rmdir leaves it otherwise).
+            resources.push(format!(
+                "rm -rf '{}'; rmdir /etc/netns 2>/dev/null",
+                etc.display()
+            ));
             netns_etc = Some(etc);
         }
         let cleanup = (!resources.is_empty())
@@ -305,6 +309,8 @@ impl Drop for Containerd {
         }
         if let Some(etc) = &self.netns_etc {
             let _ = std::fs::remove_dir_all(etc);
+            // Only succeeds when no other test's namespace has a directory there.
+            let _ = std::fs::remove_dir("/etc/netns");
         }
     }
 }
