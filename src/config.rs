@@ -164,7 +164,6 @@ impl CommonFlags {
             trust,
             proxies,
             timeout: self.timeout,
-            insecure_registries: self.insecure_registries.clone(),
             routes: self.route_config(),
             pull: PullSettings {
                 credentials,

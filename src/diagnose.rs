@@ -34,7 +34,6 @@ pub struct Diagnoser {
     pub proxies: ProxySettings,
     /// Per check.
     pub timeout: Duration,
-    pub insecure_registries: Vec<String>,
     /// Where routes come from (the runtime's registry config); see [`RouteConfig::resolve`].
     pub routes: RouteConfig,
     /// How this node pulls: credentials, platform, tokens (the auth and manifest checks).
