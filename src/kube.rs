@@ -20,7 +20,6 @@ use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -110,6 +109,11 @@ const DIAGNOSIS_TTL: Duration = Duration::from_secs(60);
 /// An Event POST that takes longer is abandoned (and retried with the image's next diagnosis).
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A diagnosis started less than [`DIAGNOSIS_TTL`] ago (a clock set back makes none young).
+fn young(started: SystemTime) -> bool {
+    started.elapsed().is_ok_and(|age| age < DIAGNOSIS_TTL)
+}
+
 /// What the pod watch needs from the agent.
 pub struct PodWatch {
     pub client: kube::Client,
@@ -127,10 +131,10 @@ type ContainerKey = (String, String);
 /// The loop's state besides the tracker.
 struct Books {
     series: PodSeries,
-    /// Each image's last diagnosis and when it finished.
-    diagnosed: HashMap<String, (Instant, Arc<Report>)>,
+    /// Each image's last diagnosis and when it started.
+    diagnosed: HashMap<String, (SystemTime, Arc<Report>)>,
     /// Diagnoses running, and the image of each.
-    diagnoses: JoinSet<(String, Report)>,
+    diagnoses: JoinSet<(String, SystemTime, Report)>,
     in_flight: HashMap<tokio::task::Id, String>,
     permits: Arc<Semaphore>,
     /// The reason each container's Event was posted (or is being posted) for.
@@ -177,11 +181,23 @@ impl PodWatch {
                     };
                     self.publish(&tracker, &mut books);
                     for (pod, container) in touched {
+                        if let Some((_, failure)) = tracker.get(&pod.uid, &container) {
+                            info!(
+                                namespace = pod.namespace,
+                                pod = pod.name,
+                                container,
+                                image = failure.image,
+                                waiting_reason = failure.waiting_reason,
+                                reason = failure.reason.as_str(),
+                                attempts = failure.attempts,
+                                "image pull failing"
+                            );
+                        }
                         self.follow_up(&tracker, &mut books, &pod, &container);
                     }
                 }
                 Some(joined) = books.diagnoses.join_next_with_id() => {
-                    let (image, report) = match joined {
+                    let (image, started, report) = match joined {
                         Ok((id, done)) => {
                             books.in_flight.remove(&id);
                             done
@@ -193,15 +209,16 @@ impl PodWatch {
                         }
                     };
                     debug!(image, reason = report.reason.map(Reason::as_str), "pod image diagnosed");
-                    books.diagnosed.insert(image.clone(), (Instant::now(), Arc::new(report)));
+                    books.diagnosed.insert(image.clone(), (started, Arc::new(report)));
                     let waiting: Vec<(PodId, String)> = tracker
                         .failures()
                         .into_iter()
                         .filter(|(_, _, f)| f.image == image)
                         .map(|(id, c, _)| (id.clone(), c.to_string()))
                         .collect();
+                    // A container whose reason changed while this ran gets a diagnosis of its own.
                     for (pod, container) in waiting {
-                        self.post_if_new(&tracker, &mut books, &pod.uid, &container);
+                        self.follow_up(&tracker, &mut books, &pod, &container);
                     }
                     self.publish(&tracker, &mut books);
                 }
@@ -269,9 +286,8 @@ impl PodWatch {
         books
             .posted
             .retain(|(uid, container), _| tracker.get(uid, container).is_some());
-        let now = Instant::now();
-        books.diagnosed.retain(|image, (at, _)| {
-            now - *at < DIAGNOSIS_TTL || failures.iter().any(|f| &f.2.image == image)
+        books.diagnosed.retain(|image, (started, _)| {
+            young(*started) || failures.iter().any(|f| &f.2.image == image)
         });
         let status = failures
             .iter()
@@ -301,32 +317,23 @@ impl PodWatch {
         let Some((_, failure)) = tracker.get(&pod.uid, container) else {
             return;
         };
-        info!(
-            namespace = pod.namespace,
-            pod = pod.name,
-            container,
-            image = failure.image,
-            waiting_reason = failure.waiting_reason,
-            reason = failure.reason.as_str(),
-            attempts = failure.attempts,
-            "image pull failing"
-        );
-        self.scheduler.check_now(&failure.registry);
         let fresh = books
             .diagnosed
             .get(&failure.image)
-            .is_some_and(|(at, _)| at.elapsed() < DIAGNOSIS_TTL);
+            .is_some_and(|(started, _)| *started >= failure.reason_since && young(*started));
         if fresh {
             self.post_if_new(tracker, books, &pod.uid, container);
         } else if !books.in_flight.values().any(|i| *i == failure.image) {
             let image = failure.image.clone();
             let diagnoser = Arc::clone(&self.diagnoser);
             let permits = Arc::clone(&books.permits);
+            self.scheduler.check_now(&failure.registry);
             let task = books.diagnoses.spawn(async move {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
+                let started = SystemTime::now();
                 let report = diagnoser.diagnose(&image).await;
-                (image, report)
+                (image, started, report)
             });
             books.in_flight.insert(task.id(), failure.image.clone());
         }
@@ -340,7 +347,11 @@ impl PodWatch {
         let Some((pod, failure)) = tracker.get(uid, container) else {
             return;
         };
-        let Some((_, report)) = books.diagnosed.get(&failure.image) else {
+        let Some((_, report)) = books
+            .diagnosed
+            .get(&failure.image)
+            .filter(|(started, _)| *started >= failure.reason_since)
+        else {
             return;
         };
         let key = (uid.to_string(), container.to_string());

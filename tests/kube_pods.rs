@@ -249,10 +249,51 @@ fn pull_failures_are_counted_explained_and_cleared() {
     assert_eq!(events_for(&api, "web").len(), 1, "{:#?}", api.events());
     assert!(api.patches().is_empty(), "{:?}", api.patches());
 
-    // Recovery: the image got pulled, the container runs; its series go, the counter stays.
+    // The image is corrected to one whose tag does not exist: a new reason, a second Event,
+    // from a diagnosis of the new image.
     api.apply_pod(
         pod("shop", "web", "uid-web", NODE)
-            .running("app", &web_image)
+            .waiting("app", &api_image, "ErrImagePull", &not_found)
+            .build(),
+    );
+    api.wait("web's second Event", RECOVER, |api| {
+        events_for(api, "web").len() == 2
+    });
+    let note = events_for(&api, "web")[1]["note"]
+        .as_str()
+        .expect("a note")
+        .to_string();
+    assert!(
+        note.starts_with(&format!(
+            "manifest_unknown: container app cannot pull {api_image}. Kubelet: ErrImagePull:"
+        )),
+        "{note}"
+    );
+    let (text, _) = agent.wait_metrics("web's new reason", RECOVER, |m| {
+        sample(
+            m,
+            FAILING,
+            &[("pod", "web"), ("reason", "manifest_unknown")],
+        ) == Some(1.0)
+    });
+    assert!(
+        samples(&text, WAITING, &[("registry", "missing.test")]).is_empty(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            FAILURES,
+            &[("registry", &api_registry), ("reason", "manifest_unknown")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+
+    // Recovery: the image got pulled, the container runs; its series go, the counters stay.
+    api.apply_pod(
+        pod("shop", "web", "uid-web", NODE)
+            .running("app", &api_image)
             .build(),
     );
     let (text, _) = agent.wait_metrics("web's series gone", RECOVER, |m| {

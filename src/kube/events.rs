@@ -125,6 +125,7 @@ mod tests {
             reason,
             attempts: 1,
             since: SystemTime::now(),
+            reason_since: SystemTime::now(),
         }
     }
 

@@ -176,6 +176,8 @@ pub struct Failure {
     /// Failed attempts seen since it started failing.
     pub attempts: u64,
     pub since: SystemTime,
+    /// When `reason` took its current value: a diagnosis started before says nothing about it.
+    pub reason_since: SystemTime,
 }
 
 /// What one observation changed.
@@ -283,15 +285,20 @@ fn is_attempt(previous: Option<&Failure>, now: &Waiting) -> bool {
 fn next_state(previous: Option<&Failure>, now: &Waiting, at: SystemTime) -> Failure {
     let remembered = previous.map(|p| p.reason).filter(|r| *r != Reason::Unknown);
     let attempts = previous.map_or(0, |p| p.attempts) + u64::from(is_attempt(previous, now));
+    let reason = reason_of(&now.waiting_reason, &now.message, remembered);
     Failure {
         kind: now.kind,
         registry: registry_of(&now.image),
         image: now.image.clone(),
         waiting_reason: now.waiting_reason.clone(),
         message: now.message.clone(),
-        reason: reason_of(&now.waiting_reason, &now.message, remembered),
+        reason,
         attempts,
         since: previous.map_or(at, |p| p.since),
+        reason_since: match previous {
+            Some(p) if p.reason == reason => p.reason_since,
+            _ => at,
+        },
     }
 }
 
@@ -536,6 +543,7 @@ mod tests {
     fn each_failed_attempt_counts_once_and_the_cause_survives_the_back_off() {
         let mut tracker = Tracker::default();
         let now = SystemTime::now();
+        let step = |i: usize| now + std::time::Duration::from_secs(i as u64);
         let steps: [(serde_json::Value, usize, Reason); 6] = [
             (app("ErrImagePull", NXDOMAIN), 1, Reason::DnsNxdomain),
             // The same status again (a relist, an unrelated update): no new attempt.
@@ -548,7 +556,7 @@ mod tests {
         ];
         let mut total = 0;
         for (i, (status, attempts, reason)) in steps.into_iter().enumerate() {
-            let changes = tracker.apply(&pod("u1", status), now);
+            let changes = tracker.apply(&pod("u1", status), step(i));
             assert_eq!(changes.attempts.len(), attempts, "step {i}");
             assert!(
                 changes
@@ -563,6 +571,8 @@ mod tests {
             assert_eq!(failures[0].2.attempts, total, "step {i}");
             assert_eq!(failures[0].2.since, now);
         }
+        // The reason changed at step 4 (to tcp_refused) and stayed through the back-off.
+        assert_eq!(tracker.get("u1", "app").unwrap().1.reason_since, step(4));
         // First seen backing off: the attempt happened before the watch, so it is not counted.
         let changes = tracker.apply(&pod("u2", app(BACK_OFF, BACK_OFF_MESSAGE)), now);
         assert!(changes.attempts.is_empty());
