@@ -316,6 +316,17 @@ fn pull_failures_are_counted_explained_and_cleared() {
     assert_eq!(failures[0]["pod"], "migrate");
 
     assert_eq!(api.violations(), Vec::<String>::new(), "never cluster-wide");
+    // Lists are served from the API server's cache; watches ask for bookmarks.
+    for seen in api.requests() {
+        if seen.method != "GET" {
+            continue;
+        }
+        if seen.target.contains("watch=true") {
+            assert!(seen.target.contains("allowWatchBookmarks=true"), "{seen:?}");
+        } else {
+            assert!(seen.target.contains("resourceVersion=0"), "{seen:?}");
+        }
+    }
     let text = agent.metrics();
     assert_eq!(
         sample(&text, DROPPED, &[("metric", FAILING)]),
