@@ -100,7 +100,6 @@ const AFTER_DIAL_TIMEOUT: &[(Reason, &[&str])] = &[
         Reason::AuthFailed,
         &[
             "incorrect username or password",
-            "invalid username/password",
             "failed to fetch oauth token",
         ],
     ),
@@ -108,6 +107,8 @@ const AFTER_DIAL_TIMEOUT: &[(Reason, &[&str])] = &[
         Reason::AuthRequired,
         &[
             "pull access denied",
+            // containers/image says it for any 401 from a token server, credentials or none.
+            "invalid username/password",
             "401 unauthorized",
             "unauthorized: authentication required",
             "authentication required",
@@ -309,6 +310,11 @@ mod tests {
                 origin: CriO,
                 input: "initializing source docker://registry.local/app:1: unable to retrieve auth token: invalid username/password: unauthorized: incorrect username or password",
                 want: Reason::AuthFailed,
+            },
+            Case {
+                origin: CriO,
+                input: "initializing source docker://quay.io/org/private:1: unable to retrieve auth token: invalid username/password: unauthorized: authentication required",
+                want: Reason::AuthRequired,
             },
             Case {
                 origin: CriO,
