@@ -533,11 +533,17 @@ impl RuntimeClient {
                 Self::failed(&mut conn, &self.backoff, message.clone());
                 Err(self.unavailable(message))
             }
-            Ok(Err(status)) => Err(RuntimeError::Call {
-                call: name,
-                code: status.code(),
-                message: status.message().to_string(),
-            }),
+            // An error answer is an answer: the runtime is up.
+            Ok(Err(status)) => {
+                conn.failures = 0;
+                conn.retry_at = None;
+                conn.last_error = None;
+                Err(RuntimeError::Call {
+                    call: name,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                })
+            }
             Err(_) => Err(RuntimeError::Timeout {
                 call: name,
                 socket: self.endpoint(),

@@ -208,6 +208,8 @@ async fn the_runtime_check_resolves_remotely_and_downloads_nothing() {
         "{}",
         result.detail
     );
+    // A failed pull is the runtime answering: it is up.
+    assert!(client.state().await.up);
 }
 
 /// A pull that outlives its deadline is `pull_timeout`, and the connection stays up.
