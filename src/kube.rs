@@ -6,10 +6,6 @@ mod failures;
 mod series;
 mod watch;
 
-pub use events::{CONTROLLER, EVENT_REASON, MAX_NOTE};
-pub use failures::PULL_WAITING_REASONS;
-pub use watch::node_selector;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use self::failures::{PodId, Tracker};
 use self::series::PodSeries;
+use self::watch::node_selector;
 use crate::agent::metrics::Metrics;
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::StatusBoard;
