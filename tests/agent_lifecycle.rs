@@ -98,6 +98,21 @@ fn bad_configuration_exits_64_naming_the_flag() {
             flag: "--timeout",
         },
         Case {
+            global: &["--runtime-endpoint", "tcp://127.0.0.1:10010"],
+            agent: &[],
+            flag: "--runtime-endpoint",
+        },
+        Case {
+            global: &[],
+            agent: &["--manifest-interval", "0s"],
+            flag: "--manifest-interval",
+        },
+        Case {
+            global: &[],
+            agent: &["--runtime-check-interval", "often"],
+            flag: "--runtime-check-interval",
+        },
+        Case {
             global: &[],
             agent: &["--no-such-flag"],
             flag: "--no-such-flag",

@@ -218,21 +218,7 @@ pub async fn diagnose_via_agent(
     images: &[String],
     mut on_check: impl FnMut(&pb::CheckProgress),
 ) -> Result<Vec<Report>, ClientError> {
-    let path = socket.to_path_buf();
-    let shown = path.display().to_string();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://pullwatch.agent")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path: PathBuf = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: shown,
-            source,
-        })?;
-    let mut client = PullwatchClient::new(channel);
+    let mut client = connect(socket).await?;
     let request = pb::DiagnoseRequest {
         images: images.to_vec(),
     };
@@ -253,6 +239,27 @@ pub async fn diagnose_via_agent(
         return Err(ClientError::Incomplete);
     }
     Ok(reports)
+}
+
+/// A client of the agent serving `socket`.
+pub async fn connect(
+    socket: &Path,
+) -> Result<PullwatchClient<tonic::transport::Channel>, ClientError> {
+    let path = socket.to_path_buf();
+    let shown = path.display().to_string();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let channel = tonic::transport::Endpoint::from_static("http://pullwatch.agent")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path: PathBuf = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: shown,
+            source,
+        })?;
+    Ok(PullwatchClient::new(channel))
 }
 
 /// A closed-list value (`check`, `role`, `reason`) from its label string.
@@ -502,6 +509,83 @@ mod tests {
         unknown.reason = Some("solar_flare".into());
         let error = Report::try_from(unknown).unwrap_err();
         assert!(error.to_string().contains("solar_flare"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn status_and_diagnose_over_the_socket_stream_each_check_before_the_report() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            common: crate::config::CommonFlags,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+        let diagnoser = Flags::try_parse_from(["t", "--resolv-conf", resolv.to_str().unwrap()])
+            .unwrap()
+            .common
+            .diagnoser()
+            .unwrap();
+        let board = Arc::new(StatusBoard::new("node-7"));
+        board.discovered([]);
+        let socket = dir.path().join("api.sock");
+        let cancel = CancellationToken::new();
+        let api = Api::new(Arc::new(diagnoser), Arc::clone(&board), cancel.clone());
+        let server = tokio::spawn(serve(bind(&socket).unwrap(), api, cancel.clone()));
+
+        let mut client = connect(&socket).await.unwrap();
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.node, "node-7");
+        assert!(status.ready);
+
+        // Nothing listens on port 1: dns (an IP, no lookup), then tcp refused, then the report.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let image = format!("127.0.0.1:{}/app:1", closed.port());
+        let mut stream = client
+            .diagnose(pb::DiagnoseRequest {
+                images: vec![image.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = vec![];
+        while let Some(message) = stream.message().await.unwrap() {
+            events.push(message.event.unwrap());
+        }
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Check(c) => c.check.as_ref().unwrap().check.clone(),
+                Event::Report(r) => format!("report {}", r.reason.as_deref().unwrap_or("")),
+            })
+            .collect();
+        assert_eq!(kinds, ["dns", "tcp", "report tcp_refused"]);
+        let Event::Check(progress) = &events[1] else {
+            unreachable!()
+        };
+        assert_eq!(progress.image, image);
+        assert_eq!(progress.role, "upstream");
+
+        let too_many = pb::DiagnoseRequest {
+            images: vec!["nginx".into(); MAX_IMAGES_PER_CALL + 1],
+        };
+        let refused = client.diagnose(too_many).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
