@@ -149,7 +149,9 @@ impl Reason {
 
 /// `host` of `scheme://host:port` (IPv6 without brackets); the input itself when it has no scheme.
 fn host_of(endpoint: &str) -> &str {
-    let authority = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
     let authority = authority.split('/').next().unwrap_or(authority);
     match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),

@@ -1,0 +1,232 @@
+//! `deploy/` keeps DESIGN.md's promises: the alert rules pass real `promtool` unit tests,
+//! the DaemonSet sees the node as the runtime does, RBAC is minimal, and every metric the
+//! alerts and the dashboard use is one the agent exports.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_norway::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// All YAML documents of a manifest file.
+fn documents(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+fn document(path: &str, kind: &str) -> Value {
+    documents(path)
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {path}"))
+}
+
+fn promtool(args: &[&str], dir: &Path) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is required (Debian package prometheus): {e}"));
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_unit_tests() {
+    let rule = document("deploy/prometheusrule.yaml", "PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = serde_norway::to_string(&rule["spec"]).unwrap();
+    std::fs::write(dir.path().join("pullwatch.rules.yml"), rules).unwrap();
+    std::fs::copy(
+        repo().join("deploy/alerts/pullwatch.rules.test.yml"),
+        dir.path().join("pullwatch.rules.test.yml"),
+    )
+    .unwrap();
+    promtool(&["check", "rules", "pullwatch.rules.yml"], dir.path());
+    promtool(&["test", "rules", "pullwatch.rules.test.yml"], dir.path());
+}
+
+/// `pullwatch_…` names in a text, with histogram/counter suffixes kept as written.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("pullwatch_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn source_text(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            text.push_str(&source_text(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    text
+}
+
+#[test]
+fn alerts_and_dashboard_use_only_exported_metrics() {
+    let exported: BTreeSet<String> = metric_names(&source_text(&repo().join("src")))
+        .into_iter()
+        .filter(|name| name.len() > "pullwatch_".len())
+        .collect();
+    let dashboard = read("deploy/dashboards/pullwatch.json");
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    for (file, text) in [
+        (
+            "deploy/prometheusrule.yaml",
+            read("deploy/prometheusrule.yaml"),
+        ),
+        ("dashboard", dashboard),
+    ] {
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} uses metrics");
+        let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics src/ does not export: {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn daemonset_sees_the_node_like_the_runtime() {
+    let ds = document("deploy/daemonset.yaml", "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true, "checks use the node's network");
+    assert_eq!(
+        pod["dnsPolicy"], "Default",
+        "checks use the node's resolver"
+    );
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(
+        pod["tolerations"][0]["operator"], "Exists",
+        "runs on every node, tainted or not"
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "agent");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(container["resources"]["requests"]["memory"], "32Mi");
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    let env = container["env"].as_sequence().expect("env");
+    assert!(
+        env.iter().any(|e| e["name"] == "NODE_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
+    );
+
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"))
+    };
+    for path in [
+        "/run/containerd",
+        "/etc/containerd/certs.d",
+        "/etc/containers",
+    ] {
+        assert_eq!(mount(path)["readOnly"], true, "{path} is mounted read-only");
+    }
+    assert_ne!(
+        mount("/run/pullwatch")["readOnly"],
+        true,
+        "the API socket directory is writable"
+    );
+}
+
+#[test]
+fn rbac_is_pods_read_and_events_write_only() {
+    let role = document("deploy/rbac.yaml", "ClusterRole");
+    let mut grants = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        for resource in rule["resources"].as_sequence().unwrap() {
+            for verb in rule["verbs"].as_sequence().unwrap() {
+                grants.insert(format!(
+                    "{}:{}",
+                    resource.as_str().unwrap(),
+                    verb.as_str().unwrap()
+                ));
+            }
+        }
+    }
+    let want: BTreeSet<String> = [
+        "pods:get",
+        "pods:list",
+        "pods:watch",
+        "events:create",
+        "events:patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(grants, want);
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let kustomization = documents("deploy/kustomization.yaml").remove(0);
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(repo().join("deploy"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    for doc in listed
+        .iter()
+        .flat_map(|file| documents(&format!("deploy/{file}")))
+    {
+        let namespaced = !matches!(
+            doc["kind"].as_str(),
+            Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
+        );
+        if namespaced {
+            assert_eq!(
+                doc["metadata"]["namespace"], "pullwatch",
+                "{:?}",
+                doc["metadata"]["name"]
+            );
+        }
+    }
+}
