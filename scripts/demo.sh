@@ -107,3 +107,26 @@ echo
 echo "\$ pullwatch diagnose --output json registry.demo.test:$tls_port/team/app:1.0"
 "$pullwatch" --resolv-conf "$work/resolv.conf" --ca-file "$work/ca.pem" --timeout 2s \
   diagnose --output json "registry.demo.test:$tls_port/team/app:1.0" || true
+
+# The main job: the agent checks the same registries continuously and exports metrics.
+echo
+echo "\$ pullwatch agent --registry … (every 5s; metrics on 127.0.0.1:19746)"
+"$pullwatch" --resolv-conf "$work/resolv.conf" --ca-file "$work/ca.pem" --timeout 2s \
+  agent --listen 127.0.0.1:19746 --api-socket "$work/pullwatch.sock" --node-name demo-node \
+  --kubernetes off --interval 5s --manifest-interval 5s --runtime-check-interval 0 \
+  --registry "registry.demo.test:$tls_port" --registry "registry.demo.test:$private_port" \
+  --registry "plain.demo.test:$plain_port" --registry "registy.demo.test:$tls_port" \
+  > "$work/agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+for _ in $(seq 100); do
+  curl -fsS -o /dev/null http://127.0.0.1:19746/readyz 2>/dev/null && break
+  sleep 0.2
+done
+echo "\$ curl -s http://127.0.0.1:19746/metrics | grep -E '^pullwatch_(registry_up|endpoint_failure_reason)'"
+curl -fsS http://127.0.0.1:19746/metrics | grep -E '^pullwatch_(registry_up|endpoint_failure_reason)' || true
+echo
+echo "\$ pullwatch diagnose --agent unix://$work/pullwatch.sock registry.demo.test:$tls_port/team/app:1.0"
+"$pullwatch" diagnose --agent "unix://$work/pullwatch.sock" "registry.demo.test:$tls_port/team/app:1.0" || true
+kill -TERM "$agent_pid"
+wait "$agent_pid" && echo "(agent stopped cleanly on SIGTERM)"
