@@ -70,6 +70,8 @@ pub struct Probe {
     pub tcp: Option<TcpOutcome>,
     pub tls: Option<TlsOutcome>,
     pub http: Option<HttpOutcome>,
+    /// The `/v2/` status whenever the server answered, passing or not (a 503 is evidence too).
+    pub http_status: Option<u16>,
 }
 
 /// What dns → tcp → tls leave for the HTTP steps: a client that talks to the endpoint only
@@ -208,14 +210,16 @@ impl Diagnoser {
         let Some(link) = self.reach(endpoint, &mut probe, on_check).await else {
             return (probe, None);
         };
-        let (result, http) = check::run(
-            CheckKind::Http,
-            self.timeout,
-            check::http::check(&link.client, &endpoint.url(), link.proxied),
-        )
-        .await;
+        let mut failed_status = None;
+        let ping = async {
+            let answer = check::http::check(&link.client, &endpoint.url(), link.proxied).await;
+            failed_status = answer.as_ref().err().and_then(|e| e.status);
+            answer
+        };
+        let (result, http) = check::run(CheckKind::Http, self.timeout, ping).await;
         on_check(endpoint, &result);
         probe.checks.push(result);
+        probe.http_status = http.as_ref().map(|h| h.status).or(failed_status);
         probe.http = http;
         debug_assert!(probe.failed() || probe.http.is_some());
         (probe, Some(link))

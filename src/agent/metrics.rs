@@ -636,11 +636,11 @@ impl Metrics {
             }
             None => {}
         }
-        match &probe.http {
-            Some(http) => {
+        match probe.http_status {
+            Some(status) => {
                 self.http_status
                     .with_label_values(&host_labels)
-                    .set(i64::from(http.status));
+                    .set(i64::from(status));
                 series.http_status = true;
             }
             None if series.http_status => {
