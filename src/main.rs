@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pullwatch::agent::Agent;
 use pullwatch::agent::config::{AgentFlags, system_hostname};
 use pullwatch::config::{CommonFlags, LogFormat};
+use pullwatch::report::Report;
 use pullwatch::runtime::{RuntimeClient, RuntimeVersion};
 
 /// Exit code for a usage error (clap's too): bad flag value, empty image name.
@@ -86,12 +87,14 @@ fn main() -> ExitCode {
             };
         }
     };
-    let default_level = match cli.command {
-        Command::Agent(_) => "info",
-        _ => "warn",
+    let (name, default_level) = match cli.command {
+        Command::Agent(_) => ("agent", "info"),
+        Command::Diagnose { .. } => ("diagnose", "warn"),
+        Command::Targets { .. } => ("targets", "warn"),
+        Command::Version => ("version", "warn"),
     };
     init_logging(cli.common.log_format, default_level);
-    match cli.command {
+    let result = match cli.command {
         Command::Agent(ref flags) => agent(&cli.common, flags),
         Command::Version => {
             println!(
@@ -100,7 +103,7 @@ fn main() -> ExitCode {
                 pullwatch::REVISION,
                 pullwatch::CRI_API_VERSION
             );
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Command::Diagnose {
             output,
@@ -118,6 +121,81 @@ fn main() -> ExitCode {
             output,
             ref registries,
         } => targets(&cli.common, output, registries),
+    };
+    result.unwrap_or_else(|fail| {
+        eprintln!("pullwatch {name}: {}", fail.message);
+        ExitCode::from(fail.code)
+    })
+}
+
+/// Why a command stopped before it could report: its exit code and the one line to print.
+struct Fail {
+    code: u8,
+    message: String,
+}
+
+impl Fail {
+    /// Bad input to a one-shot command: exit 2.
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Fail {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+
+    /// Bad configuration of the agent: exit 64.
+    fn config(message: impl std::fmt::Display) -> Self {
+        Fail {
+            code: EXIT_CONFIG,
+            message: message.to_string(),
+        }
+    }
+
+    /// Not the input's fault (the process could not set itself up): exit 1.
+    fn internal(message: impl std::fmt::Display) -> Self {
+        Fail {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Prints reports as they come and remembers whether all were pullable (exit 0) or not (exit 1).
+struct Reports {
+    output: Output,
+    all_pullable: bool,
+}
+
+impl Reports {
+    fn new(output: Output) -> Self {
+        Reports {
+            output,
+            all_pullable: true,
+        }
+    }
+
+    fn print(&mut self, report: &Report) {
+        self.all_pullable &= report.pullable;
+        match self.output {
+            Output::Json => println!("{}", report.to_json_line()),
+            Output::Text => print!("{}", report.to_text()),
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.all_pullable {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An empty IMAGE is a usage error, not a diagnosis.
+fn reject_empty(images: &[String]) -> Result<(), Fail> {
+    match images.iter().position(|i| i.trim().is_empty()) {
+        Some(position) => Err(Fail::usage(format!("IMAGE #{} is empty", position + 1))),
+        None => Ok(()),
     }
 }
 
@@ -126,40 +204,19 @@ fn diagnose(
     output: Output,
     images: &[String],
     via_runtime: bool,
-) -> ExitCode {
-    if let Some(position) = images.iter().position(|i| i.trim().is_empty()) {
-        eprintln!("pullwatch diagnose: IMAGE #{} is empty", position + 1);
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let mut diagnoser = match common.diagnoser() {
-        Ok(diagnoser) => diagnoser,
-        Err(error) => {
-            eprintln!("pullwatch diagnose: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let located = match common.runtime_socket() {
-        Ok(located) => located,
-        Err(error) => {
-            eprintln!("pullwatch diagnose: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+) -> Result<ExitCode, Fail> {
+    reject_empty(images)?;
+    let mut diagnoser = common.diagnoser().map_err(Fail::usage)?;
+    let located = common.runtime_socket().map_err(Fail::usage)?;
     if via_runtime && located.is_none() {
-        eprintln!(
-            "pullwatch diagnose --via-runtime: no container runtime socket found at {}; name it with --runtime-endpoint",
+        return Err(Fail::usage(format!(
+            "--via-runtime: no container runtime socket found at {}; name it with --runtime-endpoint",
             pullwatch::config::RUNTIME_SOCKETS.join(", ")
-        );
-        return ExitCode::from(EXIT_USAGE);
+        )));
     }
-    let runtime = match async_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pullwatch diagnose: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let all_pullable = runtime.block_on(async {
+    let runtime = async_runtime()?;
+    let mut reports = Reports::new(output);
+    runtime.block_on(async {
         let cri = identify_runtime(located, common.timeout).await;
         if let Some(version) = cri.as_ref().and_then(|(_, v)| v.as_ref()) {
             diagnoser.routes = diagnoser
@@ -169,7 +226,6 @@ fn diagnose(
         }
         // As long as the kubelet's --runtime-request-timeout default, or the check timeout.
         let pull_timeout = common.timeout.max(Duration::from_secs(120));
-        let mut all_pullable = true;
         for image in images {
             let report = match (&cri, via_runtime) {
                 (Some((client, _)), true) => {
@@ -179,19 +235,10 @@ fn diagnose(
                 }
                 _ => diagnoser.diagnose(image).await,
             };
-            all_pullable &= report.pullable;
-            match output {
-                Output::Json => println!("{}", report.to_json_line()),
-                Output::Text => print!("{}", report.to_text()),
-            }
+            reports.print(&report);
         }
-        all_pullable
     });
-    if all_pullable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(reports.exit_code())
 }
 
 /// A client for the runtime's socket and its `Version`, which says whose registry config applies.
@@ -218,27 +265,13 @@ async fn identify_runtime(
 }
 
 /// `targets`: the registries of the runtime's images, of its config files and of `--registry`.
-fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> ExitCode {
+fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> Result<ExitCode, Fail> {
     for registry in registries {
-        if let Err(error) = pullwatch::route::split_host_port(registry) {
-            eprintln!("pullwatch targets: --registry: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        pullwatch::route::split_host_port(registry)
+            .map_err(|error| Fail::usage(format!("--registry: {error}")))?;
     }
-    let located = match common.runtime_socket() {
-        Ok(located) => located,
-        Err(error) => {
-            eprintln!("pullwatch targets: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let runtime = match async_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pullwatch targets: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let located = common.runtime_socket().map_err(Fail::usage)?;
+    let runtime = async_runtime()?;
     let found = runtime.block_on(async {
         let mut routes = common.route_config();
         let mut images = Vec::new();
@@ -263,7 +296,7 @@ fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> ExitC
         Output::Json => print!("{}", found.to_json_lines()),
         Output::Text => print!("{}", found.to_text()),
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The subcommand on the command line: the first word that is neither a flag nor a flag's value.
@@ -287,65 +320,31 @@ fn subcommand_name(args: &[OsString]) -> Option<String> {
     None
 }
 
-fn agent(common: &CommonFlags, flags: &AgentFlags) -> ExitCode {
-    let config = match flags.validate(|name| std::env::var(name).ok(), system_hostname) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("pullwatch agent: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let diagnoser = match common.diagnoser() {
-        Ok(diagnoser) => diagnoser,
-        Err(error) => {
-            eprintln!("pullwatch agent: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime_socket = match common.runtime_socket() {
-        Ok(located) => located.map(|l| l.socket),
-        Err(error) => {
-            eprintln!("pullwatch agent: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match async_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pullwatch agent: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(async {
-        let shutdown = match pullwatch::agent::shutdown_signal() {
-            Ok(shutdown) => shutdown,
-            Err(error) => {
-                eprintln!("pullwatch agent: cannot handle signals: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let agent = match Agent::start(config, diagnoser, runtime_socket).await {
-            Ok(agent) => agent,
-            Err(error) => {
-                eprintln!("pullwatch agent: {error}");
-                return if error.is_config() {
-                    ExitCode::from(EXIT_CONFIG)
-                } else {
-                    ExitCode::FAILURE
-                };
-            }
-        };
-        match agent.run(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("pullwatch agent: {error}");
-                ExitCode::FAILURE
-            }
-        }
+fn agent(common: &CommonFlags, flags: &AgentFlags) -> Result<ExitCode, Fail> {
+    let config = flags
+        .validate(|name| std::env::var(name).ok(), system_hostname)
+        .map_err(Fail::config)?;
+    let diagnoser = common.diagnoser().map_err(Fail::config)?;
+    let runtime_socket = common
+        .runtime_socket()
+        .map_err(Fail::config)?
+        .map(|located| located.socket);
+    let runtime = async_runtime()?;
+    let result = runtime.block_on(async {
+        let shutdown = pullwatch::agent::shutdown_signal()
+            .map_err(|error| Fail::internal(format!("cannot handle signals: {error}")))?;
+        let agent = Agent::start(config, diagnoser, runtime_socket)
+            .await
+            .map_err(|error| match error.is_config() {
+                true => Fail::config(&error),
+                false => Fail::internal(&error),
+            })?;
+        agent.run(shutdown).await.map_err(Fail::internal)?;
+        Ok(ExitCode::SUCCESS)
     });
     // Tasks are drained; whatever a library left running gets a moment, not forever.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    code
+    result
 }
 
 /// `unix:///run/pullwatch/pullwatch.sock` → the socket path.
@@ -362,25 +361,15 @@ fn diagnose_via_agent(
     output: Output,
     socket: &Path,
     images: &[String],
-) -> ExitCode {
-    if let Some(position) = images.iter().position(|i| i.trim().is_empty()) {
-        eprintln!("pullwatch diagnose: IMAGE #{} is empty", position + 1);
-        return ExitCode::from(EXIT_USAGE);
-    }
+) -> Result<ExitCode, Fail> {
+    reject_empty(images)?;
     if images.len() > pullwatch::agent::api::MAX_IMAGES_PER_CALL {
-        eprintln!(
-            "pullwatch diagnose --agent: at most {} images at once",
+        return Err(Fail::usage(format!(
+            "--agent: at most {} images at once",
             pullwatch::agent::api::MAX_IMAGES_PER_CALL
-        );
-        return ExitCode::from(EXIT_USAGE);
+        )));
     }
-    let runtime = match async_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pullwatch diagnose: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = async_runtime()?;
     // Generous: every check of every endpoint of every image may use its whole timeout.
     let deadline = common.timeout * 16 * images.len() as u32 + Duration::from_secs(30);
     let call = pullwatch::agent::api::diagnose_via_agent(socket, images, |progress| {
@@ -392,40 +381,30 @@ fn diagnose_via_agent(
             "check done"
         );
     });
-    let reports = match runtime.block_on(async { tokio::time::timeout(deadline, call).await }) {
+    let answer = runtime.block_on(async { tokio::time::timeout(deadline, call).await });
+    let reports = match answer {
         Ok(Ok(reports)) => reports,
-        Ok(Err(error)) => {
-            eprintln!("pullwatch diagnose --agent: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Ok(Err(error)) => return Err(Fail::usage(format!("--agent: {error}"))),
         Err(_) => {
-            eprintln!(
-                "pullwatch diagnose --agent: no complete answer within {}",
+            return Err(Fail::usage(format!(
+                "--agent: no complete answer within {}",
                 humantime::format_duration(deadline)
-            );
-            return ExitCode::from(EXIT_USAGE);
+            )));
         }
     };
-    let mut all_pullable = true;
+    let mut printed = Reports::new(output);
     for report in &reports {
-        all_pullable &= report.pullable;
-        match output {
-            Output::Json => println!("{}", report.to_json_line()),
-            Output::Text => print!("{}", report.to_text()),
-        }
+        printed.print(report);
     }
-    if all_pullable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(printed.exit_code())
 }
 
-fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn async_runtime() -> Result<tokio::runtime::Runtime, Fail> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .map_err(|error| Fail::internal(format!("cannot start the async runtime: {error}")))
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {

@@ -354,11 +354,13 @@ fn events_off_series_capped_and_the_watch_goes_down_and_up() {
     );
     // Budget 3: the counter and the per-registry gauge take 2, one container series the last;
     // the two others are refused and counted once.
+    let nx = [("registry", "missing.test"), ("reason", "dns_nxdomain")];
+    // A scrape is not one snapshot across metric families: wait for the whole settled state.
     let (text, _) = agent.wait_metrics("the capped series", SETTLE, |m| {
         sample(m, DROPPED, &[("metric", FAILING)]) == Some(2.0)
+            && sample(m, WAITING, &nx) == Some(3.0)
     });
     assert_eq!(samples(&text, FAILING, &[]).len(), 1, "{text}");
-    let nx = [("registry", "missing.test"), ("reason", "dns_nxdomain")];
     assert_eq!(sample(&text, WAITING, &nx), Some(3.0), "{text}");
     assert_eq!(sample(&text, FAILURES, &nx), Some(3.0), "{text}");
 

@@ -875,6 +875,7 @@ mod tests {
                 api_version: Some("registry/2.0".into()),
                 challenge: None,
             }),
+            http_status: Some(401),
         }
     }
 
