@@ -22,7 +22,7 @@ use crate::platform::Platform;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::reason::Reason;
 use crate::reference::ImageRef;
-use crate::report::{EndpointReport, Report};
+use crate::report::{EndpointReport, Report, push_token_server};
 use crate::route::{Endpoint, Role, RouteConfig, Scheme};
 use crate::runtime::{PullAuth, RuntimeClient};
 use crate::trust::Trust;
@@ -140,18 +140,8 @@ impl Diagnoser {
                 source: endpoint.source.clone(),
                 checks,
             });
-            // The token server once, after the first endpoint that sent the runtime there.
-            if let Some((server, probe)) = token_server
-                && !endpoints
-                    .iter()
-                    .any(|e| e.endpoint == server.url() && e.role == server.role)
-            {
-                endpoints.push(EndpointReport {
-                    endpoint: server.url(),
-                    role: server.role,
-                    source: server.source.clone(),
-                    checks: probe.checks,
-                });
+            if let Some((server, probe)) = token_server {
+                push_token_server(&mut endpoints, &server, probe.checks);
             }
         }
         let mut report = conclude(image.to_string(), route.registry, endpoints);

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{CheckKind, CheckResult};
 use crate::reason::Reason;
-use crate::route::Role;
+use crate::route::{Endpoint, Role};
 
 /// Everything `diagnose` found out about one image.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +46,28 @@ impl EndpointReport {
             && self.passed()
             && self.checks.iter().any(|c| c.check == CheckKind::Manifest)
     }
+}
+
+/// Adds a token server's checks to `endpoints`, once: after the first endpoint that sent the
+/// runtime there (several registry endpoints usually share one token server).
+pub fn push_token_server(
+    endpoints: &mut Vec<EndpointReport>,
+    server: &Endpoint,
+    checks: Vec<CheckResult>,
+) {
+    let url = server.url();
+    if endpoints
+        .iter()
+        .any(|e| e.endpoint == url && e.role == server.role)
+    {
+        return;
+    }
+    endpoints.push(EndpointReport {
+        endpoint: url,
+        role: server.role,
+        source: server.source.clone(),
+        checks,
+    });
 }
 
 impl Report {

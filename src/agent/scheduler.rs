@@ -19,7 +19,7 @@ use super::status::StatusBoard;
 use crate::check::{self, CheckKind, CheckResult};
 use crate::diagnose::{ApiProbe, Diagnoser, Probe, conclude};
 use crate::reference::ImageRef;
-use crate::report::{EndpointReport, Report};
+use crate::report::{EndpointReport, Report, push_token_server};
 use crate::route::{Endpoint, Role, Route};
 use crate::runtime::{PullAuth, RuntimeClient};
 
@@ -468,18 +468,8 @@ impl Scheduler {
                 source: endpoint.source.clone(),
                 checks: probe.checks.iter().chain(after_checks).cloned().collect(),
             });
-            // The token server once, after the first endpoint that sent the runtime there.
-            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref())
-                && !endpoints
-                    .iter()
-                    .any(|e| e.endpoint == server.url() && e.role == server.role)
-            {
-                endpoints.push(EndpointReport {
-                    endpoint: server.url(),
-                    role: server.role,
-                    source: server.source.clone(),
-                    checks: checks.clone(),
-                });
+            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref()) {
+                push_token_server(&mut endpoints, server, checks.clone());
             }
         }
         if api.is_some() {
