@@ -1105,3 +1105,77 @@ fn no_secret_in_any_output_or_log_line() {
         bearer.requests()
     );
 }
+
+#[test]
+fn credentials_that_may_not_pull_are_forbidden() {
+    let world = world();
+    let tokens = token_server(&world, 300);
+    let realm = format!("https://{AUTH_HOST}:{}/token", tokens.port());
+    // Bearer: alice gets a token, but the registry still refuses it for this repository.
+    let v2 = bearer_v2(&realm);
+    let refused = Response::new(401)
+        .header("Docker-Distribution-API-Version", "registry/2.0")
+        .header(
+            "WWW-Authenticate",
+            &format!(r#"Bearer realm="{realm}",service="{HOST}",scope="repository:team/other:pull",error="insufficient_scope""#),
+        );
+    let bearer = world.scripted(move |b| {
+        b.route("GET", "/v2/", v2)
+            .route("HEAD", "/v2/team/other/manifests/", refused)
+    });
+    let bearer_key = format!("{HOST}:{}", bearer.port());
+    // Basic: alice's credentials open /v2/, the repository answers 403; /v2/ of another says 403.
+    let good = format!("Basic {}", basic(USER, PASSWORD));
+    let basic_registry = world.scripted(move |b| {
+        let good = good.clone();
+        b.route_fn("GET", "/v2/", move |req: &Request| {
+            if req.header("authorization") == Some(&good) {
+                Response::registry_v2()
+            } else {
+                Response::new(401)
+                    .header("Docker-Distribution-API-Version", "registry/2.0")
+                    .header("WWW-Authenticate", r#"Basic realm="registry""#)
+            }
+        })
+        .route(
+            "HEAD",
+            "/v2/team/secret/manifests/",
+            Response::new(403).header("Docker-Distribution-API-Version", "registry/2.0"),
+        )
+    });
+    let basic_key = format!("{HOST}:{}", basic_registry.port());
+    let closed_door = world.scripted(|b| b.route("GET", "/v2/", Response::new(403)));
+    let closed_key = format!("{HOST}:{}", closed_door.port());
+    let config = world.docker_config(
+        "alice.json",
+        json!({ &bearer_key: entry(USER, PASSWORD), &basic_key: entry(USER, PASSWORD) }),
+    );
+
+    let (code, reports) = world.diagnose(
+        &["--docker-config", &config],
+        &[
+            &format!("{bearer_key}/team/other:1.0"),
+            &format!("{basic_key}/team/secret:1.0"),
+            &format!("{closed_key}/team/app:1.0"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_fails(&reports[0], "manifest", "forbidden");
+    assert!(
+        text(&reports[0]["summary"]).contains("user alice got a token but may not pull"),
+        "{}",
+        reports[0]
+    );
+    assert_fails(&reports[1], "manifest", "forbidden");
+    assert!(
+        text(&reports[1]["summary"]).contains("user alice may not pull"),
+        "{}",
+        reports[1]
+    );
+    assert_fails(&reports[2], "http", "forbidden");
+    assert!(
+        text(&check(&reports[2], "http")["detail"]).contains("403 Forbidden"),
+        "{}",
+        reports[2]
+    );
+}

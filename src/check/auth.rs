@@ -23,6 +23,9 @@ const MAX_TOKEN_BODY: usize = 1 << 20;
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// A cached token is dropped this long before the server says it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// Longest a token is cached, whatever the server claims (an absurd `expires_in` must neither
+/// overflow the clock nor keep a token forever).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest server message quoted as evidence.
 const MAX_QUOTE: usize = 200;
 
@@ -485,7 +488,9 @@ impl TokenCache {
     }
 
     fn put(&self, key: String, token: Secret, lifetime: Duration) {
-        let usable = lifetime.saturating_sub(EXPIRY_MARGIN);
+        let usable = lifetime
+            .min(MAX_TOKEN_LIFETIME)
+            .saturating_sub(EXPIRY_MARGIN);
         if usable.is_zero() {
             return;
         }
@@ -864,6 +869,10 @@ mod tests {
         );
         cache.forget(&Authorization::Bearer(Secret::new("t1")));
         assert!(cache.get("a").is_none());
+
+        cache.put("forever".into(), Secret::new("t3"), Duration::MAX);
+        let (_, left) = cache.get("forever").expect("cached");
+        assert!(left <= MAX_TOKEN_LIFETIME, "an absurd lifetime is capped");
     }
 
     #[test]

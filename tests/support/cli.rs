@@ -187,6 +187,14 @@ impl Pullwatch {
                 cmd.env_remove(var);
             }
         }
+        // The host's runtime registry config (skopeo installs a registries.conf) must not
+        // change the routes a test sees; a test that wants one passes its own flag or variable.
+        let no_config = std::env::temp_dir().join("pullwatch-tests-no-runtime-config");
+        cmd.env("PULLWATCH_CONTAINERD_CERTS_DIR", no_config.join("certs.d"));
+        cmd.env(
+            "PULLWATCH_REGISTRIES_CONF",
+            no_config.join("registries.conf"),
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
