@@ -6,6 +6,7 @@ mod registry_api;
 pub use registry_api::ApiProbe;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -23,7 +24,7 @@ use crate::proxy::{self, Proxy, ProxySettings};
 use crate::reason::Reason;
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report, push_token_server};
-use crate::route::{Endpoint, Role, RouteConfig, Scheme};
+use crate::route::{Endpoint, Role, Route, RouteConfig, Scheme};
 use crate::runtime::{PullAuth, RuntimeClient};
 use crate::trust::Trust;
 
@@ -91,69 +92,129 @@ impl Probe {
 /// Sees each check record the moment it is made (the agent's `Diagnose` API streams them).
 pub type OnCheck<'a> = &'a (dyn Fn(&Endpoint, &CheckResult) + Sync);
 
+/// An image and the route to check it along: what [`Diagnoser::plan`] found.
+#[derive(Debug)]
+pub struct Plan {
+    pub image: ImageRef,
+    pub route: Route,
+    /// Malformed runtime config met on the way (the route fell back past it).
+    problems: Vec<String>,
+}
+
+impl Plan {
+    /// The report of the endpoints checked along the route.
+    pub fn conclude(self, endpoints: Vec<EndpointReport>) -> Report {
+        let mut report = conclude(self.image.to_string(), self.route.registry, endpoints);
+        if !self.problems.is_empty() {
+            report.summary = format!(
+                "{}; runtime registry config not used as written: {}",
+                report.summary,
+                self.problems.join("; ")
+            );
+        }
+        report
+    }
+}
+
+/// One endpoint's part of a diagnosis: its report, the token server it sent the client to, and
+/// its connectivity probe (which the agent keeps as the endpoint's latest).
+pub struct CheckedEndpoint {
+    pub report: EndpointReport,
+    pub token_server: Option<(Endpoint, Probe)>,
+    pub probe: Arc<Probe>,
+}
+
+impl CheckedEndpoint {
+    /// Appends the endpoint's report, then its token server's unless one is there already.
+    pub fn add_to(self, endpoints: &mut Vec<EndpointReport>) {
+        endpoints.push(self.report);
+        if let Some((server, probe)) = self.token_server {
+            push_token_server(endpoints, &server, probe.checks);
+        }
+    }
+}
+
 impl Diagnoser {
     /// Diagnoses one image as typed by a person or a pod spec.
     pub async fn diagnose(&self, input: &str) -> Report {
         self.diagnose_observed(input, &|_, _| {}).await
     }
 
-    /// [`Diagnoser::diagnose`], telling `on_check` about every check as it completes.
+    /// [`Diagnoser::diagnose`], telling `on_check` about every check as it completes. Endpoints
+    /// are checked one after another, as the runtime tries them; an image index is fetched to
+    /// check the node's platform.
     pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
-        let image = match ImageRef::parse(input) {
-            Ok(image) => image,
-            Err(error) => return invalid_reference(input, "", error.to_string()),
+        let plan = match self.plan(input) {
+            Ok(plan) => plan,
+            Err(report) => return report,
         };
-        let configured = match self
+        let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
+        for endpoint in &plan.route.endpoints {
+            let checked = self
+                .check_endpoint(endpoint, &plan.image, Some(&self.pull.platform), on_check)
+                .await;
+            checked.add_to(&mut endpoints);
+        }
+        plan.conclude(endpoints)
+    }
+
+    /// Parses `input` and finds its route; a report instead when there is nothing to probe
+    /// (an invalid reference, a blocked registry).
+    pub fn plan(&self, input: &str) -> Result<Plan, Report> {
+        let image = ImageRef::parse(input)
+            .map_err(|error| invalid_reference(input, "", error.to_string()))?;
+        let configured = self
             .routes
             .resolve(image.registry(), Some(image.repository()))
-        {
-            Ok(configured) => configured,
-            Err(error) => {
-                return invalid_reference(&image.to_string(), image.registry(), error.to_string());
-            }
-        };
+            .map_err(|error| {
+                invalid_reference(&image.to_string(), image.registry(), error.to_string())
+            })?;
         for problem in &configured.problems {
             tracing::warn!(%problem, registry = image.registry(), "runtime registry config not used as written");
         }
         if let Some(file) = &configured.blocked_by {
-            return blocked(&image.to_string(), image.registry(), file);
+            return Err(blocked(&image.to_string(), image.registry(), file));
         }
         // The runtime resolves a tag only through hosts that may resolve; a digest through any
         // that may pull.
         let route = configured.route_for(image.digest().is_some());
-        let mut endpoints = Vec::with_capacity(route.endpoints.len());
-        for endpoint in &route.endpoints {
-            let (probe, link) = self.probe_linked(endpoint, on_check).await;
-            let mut checks = probe.checks;
-            let mut token_server = None;
-            if let (Some(http), Some(link)) = (&probe.http, &link) {
-                let platform = Some(&self.pull.platform);
-                let api = self
-                    .registry_api(endpoint, link, http, &image, platform, on_check)
-                    .await;
-                checks.extend(api.checks);
-                token_server = api.token_server;
-            }
-            endpoints.push(EndpointReport {
+        let problems = configured.problems.iter().map(|p| p.to_string()).collect();
+        Ok(Plan {
+            image,
+            route,
+            problems,
+        })
+    }
+
+    /// The whole chain for `image` on one endpoint of its route: dns → … → `/v2/`, then auth and
+    /// manifest (an index fetched for `platform` when given; a HEAD only without).
+    pub async fn check_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        image: &ImageRef,
+        platform: Option<&Platform>,
+        on_check: OnCheck<'_>,
+    ) -> CheckedEndpoint {
+        let (probe, link) = self.probe_linked(endpoint, on_check).await;
+        let mut checks = probe.checks.clone();
+        let mut token_server = None;
+        if let (Some(http), Some(link)) = (&probe.http, &link) {
+            let api = self
+                .registry_api(endpoint, link, http, image, platform, on_check)
+                .await;
+            checks.extend(api.checks);
+            token_server = api.token_server;
+        }
+        CheckedEndpoint {
+            report: EndpointReport {
                 endpoint: endpoint.url(),
                 role: endpoint.role,
                 source: endpoint.source.clone(),
                 checks,
-            });
-            if let Some((server, probe)) = token_server {
-                push_token_server(&mut endpoints, &server, probe.checks);
-            }
+            },
+            token_server,
+            probe: Arc::new(probe),
         }
-        let mut report = conclude(image.to_string(), route.registry, endpoints);
-        if !configured.problems.is_empty() {
-            let problems: Vec<String> = configured.problems.iter().map(|p| p.to_string()).collect();
-            report.summary = format!(
-                "{}; runtime registry config not used as written: {}",
-                report.summary,
-                problems.join("; ")
-            );
-        }
-        report
     }
 
     /// `diagnose --via-runtime`: the chain, then a real CRI `PullImage` by the node's runtime

@@ -25,7 +25,6 @@ use self::watch::node_selector;
 use crate::agent::metrics::Metrics;
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::StatusBoard;
-use crate::diagnose::Diagnoser;
 use crate::reason::Reason;
 use crate::report::Report;
 
@@ -116,7 +115,6 @@ pub struct PodWatch {
     pub client: kube::Client,
     pub node: String,
     pub post_events: bool,
-    pub diagnoser: Arc<Diagnoser>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusBoard>,
     pub scheduler: Arc<Scheduler>,
@@ -322,14 +320,15 @@ impl PodWatch {
             self.post_if_new(tracker, books, &pod.uid, container);
         } else if !books.in_flight.values().any(|i| *i == failure.image) {
             let image = failure.image.clone();
-            let diagnoser = Arc::clone(&self.diagnoser);
+            let scheduler = Arc::clone(&self.scheduler);
             let permits = Arc::clone(&books.permits);
+            // The registry's own round too, so its metrics tell at once whether all is down.
             self.scheduler.check_now(&failure.registry);
             let task = books.diagnoses.spawn(async move {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
                 let started = SystemTime::now();
-                let report = diagnoser.diagnose(&image).await;
+                let report = scheduler.diagnose_image(&image).await;
                 (image, started, report)
             });
             books.in_flight.insert(task.id(), failure.image.clone());

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use support::agent::{Agent, NODE, sample, samples};
 use support::dns::DnsServer;
+use support::image::{Image, Platform};
 use support::kube_api::{KubeApi, back_off_message, kubelet_message, pod};
+use support::registry::Registry;
 
 /// Start-up, the first list, the first diagnosis (DNS answers at once here).
 const SETTLE: Duration = Duration::from_secs(30);
@@ -387,6 +389,69 @@ fn events_off_series_capped_and_the_watch_goes_down_and_up() {
     // Nothing counted twice across the outage.
     assert_eq!(sample(&agent.metrics(), FAILURES, &nx), Some(3.0));
     assert_eq!(api.violations(), Vec::<String>::new(), "never cluster-wide");
+}
+
+#[test]
+fn a_failing_pod_image_is_checked_with_a_manifest_head_only() {
+    // A multi-platform index: `diagnose` would GET it to look for the node's platform; the agent
+    // must not (a GET spends Docker Hub pull quota), whatever the pod is waiting for.
+    let registry = Registry::start();
+    let host = Platform::host().to_string();
+    registry.push("team/app", "1.0", &Image::index(&[&host, "linux/s390x"]));
+    let registry_name = format!("127.0.0.1:{}", registry.port());
+    let image = format!("{registry_name}/team/app:1.0");
+    let dns = DnsServer::builder().start();
+    let api = KubeApi::start(NODE);
+    api.apply_pod(
+        pod("shop", "web", "uid-web", NODE)
+            .waiting("app", &image, "ImagePullBackOff", &back_off_message(&image))
+            .build(),
+    );
+    let before = registry.access_log().len();
+    let agent = Agent::start_with_env(
+        &[
+            "--resolv-conf",
+            dns.resolv_conf_str(),
+            "--timeout",
+            "2s",
+            "--insecure-registry",
+            &registry_name,
+        ],
+        &["--kubernetes", "on", "--interval", "60s"],
+        &[("KUBECONFIG", api.kubeconfig_str())],
+    );
+    let diagnosis = support::wait_for("the pod image's diagnosis", SETTLE, || {
+        status_failures(&agent)
+            .first()
+            .map(|f| f["diagnosis"].clone())
+            .filter(|d| d.is_object())
+    });
+    assert_eq!(diagnosis["pullable"], true, "{diagnosis}");
+    assert_eq!(diagnosis["image"], image.as_str(), "{diagnosis}");
+    let manifest = diagnosis["endpoints"][0]["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "manifest"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        manifest["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("HEAD answered 200 OK")),
+        "{diagnosis}"
+    );
+    let seen = &registry.access_log()[before..];
+    assert!(
+        seen.iter()
+            .any(|r| r.method == "HEAD" && r.path == "/v2/team/app/manifests/1.0"),
+        "the exact image was checked: {seen:#?}"
+    );
+    let downloads: Vec<_> = seen
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && (r.path.contains("/manifests/") || r.path.contains("/blobs/"))
+        })
+        .collect();
+    assert!(downloads.is_empty(), "HEAD only: {downloads:#?}");
 }
 
 #[test]

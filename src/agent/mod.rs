@@ -221,7 +221,6 @@ impl Agent {
             client,
             node: config.node_name.clone(),
             post_events: config.post_events,
-            diagnoser: Arc::clone(&diagnoser),
             metrics: Arc::clone(&metrics),
             status: Arc::clone(&status),
             scheduler: Arc::clone(&scheduler),

@@ -155,6 +155,31 @@ impl Scheduler {
         }
     }
 
+    /// Checks a pod's failing image from here now: every endpoint of its route through the same
+    /// per-endpoint slots and probe cap as the rounds (never twice at once), then auth and a
+    /// manifest HEAD of that exact image (no index GET: a HEAD spends no pull quota). The result
+    /// is the image's own: it does not change the registry's metrics, which its round keeps.
+    pub async fn diagnose_image(&self, input: &str) -> Report {
+        let plan = match self.diagnoser.plan(input) {
+            Ok(plan) => plan,
+            Err(report) => return report,
+        };
+        let flights = self.flights_for(&plan.route);
+        let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
+        for (endpoint, flight) in plan.route.endpoints.iter().zip(&flights) {
+            let mut last = flight.lock().await;
+            // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
+            let _permit = self.permits.acquire().await.ok();
+            let checked = self
+                .diagnoser
+                .check_endpoint(endpoint, &plan.image, None, &|_, _| {})
+                .await;
+            *last = Some((Instant::now(), Arc::clone(&checked.probe)));
+            checked.add_to(&mut endpoints);
+        }
+        plan.conclude(endpoints)
+    }
+
     /// Follows the discovered routes until `cancel`: starts a task per new registry, hands changed
     /// routes to running ones, stops (and so removes the series of) vanished ones; then drains.
     pub async fn run(
