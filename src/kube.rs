@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use self::failures::{PodId, Tracker};
 use self::series::PodSeries;
 use self::watch::node_selector;
+use crate::agent::health::Liveness;
 use crate::agent::metrics::Metrics;
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::StatusBoard;
@@ -102,6 +103,10 @@ const MAX_DIAGNOSES: usize = 2;
 /// An image's diagnosis is reused for this long: many pods with one image, or one pod's attempts
 /// in quick succession, cost one check of the registry.
 const DIAGNOSIS_TTL: Duration = Duration::from_secs(60);
+/// The pod loop beats `/healthz`'s heart this often, API server or not; a loop quiet for
+/// [`MAX_QUIET`] is stuck.
+const BEAT: Duration = Duration::from_secs(5);
+const MAX_QUIET: Duration = Duration::from_secs(60);
 /// An Event POST that takes longer is abandoned (and retried with the image's next diagnosis).
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -118,6 +123,7 @@ pub struct PodWatch {
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusBoard>,
     pub scheduler: Arc<Scheduler>,
+    pub liveness: Arc<Liveness>,
 }
 
 /// A container, by pod UID and name.
@@ -159,9 +165,12 @@ impl PodWatch {
             post_events = self.post_events,
             "watching this node's pods"
         );
+        let heart = self.liveness.register("pod watch", MAX_QUIET);
+        let mut beat = tokio::time::interval(BEAT);
         let outcome = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
+                _ = beat.tick() => heart.beat(),
                 item = pods.next() => {
                     let Some(item) = item else {
                         break Err("the pod watch ended".to_string());

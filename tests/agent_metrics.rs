@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use support::agent::{Agent, sample};
 use support::dns::DnsServer;
+use support::registry::Registry;
 use support::scripted::{Response, ScriptedServer};
 
 #[test]
@@ -68,5 +69,61 @@ fn a_failing_v2_still_exports_its_status_code() {
     assert_eq!(
         sample(&metrics, "pullwatch_endpoint_failure_reason", &reason),
         Some(1.0)
+    );
+}
+
+#[test]
+fn a_new_hosts_toml_is_discovered_without_waiting_for_the_interval() {
+    let registry = Registry::start();
+    let name = format!("127.0.0.1:{}", registry.port());
+    let dns = DnsServer::builder().start();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let certs_dir = certs.path().to_str().expect("UTF-8 tempdir");
+    let agent = Agent::start(
+        &[
+            "--resolv-conf",
+            dns.resolv_conf_str(),
+            "--timeout",
+            "2s",
+            "--containerd-certs-dir",
+            certs_dir,
+        ],
+        // An hour between discoveries: only the change to the files can bring the registry in.
+        &["--interval", "1h", "--kubernetes", "off"],
+    );
+    let up = [("registry", name.as_str())];
+    assert_eq!(sample(&agent.metrics(), "pullwatch_registry_up", &up), None);
+
+    let dir = certs.path().join(&name);
+    std::fs::create_dir(&dir).expect("registry dir");
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("server = \"http://{name}\"\n"),
+    )
+    .expect("hosts.toml");
+    let (metrics, took) = agent.wait_metrics(
+        "the configured registry checked",
+        Duration::from_secs(20),
+        |m| sample(m, "pullwatch_registry_up", &up).is_some(),
+    );
+    eprintln!("discovered {took:?} after hosts.toml was written");
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &up),
+        Some(1.0),
+        "{metrics}"
+    );
+    let endpoint = format!("http://{name}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_endpoint_up",
+            &[
+                ("registry", &name),
+                ("endpoint", &endpoint),
+                ("role", "upstream")
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
     );
 }

@@ -94,9 +94,7 @@ pub struct Metrics {
 }
 
 struct Book {
-    max_failing: usize,
-    /// Live series carrying a failure `reason` label (capped by `max_failing`).
-    failing: usize,
+    budget: Budget,
     registries: BTreeMap<String, RegistrySeries>,
     runtime: RuntimeSeries,
 }
@@ -292,8 +290,10 @@ impl Metrics {
                 &[],
             )?,
             book: Mutex::new(Book {
-                max_failing: max_failing_series,
-                failing: 0,
+                budget: Budget {
+                    max: max_failing_series,
+                    ..Budget::default()
+                },
                 registries: BTreeMap::new(),
                 runtime: RuntimeSeries::default(),
             }),
@@ -335,18 +335,22 @@ impl Metrics {
             .set(i64::from(up));
     }
 
-    /// Takes one slot of the `--max-failing-series` budget for a series kept by another module;
-    /// false (nothing taken) when the budget is spent.
+    /// Takes one slot of the `--max-failing-series` budget of current-state series (gauges) for a
+    /// series kept by another module; false (nothing taken) when the budget is spent.
     pub fn take_failing_slot(&self) -> bool {
-        let mut book = self.lock();
-        let max = book.max_failing;
-        admit(&mut book.failing, max)
+        self.lock().budget.admit_current()
     }
 
     /// Gives back a slot taken with [`Metrics::take_failing_slot`].
     pub fn release_failing_slot(&self) {
         let mut book = self.lock();
-        book.failing = book.failing.saturating_sub(1);
+        book.budget.current = book.budget.current.saturating_sub(1);
+    }
+
+    /// Takes one slot of the `--max-failing-series` budget of failure counters for a series kept
+    /// by another module; false when it is spent. Counters keep their slot: their history stays.
+    pub fn take_counter_slot(&self) -> bool {
+        self.lock().budget.admit_history()
     }
 
     /// Records one refresh of the runtime's state; facts it did not give lose their series
@@ -511,7 +515,7 @@ impl Metrics {
             .or_insert_with(|| EndpointSeries::new(role));
         if series.role != role {
             // The same URL changed role in the route: its old series go first.
-            self.remove_endpoint(registry, &url, series, &mut book.failing);
+            self.remove_endpoint(registry, &url, series, &mut book.budget);
             *series = EndpointSeries::new(role);
         }
         let labels = [registry, url.as_str(), role.as_str()];
@@ -550,10 +554,10 @@ impl Metrics {
                     role.as_str(),
                     old.as_str(),
                 ]);
-                book.failing -= 1;
+                book.budget.current -= 1;
             }
             if let Some(new) = reason {
-                if admit(&mut book.failing, book.max_failing) {
+                if book.budget.admit_current() {
                     self.endpoint_failure_reason
                         .with_label_values(&[registry, url.as_str(), role.as_str(), new.as_str()])
                         .set(1);
@@ -567,7 +571,7 @@ impl Metrics {
         if let Some(failed) = failure {
             let reason = failed.reason.unwrap_or(Reason::Unknown);
             let key = (failed.check, reason);
-            if series.failures.contains(&key) || admit(&mut book.failing, book.max_failing) {
+            if series.failures.contains(&key) || book.budget.admit_history() {
                 series.failures.insert(key);
                 self.check_failures
                     .with_label_values(&[
@@ -669,7 +673,7 @@ impl Metrics {
             let _ = self.runtime_check_duration.remove_label_values(&[registry]);
         }
         for (url, series) in &gone.endpoints {
-            self.remove_endpoint(registry, url, series, &mut book.failing);
+            self.remove_endpoint(registry, url, series, &mut book.budget);
         }
     }
 
@@ -688,7 +692,7 @@ impl Metrics {
             .collect();
         for url in gone {
             if let Some(endpoint) = series.endpoints.remove(&url) {
-                self.remove_endpoint(registry, &url, &endpoint, &mut book.failing);
+                self.remove_endpoint(registry, &url, &endpoint, &mut book.budget);
             }
         }
     }
@@ -698,7 +702,7 @@ impl Metrics {
         registry: &str,
         url: &str,
         series: &EndpointSeries,
-        failing: &mut usize,
+        budget: &mut Budget,
     ) {
         let role = series.role.as_str();
         let _ = self.endpoint_up.remove_label_values(&[registry, url, role]);
@@ -715,7 +719,7 @@ impl Metrics {
                 kind.as_str(),
                 reason.as_str(),
             ]);
-            *failing -= 1;
+            budget.history -= 1;
         }
         if let Some(reason) = series.failure_reason {
             let _ = self.endpoint_failure_reason.remove_label_values(&[
@@ -724,7 +728,7 @@ impl Metrics {
                 role,
                 reason.as_str(),
             ]);
-            *failing -= 1;
+            budget.current -= 1;
         }
         for (family, _) in FAMILIES {
             let _ = self
@@ -777,10 +781,31 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
-/// Takes one slot of the failing-series budget, if one is free.
-fn admit(failing: &mut usize, max: usize) -> bool {
-    if *failing < max {
-        *failing += 1;
+/// `--max-failing-series`, twice over: the series that say what fails now (gauges with a
+/// `reason`) and the failure counters, which keep their history, each have `max` slots, so a
+/// long history never crowds out the present.
+#[derive(Default)]
+struct Budget {
+    max: usize,
+    current: usize,
+    history: usize,
+}
+
+impl Budget {
+    /// Takes a slot for a current-state series, if one is free.
+    fn admit_current(&mut self) -> bool {
+        admit(&mut self.current, self.max)
+    }
+
+    /// Takes a slot for a counter series, if one is free.
+    fn admit_history(&mut self) -> bool {
+        admit(&mut self.history, self.max)
+    }
+}
+
+fn admit(used: &mut usize, max: usize) -> bool {
+    if *used < max {
+        *used += 1;
         true
     } else {
         false
@@ -825,6 +850,8 @@ mod tests {
             role: Role::Upstream,
             source: "default".into(),
             tls: TlsOptions::default(),
+            api_path: "/v2".into(),
+            repository: None,
         }
     }
 
@@ -871,6 +898,7 @@ mod tests {
                 }],
             }),
             http: Some(HttpOutcome {
+                path: "/v2/".into(),
                 status: 401,
                 api_version: Some("registry/2.0".into()),
                 challenge: None,
@@ -994,7 +1022,18 @@ mod tests {
         assert!(!text.contains("gone"), "{text}");
         assert!(text.contains("kept.example"));
         // Its failing series gave their budget back.
-        assert_eq!(metrics.lock().failing, 0);
+        let book = metrics.lock();
+        assert_eq!((book.budget.current, book.budget.history), (0, 0));
+    }
+
+    /// `series_dropped_total{metric}` now.
+    fn count_now(metrics: &Metrics, metric: &str) -> u64 {
+        samples(metrics, SERIES_DROPPED)
+            .iter()
+            .find(|l| l.contains(&format!("metric=\"{metric}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -1004,23 +1043,21 @@ mod tests {
             let ep = endpoint(&format!("r{i}.example"));
             metrics.record_endpoint(&format!("r{i}"), &ep, &failing(Reason::DnsNxdomain));
         }
-        // 2 series per failing endpoint (gauge + counter): r0 takes 2, r1 one, r2 and r3 none.
-        let dropped = samples(&metrics, SERIES_DROPPED);
-        let count = |metric: &str| {
-            dropped
+        // A gauge and a counter per failing endpoint, each kind 3 slots: r3 gets neither.
+        assert_eq!(samples(&metrics, CHECK_FAILURES).len(), 3);
+        assert_eq!(samples(&metrics, ENDPOINT_FAILURE_REASON).len(), 3);
+        assert_eq!(count_now(&metrics, CHECK_FAILURES), 1);
+        assert_eq!(count_now(&metrics, ENDPOINT_FAILURE_REASON), 1);
+        assert_eq!(count_now(&metrics, REGISTRY_UP), 0);
+        // A long history does not crowd out the present: with every counter slot taken, a new
+        // failure of r0's still gets its gauge once r0's old one is gone.
+        metrics.record_endpoint("r0", &endpoint("r0.example"), &failing(Reason::TcpRefused));
+        assert!(
+            samples(&metrics, ENDPOINT_FAILURE_REASON)
                 .iter()
-                .find(|l| l.contains(&format!("metric=\"{metric}\"")))
-                .and_then(|l| l.rsplit(' ').next())
-                .map(|v| v.parse::<u64>().unwrap())
-                .unwrap()
-        };
-        assert_eq!(
-            samples(&metrics, CHECK_FAILURES).len()
-                + samples(&metrics, ENDPOINT_FAILURE_REASON).len(),
-            3
+                .any(|l| l.contains("r0.example") && l.contains("tcp_refused"))
         );
-        assert_eq!(count(CHECK_FAILURES) + count(ENDPOINT_FAILURE_REASON), 5);
-        assert_eq!(count(REGISTRY_UP), 0);
+        assert_eq!(count_now(&metrics, CHECK_FAILURES), 2);
         // A recovery frees the gauge's slot for another endpoint.
         metrics.record_endpoint("r0", &endpoint("r0.example"), &passing());
         metrics.record_endpoint("r3", &endpoint("r3.example"), &failing(Reason::DnsNxdomain));

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod config_watch;
 pub mod discovery;
 pub mod health;
 pub mod http;
@@ -224,6 +225,7 @@ impl Agent {
             metrics: Arc::clone(&metrics),
             status: Arc::clone(&status),
             scheduler: Arc::clone(&scheduler),
+            liveness: Arc::clone(&liveness),
         });
         let endpoints = http::Endpoints {
             metrics,

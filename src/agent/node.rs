@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config_watch::ConfigFiles;
 use super::discovery::Discovery;
 use super::health::Liveness;
 use super::metrics::{Metrics, RuntimeFacts};
@@ -19,6 +20,9 @@ use super::scheduler::Target;
 use crate::reference::ImageRef;
 use crate::route::RouteConfig;
 use crate::runtime::{NodeImage, RuntimeClient, canary_for};
+
+/// How often the runtime's registry config files are looked at for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(5);
 
 /// Follows the runtime and keeps the discovered routes current.
 pub struct NodeWatch {
@@ -132,7 +136,8 @@ impl NodeWatch {
             .targets(candidates, &self.routes, &held.canaries, &self.metrics)
     }
 
-    /// Refreshes every interval (±10 %) until `cancel`, publishing changed routes to `targets`.
+    /// Refreshes every interval (±10 %), and within [`CONFIG_POLL`] of a change to the registry
+    /// config files, until `cancel`, publishing changed routes to `targets`.
     pub async fn run(
         mut self,
         was_up: bool,
@@ -142,11 +147,26 @@ impl NodeWatch {
         let heart = self.liveness.register("node watch", self.max_quiet);
         let mut was_up = was_up;
         let mut next = Instant::now() + jittered(self.interval);
+        let files = ConfigFiles {
+            certs_dir: self.routes.containerd_certs_dir.clone(),
+            registries_conf: self.routes.registries_conf.clone(),
+        };
+        let mut seen = fingerprint(&files).await;
+        let mut poll = tokio::time::interval(CONFIG_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             heart.beat();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(next) => {}
+                _ = poll.tick() => {
+                    let now = fingerprint(&files).await;
+                    if now == seen {
+                        continue;
+                    }
+                    info!("the runtime's registry config changed; discovering again");
+                    seen = now;
+                }
             }
             let started = Instant::now();
             let refresh = tokio::select! {
@@ -170,6 +190,14 @@ impl NodeWatch {
             next = started + jittered(self.interval);
         }
     }
+}
+
+/// The config files' fingerprint, taken off the async threads.
+async fn fingerprint(files: &ConfigFiles) -> u64 {
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || files.fingerprint())
+        .await
+        .unwrap_or_default()
 }
 
 fn jittered(interval: Duration) -> Duration {

@@ -40,7 +40,7 @@ impl PodSeries {
     pub fn attempt(&mut self, registry: &str, reason: Reason) {
         let key = (registry.to_string(), reason);
         if !self.counters.contains(&key) {
-            if !self.metrics.take_failing_slot() {
+            if !self.metrics.take_counter_slot() {
                 self.metrics.series_dropped(IMAGE_PULL_FAILURES, 1);
                 return;
             }
