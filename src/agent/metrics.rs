@@ -986,6 +986,193 @@ mod tests {
         assert!(samples(&metrics, BUILD_INFO)[0].contains("revision=\"abc\""));
     }
 
+    /// DESIGN.md's Metrics table, whole: every name with its type and labels, and nothing else.
+    #[test]
+    fn every_metric_of_the_design_and_no_other() {
+        use crate::check::manifest::RateLimit;
+        use crate::runtime::{Condition, ImageFs, RuntimeVersion};
+        let metrics = metrics(10);
+        metrics.set_registry_up("r.example", false);
+        metrics.record_endpoint("r.example", &endpoint("r.example"), &passing());
+        metrics.record_endpoint(
+            "r.example",
+            &endpoint("m.example"),
+            &failing(Reason::TcpRefused),
+        );
+        metrics.set_ratelimit(
+            "r.example",
+            Some(&RateLimit {
+                limit: Some(100),
+                remaining: Some(76),
+                window: Some(Duration::from_secs(21600)),
+                source: None,
+            }),
+        );
+        metrics.set_runtime_check("r.example", true, 0.2);
+        metrics.record_runtime(
+            true,
+            &RuntimeFacts {
+                version: Some(RuntimeVersion {
+                    runtime_name: "containerd".into(),
+                    runtime_version: "1.6.20".into(),
+                    runtime_api_version: "v1".into(),
+                }),
+                conditions: vec![Condition {
+                    kind: "RuntimeReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                }],
+                image_fs: vec![ImageFs {
+                    mountpoint: "/var/lib/containerd".into(),
+                    used_bytes: 1,
+                    inodes_used: 1,
+                }],
+                images: Some(3),
+            },
+        );
+        metrics
+            .image_pull_failures
+            .with_label_values(&["r.example", "manifest_unknown"])
+            .inc();
+        metrics
+            .containers_waiting_on_pull
+            .with_label_values(&["r.example", "manifest_unknown"])
+            .set(1);
+        metrics
+            .container_pull_failing
+            .with_label_values(&["ns", "pod", "app", "r.example", "manifest_unknown"])
+            .set(1);
+        metrics.set_kubernetes_watch_up(true);
+
+        let want: &[(&str, &str, &[&str])] = &[
+            ("pullwatch_registry_up", "gauge", &["registry"]),
+            (
+                "pullwatch_endpoint_up",
+                "gauge",
+                &["registry", "endpoint", "role"],
+            ),
+            (
+                "pullwatch_check_success",
+                "gauge",
+                &["registry", "endpoint", "role", "check"],
+            ),
+            (
+                "pullwatch_check_duration_seconds",
+                "gauge",
+                &["registry", "endpoint", "role", "check"],
+            ),
+            (
+                "pullwatch_check_failures_total",
+                "counter",
+                &["registry", "endpoint", "role", "check", "reason"],
+            ),
+            (
+                "pullwatch_endpoint_failure_reason",
+                "gauge",
+                &["registry", "endpoint", "role", "reason"],
+            ),
+            (
+                "pullwatch_dns_addresses",
+                "gauge",
+                &["registry", "endpoint", "family"],
+            ),
+            (
+                "pullwatch_tcp_addresses_reachable",
+                "gauge",
+                &["registry", "endpoint", "family"],
+            ),
+            (
+                "pullwatch_tls_cert_not_after_timestamp_seconds",
+                "gauge",
+                &["registry", "endpoint"],
+            ),
+            (
+                "pullwatch_tls_info",
+                "gauge",
+                &["registry", "endpoint", "version", "verified"],
+            ),
+            (
+                "pullwatch_http_status_code",
+                "gauge",
+                &["registry", "endpoint"],
+            ),
+            ("pullwatch_registry_ratelimit_limit", "gauge", &["registry"]),
+            (
+                "pullwatch_registry_ratelimit_remaining",
+                "gauge",
+                &["registry"],
+            ),
+            (
+                "pullwatch_registry_ratelimit_window_seconds",
+                "gauge",
+                &["registry"],
+            ),
+            ("pullwatch_runtime_check_success", "gauge", &["registry"]),
+            (
+                "pullwatch_runtime_check_duration_seconds",
+                "gauge",
+                &["registry"],
+            ),
+            ("pullwatch_runtime_up", "gauge", &[]),
+            (
+                "pullwatch_runtime_info",
+                "gauge",
+                &["runtime_name", "runtime_version", "runtime_api_version"],
+            ),
+            ("pullwatch_runtime_condition", "gauge", &["condition"]),
+            ("pullwatch_image_fs_used_bytes", "gauge", &["mountpoint"]),
+            ("pullwatch_image_fs_inodes_used", "gauge", &["mountpoint"]),
+            ("pullwatch_images", "gauge", &[]),
+            (
+                "pullwatch_image_pull_failures_total",
+                "counter",
+                &["registry", "reason"],
+            ),
+            (
+                "pullwatch_containers_waiting_on_pull",
+                "gauge",
+                &["registry", "reason"],
+            ),
+            (
+                "pullwatch_container_pull_failing",
+                "gauge",
+                &["namespace", "pod", "container", "registry", "reason"],
+            ),
+            ("pullwatch_kubernetes_watch_up", "gauge", &[]),
+            ("pullwatch_series_dropped_total", "counter", &["metric"]),
+            ("pullwatch_build_info", "gauge", &["version", "revision"]),
+        ];
+        let mut want: Vec<(String, String, Vec<String>)> = want
+            .iter()
+            .map(|(name, kind, labels)| {
+                let mut labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+                labels.push("node".into());
+                labels.sort();
+                (name.to_string(), kind.to_string(), labels)
+            })
+            .collect();
+        want.sort();
+        let mut got: Vec<(String, String, Vec<String>)> = metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|family| family.name().starts_with("pullwatch_"))
+            .map(|family| {
+                let mut labels: Vec<String> = family.get_metric()[0]
+                    .get_label()
+                    .iter()
+                    .map(|l| l.name().to_string())
+                    .collect();
+                labels.sort();
+                let kind = format!("{:?}", family.get_field_type()).to_lowercase();
+                (family.name().to_string(), kind, labels)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn a_reason_change_replaces_the_series_and_recovery_removes_it() {
         let metrics = metrics(10);

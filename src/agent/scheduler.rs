@@ -685,6 +685,8 @@ mod tests {
             role: Role::Mirror,
             source: "test".into(),
             tls: TlsOptions::default(),
+            api_path: "/v2".into(),
+            repository: None,
         }
     }
 
@@ -865,18 +867,30 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_ten_percent() {
+    fn jitter_stays_within_ten_percent_and_spreads() {
         let every = Duration::from_secs(30);
+        let (mut firsts, mut periods) = (Vec::new(), Vec::new());
         for _ in 0..200 {
             let started = Instant::now();
             let mut timer = Timer::first(every, every);
-            assert!(timer.next <= started + every + Duration::from_millis(50));
+            let first = timer.next - started;
+            assert!(first <= every + Duration::from_millis(50), "{first:?}");
+            firsts.push(first);
             timer.reschedule(started);
             let period = timer.next - started;
             assert!(
                 period >= every.mul_f64(0.9) && period <= every.mul_f64(1.1),
                 "{period:?}"
             );
+            periods.push(period);
         }
+        // Spread, not merely bounded: nodes started together must not stay in step.
+        let spread = |values: &[Duration]| {
+            let min = values.iter().min().copied().unwrap_or_default();
+            let max = values.iter().max().copied().unwrap_or_default();
+            max - min
+        };
+        assert!(spread(&firsts) > every / 2, "first rounds {firsts:?}");
+        assert!(spread(&periods) > every / 10, "periods {periods:?}");
     }
 }
