@@ -644,11 +644,19 @@ mod tests {
     }
 
     async fn fake_registry(delay: Duration) -> FakeRegistry {
+        fake_registry_counting(delay, Arc::default(), Arc::default()).await
+    }
+
+    /// A [`fake_registry`] counting requests in flight in `now`, and the most in `most_at_once`,
+    /// which several servers may share.
+    async fn fake_registry_counting(
+        delay: Duration,
+        now: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    ) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
-        let most_at_once = Arc::new(AtomicUsize::new(0));
-        let now = Arc::new(AtomicUsize::new(0));
         let (r, m) = (Arc::clone(&requests), Arc::clone(&most_at_once));
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -759,6 +767,49 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn probes_in_flight_never_exceed_the_cap() {
+        let (now, most) = (Arc::default(), Arc::new(AtomicUsize::new(0)));
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            let server = fake_registry_counting(
+                Duration::from_millis(300),
+                Arc::clone(&now),
+                Arc::clone(&most),
+            )
+            .await;
+            servers.push(server);
+        }
+        let f = fixture(Settings {
+            max_in_flight: 2,
+            ..settings(Duration::from_secs(60))
+        });
+        let routes: Vec<Target> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| route(&format!("r{i}.example"), vec![endpoint(s.port)]))
+            .collect();
+        let (_tx, rx) = watch::channel(routes);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(Arc::clone(&f.scheduler).run(rx, cancel.clone()));
+        until("six registries checked", || {
+            f.status.snapshot().registries.len() == 6
+        })
+        .await;
+        // Six registries due at once, two probes at a time.
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert!(
+            servers
+                .iter()
+                .all(|s| s.requests.load(Ordering::SeqCst) == 1)
+        );
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
