@@ -263,7 +263,7 @@ impl Diagnoser {
         };
         let mut failed_status = None;
         let ping = async {
-            let answer = check::http::check(&link.client, &endpoint.url(), link.proxied).await;
+            let answer = check::http::check(&link.client, endpoint, link.proxied).await;
             failed_status = answer.as_ref().err().and_then(|e| e.status);
             answer
         };

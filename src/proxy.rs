@@ -334,6 +334,8 @@ mod tests {
             role: crate::route::Role::Upstream,
             source: "test".into(),
             tls: TlsOptions::default(),
+            api_path: "/v2".into(),
+            repository: None,
         }
     }
 

@@ -58,7 +58,7 @@ impl TargetEndpoint {
             role: e.role,
             source,
             capabilities: host.capabilities.names(),
-            path: host.path.clone(),
+            path: e.api_path.clone(),
             location: host.location.clone(),
             ca_files: e
                 .tls

@@ -382,10 +382,10 @@ impl CheckError for AuthFailed {
     }
 }
 
-/// Proves Basic credentials with `GET /v2/` (free on every registry).
+/// Proves Basic credentials with `GET /v2/` (free on every registry) at the API root `api_url`.
 pub async fn basic(
     client: &reqwest::Client,
-    base_url: &str,
+    api_url: &str,
     credential: &Credential,
     proxied: bool,
 ) -> Result<AuthOutcome, AuthFailed> {
@@ -394,7 +394,7 @@ pub async fn basic(
         password: credential.password.clone(),
     };
     let response = authorization
-        .apply(client.get(format!("{base_url}/v2/")))
+        .apply(client.get(format!("{api_url}/")))
         .send()
         .await
         .map_err(|e| from_request(&e, proxied))?;

@@ -1,5 +1,6 @@
-//! The `http` check: `GET /v2/` on the endpoint. A registry answers 200 or 401 and names its API
-//! version; anything else that answers is not a registry, and 5xx means it is failing.
+//! The `http` check: `GET /v2/` on the endpoint (or its own API root, hosts.toml `override_path`). A
+//! registry answers 200 or 401 and names its API version; anything else that answers is not a
+//! registry, and 5xx means it is failing.
 
 use std::error::Error as _;
 
@@ -8,12 +9,15 @@ use reqwest::header::HeaderMap;
 
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
+use crate::route::Endpoint;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
 /// The answer to `/v2/`.
 #[derive(Clone, Debug)]
 pub struct HttpOutcome {
+    /// The path asked: `/v2/`, or the endpoint's own API root.
+    pub path: String,
     pub status: u16,
     pub api_version: Option<String>,
     /// The raw `WWW-Authenticate` header, for the auth check.
@@ -22,7 +26,7 @@ pub struct HttpOutcome {
 
 impl Evidence for HttpOutcome {
     fn detail(&self) -> String {
-        let mut detail = format!("GET /v2/ answered {}", status_text(self.status));
+        let mut detail = format!("GET {} answered {}", self.path, status_text(self.status));
         if let Some(version) = &self.api_version {
             detail.push_str(&format!(", API {version}"));
         }
@@ -59,23 +63,24 @@ pub(crate) fn status_text(status: u16) -> String {
     format!("{status} {reason}").trim_end().to_string()
 }
 
-/// Pings `base_url` + `/v2/` with a client built for this endpoint. `proxied` says whether
+/// Pings the endpoint's API root (`GET /v2/`) with a client built for it. `proxied` says whether
 /// connection errors belong to a proxy.
 pub async fn check(
     client: &reqwest::Client,
-    base_url: &str,
+    endpoint: &Endpoint,
     proxied: bool,
 ) -> Result<HttpOutcome, HttpFailed> {
+    let path = format!("{}/", endpoint.api_path);
     let response = client
-        .get(format!("{base_url}/v2/"))
+        .get(format!("{}{path}", endpoint.url()))
         .send()
         .await
         .map_err(|error| request_failed(&error, proxied))?;
-    judge(response.status().as_u16(), response.headers())
+    judge(path, response.status().as_u16(), response.headers())
 }
 
-/// Decides from status and headers alone (pure, table-tested).
-fn judge(status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
+/// Decides from the path asked, status and headers alone (pure, table-tested).
+fn judge(path: String, status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -90,6 +95,7 @@ fn judge(status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     let challenge = (!challenges.is_empty()).then(|| challenges.join(", "));
+    let answered = format!("GET {path} answered {}", status_text(status));
     let fail = |reason, message: String| {
         Err(HttpFailed {
             reason,
@@ -99,38 +105,24 @@ fn judge(status: u16, headers: &HeaderMap) -> Result<HttpOutcome, HttpFailed> {
     };
     match status {
         200 | 401 if api_version.is_some() || challenge.is_some() => Ok(HttpOutcome {
+            path,
             status,
             api_version,
             challenge,
         }),
         200 | 401 => fail(
             Reason::NotARegistry,
-            format!(
-                "GET /v2/ answered {} without Docker-Distribution-API-Version: not a registry API",
-                status_text(status)
-            ),
+            format!("{answered} without Docker-Distribution-API-Version: not a registry API"),
         ),
-        429 => fail(
-            Reason::RateLimited,
-            format!("GET /v2/ answered {}", status_text(status)),
-        ),
+        429 => fail(Reason::RateLimited, answered),
         403 => fail(
             Reason::Forbidden,
-            format!(
-                "GET /v2/ answered {}: the registry refuses this client",
-                status_text(status)
-            ),
+            format!("{answered}: the registry refuses this client"),
         ),
-        500..=599 => fail(
-            Reason::RegistryUnavailable,
-            format!("GET /v2/ answered {}", status_text(status)),
-        ),
+        500..=599 => fail(Reason::RegistryUnavailable, answered),
         _ => fail(
             Reason::NotARegistry,
-            format!(
-                "GET /v2/ answered {}: not a registry API",
-                status_text(status)
-            ),
+            format!("{answered}: not a registry API"),
         ),
     }
 }
@@ -220,8 +212,26 @@ mod tests {
             (403, HeaderMap::new(), Some(Reason::Forbidden)),
         ];
         for (status, headers, want) in cases {
-            let got = judge(status, &headers).err().map(|e| e.reason);
+            let got = judge("/v2/".into(), status, &headers)
+                .err()
+                .map(|e| e.reason);
             assert_eq!(got, want, "status {status}");
         }
+    }
+
+    #[test]
+    fn evidence_names_the_path_asked() {
+        let mut headers = HeaderMap::new();
+        headers.insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+        let ok = judge("/v2/dockerhub/".into(), 200, &headers).unwrap();
+        assert_eq!(
+            ok.detail(),
+            "GET /v2/dockerhub/ answered 200 OK, API registry/2.0"
+        );
+        let failed = judge("/proxy/v2/".into(), 404, &headers).unwrap_err();
+        assert_eq!(
+            failed.message,
+            "GET /proxy/v2/ answered 404 Not Found: not a registry API"
+        );
     }
 }

@@ -32,8 +32,11 @@ const MAX_INDEX_BYTES: usize = 4 << 20;
 pub struct Target<'a> {
     /// `scheme://host:port` of the endpoint.
     pub base_url: &'a str,
+    /// Its API root: `/v2`, or a mirror's own path (hosts.toml `override_path`).
+    pub api_path: &'a str,
     /// The registry as in the reference (`docker.io`), for messages.
     pub registry: &'a str,
+    /// The repository asked of this endpoint (CRI-O may rewrite the reference's).
     pub repository: &'a str,
     /// Tag or `sha256:…` digest.
     pub reference: &'a str,
@@ -41,7 +44,15 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     fn path(&self) -> String {
-        format!("/v2/{}/manifests/{}", self.repository, self.reference)
+        self.manifest_path(self.reference)
+    }
+
+    /// `<api>/<repository>/manifests/<reference>`.
+    fn manifest_path(&self, reference: &str) -> String {
+        format!(
+            "{}/{}/manifests/{reference}",
+            self.api_path, self.repository
+        )
     }
 
     fn name(&self) -> String {
@@ -371,6 +382,7 @@ async fn missing(
     let listed = tags::list(
         client,
         target.base_url,
+        target.api_path,
         target.repository,
         auth.authorization.as_ref(),
         options.list_budget,
@@ -456,7 +468,7 @@ async fn index_platforms(
     proxied: bool,
 ) -> Result<(Vec<Platform>, bool), ManifestFailed> {
     let reference = head.digest.as_deref().unwrap_or(target.reference);
-    let path = format!("/v2/{}/manifests/{reference}", target.repository);
+    let path = target.manifest_path(reference);
     let mut request = client
         .get(format!("{}{path}", target.base_url))
         .header(ACCEPT, ACCEPT_MANIFESTS);
@@ -619,6 +631,7 @@ mod tests {
         };
         let hub = Target {
             base_url: "https://registry-1.docker.io",
+            api_path: "/v2",
             registry: "docker.io",
             repository: "library/nope",
             reference: "1",

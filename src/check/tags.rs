@@ -45,11 +45,13 @@ struct Page {
     tags: Option<Vec<String>>,
 }
 
-/// Lists the tags of `repository`, following `Link` pages on the same origin, until the last page
-/// or a cap (`MAX_PAGES`, `budget`). A partial list is returned when at least one page came.
+/// Lists the tags of `repository` under the API root `api_path` (`/v2`) of `base_url`, following
+/// `Link` pages on the same origin, until the last page or a cap (`MAX_PAGES`, `budget`). A
+/// partial list is returned when at least one page came.
 pub async fn list(
     client: &reqwest::Client,
     base_url: &str,
+    api_path: &str,
     repository: &str,
     authorization: Option<&Authorization>,
     budget: Duration,
@@ -57,7 +59,7 @@ pub async fn list(
     let deadline = Instant::now() + budget;
     let base = Url::parse(base_url).map_err(|e| ListFailed::Failed(e.to_string()))?;
     let mut next = Some(
-        base.join(&format!("/v2/{repository}/tags/list?n={PAGE_SIZE}"))
+        base.join(&format!("{api_path}/{repository}/tags/list?n={PAGE_SIZE}"))
             .map_err(|e| ListFailed::Failed(e.to_string()))?,
     );
     let mut list = TagList::default();

@@ -54,10 +54,13 @@ impl Diagnoser {
             .as_ref()
             .and_then(|keyring| keyring.lookup(image.registry(), image.repository()));
         let base_url = endpoint.url();
+        // The endpoint's API root and the repository as the runtime asks it there.
+        let repository = endpoint.repository.as_deref().unwrap_or(image.repository());
         let target = manifest::Target {
             base_url: &base_url,
+            api_path: &endpoint.api_path,
             registry: image.registry(),
-            repository: image.repository(),
+            repository,
             reference: image.manifest_reference(),
         };
         let mut plan = auth::plan(http.status, http.challenge.as_deref());
@@ -91,7 +94,8 @@ impl Diagnoser {
                 }),
                 Plan::Basic { .. } => match credential {
                     Some(credential) => {
-                        auth::basic(&link.client, &base_url, credential, link.proxied).await
+                        auth::basic(&link.client, &endpoint.api_url(), credential, link.proxied)
+                            .await
                     }
                     None => Ok(AuthOutcome {
                         method: Method::BasicAnonymous,
@@ -103,7 +107,7 @@ impl Diagnoser {
                         auth::token(
                             &token_link.client,
                             &bearer,
-                            image.repository(),
+                            repository,
                             credential,
                             &self.pull.tokens,
                             token_link.proxied,
@@ -183,6 +187,8 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
         role: Role::Auth,
         source: format!("WWW-Authenticate of {}", registry.url()),
         tls: registry.tls.clone(),
+        api_path: String::new(),
+        repository: None,
     })
 }
 
@@ -217,6 +223,8 @@ mod tests {
                 skip_verify: true,
                 ..TlsOptions::default()
             },
+            api_path: "/v2".into(),
+            repository: None,
         };
         struct Case {
             realm: &'static str,
@@ -274,6 +282,8 @@ mod tests {
                 role: Role::Upstream,
                 source: "default".into(),
                 tls: TlsOptions::default(),
+                api_path: "/v2".into(),
+                repository: None,
             },
         )
         .unwrap();

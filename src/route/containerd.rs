@@ -47,15 +47,38 @@ impl Quirks {
     }
 }
 
-/// The host directory containerd uses for `registry`: its own if it exists, else `_default`.
+/// The host directory containerd uses for `registry`, as its `hostPaths`: for `host:port` first
+/// `host_port_` (a name every filesystem takes), then `host:port`; else `_default`.
 pub fn host_dir(root: &Path, registry: &str) -> Option<PathBuf> {
-    [root.join(registry), root.join(DEFAULT_DIR)]
+    let escaped = port_escaped(registry);
+    escaped
+        .map(|name| root.join(name))
         .into_iter()
+        .chain([root.join(registry), root.join(DEFAULT_DIR)])
         .find(|p| p.exists())
 }
 
-/// The registries with a directory of their own (sorted; `_default` not included), and the
-/// problem when the directory cannot be listed.
+/// `host_port_` for `host:port` (containerd's `hostDirectory`); `None` without a port.
+fn port_escaped(registry: &str) -> Option<String> {
+    match registry.rfind(':') {
+        Some(i) if i > 0 => Some(format!("{}_{}_", &registry[..i], &registry[i + 1..])),
+        _ => None,
+    }
+}
+
+/// The registry a directory is for: `host_port_` is `host:port`, anything else its own name.
+fn dir_registry(name: &str) -> String {
+    let unescaped = name
+        .strip_suffix('_')
+        .and_then(|rest| rest.rsplit_once('_'))
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+        .map(|(host, port)| format!("{host}:{port}"));
+    unescaped.unwrap_or_else(|| name.to_string())
+}
+
+/// The registries with a directory of their own (sorted, each once: `host_port_` and `host:port`
+/// are one registry; `_default` not included), at most [`MAX_DIRS`] of them; and the problem when
+/// the directory cannot be listed or holds more.
 pub fn configured_registries(root: &Path) -> (Vec<String>, Option<ConfigProblem>) {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
@@ -75,11 +98,22 @@ pub fn configured_registries(root: &Path) -> (Vec<String>, Option<ConfigProblem>
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name != DEFAULT_DIR && split_host_port(name).is_ok())
-        .take(MAX_DIRS)
+        .filter(|name| name != DEFAULT_DIR)
+        .map(|name| dir_registry(&name))
+        .filter(|name| split_host_port(name).is_ok())
         .collect();
     names.sort();
-    (names, None)
+    names.dedup();
+    let overflow = (names.len() > MAX_DIRS).then(|| ConfigProblem {
+        file: root.to_path_buf(),
+        line: None,
+        message: format!(
+            "{} registry directories; only the first {MAX_DIRS} by name are listed",
+            names.len()
+        ),
+    });
+    names.truncate(MAX_DIRS);
+    (names, overflow)
 }
 
 /// One host as hosts.toml describes it (the last one is the `server`, maybe implicit).
@@ -87,6 +121,7 @@ pub fn configured_registries(root: &Path) -> (Vec<String>, Option<ConfigProblem>
 pub struct HostConfig {
     /// `None` for the root entry without `server`: the registry itself.
     pub server: Option<(Scheme, String, u16)>,
+    /// The API root: `/v2`, the server's path + `/v2`, or its path alone with `override_path`.
     pub path: String,
     pub capabilities: Option<Capabilities>,
     pub ca_files: Vec<PathBuf>,
@@ -94,6 +129,16 @@ pub struct HostConfig {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     pub skip_verify: Option<bool>,
     pub line: Option<usize>,
+}
+
+impl HostConfig {
+    /// The registry itself, at `/v2`: what containerd uses without a `server`.
+    fn registry_itself() -> Self {
+        HostConfig {
+            path: "/v2".into(),
+            ..HostConfig::default()
+        }
+    }
 }
 
 /// A problem at a place in a file.
@@ -166,7 +211,7 @@ pub(crate) fn cert_files(dir: &Path) -> HostConfig {
         })
         .unwrap_or_default();
     names.sort();
-    let mut host = HostConfig::default();
+    let mut host = HostConfig::registry_itself();
     for name in &names {
         if name.ends_with(".crt") {
             host.ca_files.push(dir.join(name));
@@ -310,7 +355,7 @@ fn host_config(
     let mut host = HostConfig {
         line,
         skip_verify: fields.skip_verify,
-        ..Default::default()
+        ..HostConfig::registry_itself()
     };
     if let Some(server) = server {
         let (scheme, name, port, path) = parse_server(server).map_err(|message| ParseError {
@@ -329,8 +374,6 @@ fn host_config(
         } else {
             format!("{path}/v2")
         };
-    } else {
-        host.path = "/v2".into();
     }
     if let Some(capabilities) = fields.capabilities {
         let span = capabilities.span();
@@ -400,7 +443,11 @@ pub fn route(
     let dir = host_dir(root, registry).map(|dir| read_host_dir(&dir, quirks));
     let (configs, source, problem) = match dir {
         Some(dir) => (dir.hosts, dir.source.display().to_string(), dir.problem),
-        None => (vec![HostConfig::default()], "default".to_string(), None),
+        None => (
+            vec![HostConfig::registry_itself()],
+            "default".to_string(),
+            None,
+        ),
     };
     let last = configs.len().saturating_sub(1);
     let hosts = configs
@@ -437,13 +484,14 @@ pub fn route(
                         client_cert,
                         skip_verify: skip_verify.unwrap_or(false),
                     },
+                    api_path: config.path.clone(),
+                    repository: None,
                 },
                 capabilities: if config.server.is_none() {
                     Capabilities::ALL
                 } else {
                     config.capabilities.unwrap_or(Capabilities::ALL)
                 },
-                path: config.path.clone(),
                 location: None,
                 line: config.line,
             }
@@ -565,6 +613,8 @@ ca = "root-ca.pem"
         assert_eq!(hosts[1].path, "/proxy/v2");
         assert_eq!(hosts[1].skip_verify, Some(true));
         assert_eq!(hosts[2].path, "/v2/dockerhub");
+        assert_eq!(hosts[0].path, "/v2");
+        assert_eq!(hosts[3].path, "/v2");
         assert_eq!(
             hosts[3].server,
             Some((Scheme::Https, "registry-1.docker.io".into(), 443))
@@ -603,7 +653,7 @@ ca = "root-ca.pem"
                 text: "server = [\n",
                 quirks: V2,
                 line: Some(2),
-                message: "",
+                message: "invalid array\nexpected `]`",
             },
             Case {
                 text: "\n\n[host.\"ftp://m\"]\n",
@@ -642,6 +692,64 @@ ca = "root-ca.pem"
         )
         .unwrap();
         assert_eq!(hosts.len(), 1);
+    }
+
+    /// The API root as containerd's parseHostConfig makes it: a server's path gets `/v2` appended
+    /// unless it ends with it or `override_path` says the path is the root.
+    #[test]
+    fn api_roots() {
+        struct Case {
+            host: &'static str,
+            override_path: bool,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                host: "https://m.example",
+                override_path: false,
+                want: "/v2",
+            },
+            Case {
+                host: "https://m.example/",
+                override_path: false,
+                want: "/v2",
+            },
+            Case {
+                host: "https://m.example/proxy",
+                override_path: false,
+                want: "/proxy/v2",
+            },
+            Case {
+                host: "https://m.example//proxy/./v2/",
+                override_path: false,
+                want: "/proxy/v2",
+            },
+            Case {
+                host: "https://m.example/v2/dockerhub",
+                override_path: true,
+                want: "/v2/dockerhub",
+            },
+            Case {
+                host: "https://m.example/v2/dockerhub",
+                override_path: false,
+                want: "/v2/dockerhub/v2",
+            },
+            Case {
+                host: "https://m.example",
+                override_path: true,
+                want: "",
+            },
+        ];
+        for case in cases {
+            let text = format!(
+                "[host.\"{}\"]\n  override_path = {}\n",
+                case.host, case.override_path
+            );
+            let hosts = parse_hosts_toml(&text, Path::new("/d"), V2).expect(&text);
+            assert_eq!(hosts[0].path, case.want, "{text}");
+            // The implicit root entry: the registry itself at /v2.
+            assert_eq!(hosts[1].path, "/v2", "{text}");
+        }
     }
 
     fn write(dir: &Path, rel: &str, text: &str) {
@@ -691,6 +799,7 @@ ca = "root-ca.pem"
         assert!(problem.is_none());
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].endpoint.url(), "https://10.0.0.5:5000");
+        assert_eq!(hosts[0].endpoint.api_path, "/v2");
         assert_eq!(
             hosts[0].endpoint.tls.ca_files,
             vec![root.join("10.0.0.5:5000/ca.crt")]
@@ -724,6 +833,100 @@ ca = "root-ca.pem"
         let (names, problem) = configured_registries(root);
         assert!(problem.is_none());
         assert_eq!(names, ["10.0.0.5:5000", "broken.example", "docker.io"]);
+
+        // No directory at all: the registry itself at /v2.
+        let (hosts, _) = route(&root.join("none"), "ghcr.io", false, V2).unwrap();
+        assert_eq!(hosts[0].endpoint.api_path, "/v2");
+    }
+
+    /// containerd looks for `host:port` first in `host_port_`, then `host:port`, then `_default`;
+    /// both spellings are one registry.
+    #[test]
+    fn port_directories_are_spelled_either_way() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write(
+            root,
+            "reg.local_5000_/hosts.toml",
+            "[host.\"https://escaped.local\"]\n",
+        );
+        write(
+            root,
+            "reg.local:5000/hosts.toml",
+            "[host.\"https://colon.local\"]\n",
+        );
+        write(
+            root,
+            "[::1]_5001_/hosts.toml",
+            "[host.\"https://v6.local\"]\n",
+        );
+        write(root, "other.local:6000/ca.crt", "pem");
+        write(
+            root,
+            "_default/hosts.toml",
+            "[host.\"https://cache.local\"]\n",
+        );
+        struct Case {
+            registry: &'static str,
+            want_dir: &'static str,
+        }
+        let cases = [
+            Case {
+                registry: "reg.local:5000",
+                want_dir: "reg.local_5000_",
+            },
+            Case {
+                registry: "[::1]:5001",
+                want_dir: "[::1]_5001_",
+            },
+            Case {
+                registry: "other.local:6000",
+                want_dir: "other.local:6000",
+            },
+            Case {
+                registry: "reg.local",
+                want_dir: "_default",
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                host_dir(root, case.registry),
+                Some(root.join(case.want_dir)),
+                "{}",
+                case.registry
+            );
+        }
+        let (hosts, _) = route(root, "reg.local:5000", false, V2).unwrap();
+        assert_eq!(hosts[0].endpoint.url(), "https://escaped.local");
+
+        let (names, problem) = configured_registries(root);
+        assert!(problem.is_none());
+        assert_eq!(names, ["[::1]:5001", "other.local:6000", "reg.local:5000"]);
+    }
+
+    /// Past the cap, the first directories by name are listed and the rest reported.
+    #[test]
+    fn too_many_directories_are_reported() {
+        let root = tempfile::tempdir().unwrap();
+        for i in (0..=MAX_DIRS).rev() {
+            std::fs::create_dir(root.path().join(format!("r{i:05}.local"))).unwrap();
+        }
+        let (names, problem) = configured_registries(root.path());
+        assert_eq!(names.len(), MAX_DIRS);
+        assert_eq!(names.first().map(String::as_str), Some("r00000.local"));
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some(format!("r{:05}.local", MAX_DIRS - 1).as_str())
+        );
+        let problem = problem.expect("overflow reported");
+        assert_eq!(problem.file, root.path());
+        assert_eq!(
+            problem.message,
+            format!(
+                "{} registry directories; only the first {MAX_DIRS} by name are listed",
+                MAX_DIRS + 1
+            )
+        );
     }
 
     #[test]

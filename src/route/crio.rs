@@ -1,6 +1,7 @@
 //! CRI-O's registries (containers-registries.conf v2, and the deprecated v1 lists): registries.conf
 //! plus registries.conf.d/*.conf in name order; for an image, the `[[registry]]` with the longest prefix.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -115,6 +116,8 @@ struct V1List {
 struct Parsed {
     registries: Vec<Registry>,
     unqualified_search: Option<Vec<String>>,
+    /// What containers/image accepts but that cannot work as meant; the file is still used.
+    warnings: Vec<ParseError>,
 }
 
 /// A problem at a line of one file.
@@ -146,6 +149,7 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
         return Ok(parse_v1(v1, source, line));
     }
     let mut registries = Vec::new();
+    let mut warnings = Vec::new();
     for table in file.registry {
         let line = line_of(text, table.span().start);
         let table = table.into_inner();
@@ -158,19 +162,25 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
             (Some(prefix), location) => (prefix, location.unwrap_or_default()),
             (None, Some(location)) => (location.clone(), location),
         };
+        // Only a leading `*.` is a wildcard (containers-registries.conf(5)).
         if let Some(suffix) = prefix.strip_prefix("*.") {
-            if !location.is_empty() {
+            if suffix.contains(['/', '@', ':', '*']) || suffix.is_empty() {
                 return Err(at(format!(
-                    "wildcard prefix {prefix:?} cannot have a location"
-                )));
-            }
-            if suffix.contains('/') {
-                return Err(at(format!(
-                    "wildcard prefix {prefix:?} must be a host only"
+                    "wildcard prefix {prefix:?} must be a host like *.example.com (no port, namespace or other *)"
                 )));
             }
         } else {
+            if location.is_empty() {
+                return Err(at(format!(
+                    "prefix {prefix:?} without a location must be a wildcard like *.example.com (only a leading *. is a wildcard)"
+                )));
+            }
             validate_location(&prefix).map_err(|m| at(format!("prefix: {m}")))?;
+            if prefix.contains('*') {
+                warnings.push(at(format!(
+                    "prefix {prefix:?} never matches an image: only a leading *. is a wildcard"
+                )));
+            }
         }
         if !location.is_empty() {
             validate_location(&location).map_err(|m| at(format!("location: {m}")))?;
@@ -204,6 +214,7 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
     Ok(Parsed {
         registries,
         unqualified_search: file.unqualified_search_registries,
+        warnings,
     })
 }
 
@@ -236,6 +247,7 @@ fn parse_v1(v1: V1Tables, source: &Path, line: Option<usize>) -> Parsed {
     Parsed {
         registries,
         unqualified_search: Some(v1.search.registries),
+        warnings: vec![],
     }
 }
 
@@ -250,8 +262,18 @@ fn validate_location(location: &str) -> Result<(), String> {
         .map_err(|e| format!("{location:?}: {}", e.problem))
 }
 
-/// Reads `conf` and `<conf>.d/*.conf` (in name order); malformed files are reported and skipped.
-/// A missing registries.conf is no problem (no CRI-O config on this node).
+/// What a file containers/image cannot load does to CRI-O: every pull fails, whatever the image.
+fn every_pull_fails(drop_in: bool) -> &'static str {
+    if drop_in {
+        "CRI-O cannot pull any image until it is fixed (containers/image fails every pull: \"loading drop-in registries configuration\"); the routes shown skip this file"
+    } else {
+        "CRI-O cannot pull any image until it is fixed (containers/image fails every pull: \"loading registries configuration\"); the routes shown skip this file"
+    }
+}
+
+/// Reads `conf` and `<conf>.d/*.conf` (the first [`MAX_DROP_INS`] by name) and merges them as
+/// containers/image does; a file it would refuse is reported (and skipped here). A missing
+/// registries.conf is no problem (no CRI-O config on this node).
 pub fn load(conf: &Path) -> RegistriesConf {
     let mut merged = RegistriesConf {
         certs_dir: conf.parent().map(|p| p.join("certs.d")),
@@ -267,13 +289,23 @@ pub fn load(conf: &Path) -> RegistriesConf {
                 .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
                 .collect();
             names.sort();
+            if names.len() > MAX_DROP_INS {
+                merged.problems.push(ConfigProblem {
+                    file: drop_in_dir.clone(),
+                    line: None,
+                    message: format!(
+                        "{} drop-in files; pullwatch reads only the first {MAX_DROP_INS} by name (CRI-O reads them all), so routes from the rest are not shown",
+                        names.len()
+                    ),
+                });
+            }
             files.extend(names.into_iter().take(MAX_DROP_INS).map(|p| (p, true)));
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => merged.problems.push(ConfigProblem {
             file: drop_in_dir,
             line: None,
-            message: error.to_string(),
+            message: format!("{error}; {}", every_pull_fails(true)),
         }),
     }
     for (path, drop_in) in files {
@@ -284,22 +316,30 @@ pub fn load(conf: &Path) -> RegistriesConf {
                 merged.problems.push(ConfigProblem {
                     file: path,
                     line: None,
-                    message: error.to_string(),
+                    message: format!("{error}; {}", every_pull_fails(drop_in)),
                 });
                 continue;
             }
         };
         match parse(&text, &path, drop_in) {
             Ok(parsed) => {
-                for registry in parsed.registries {
-                    match merged
-                        .registries
-                        .iter_mut()
-                        .find(|r| r.prefix == registry.prefix)
-                    {
-                        Some(existing) => *existing = registry,
-                        None => merged.registries.push(registry),
+                merged
+                    .problems
+                    .extend(parsed.warnings.into_iter().map(|w| ConfigProblem {
+                        file: path.clone(),
+                        line: w.line,
+                        message: w.message,
+                    }));
+                if drop_in {
+                    // A drop-in's table replaces the one with the same prefix; then the tables
+                    // are in prefix order (containers/image merges through a map, sorted).
+                    let mut by_prefix: BTreeMap<String, Registry> = BTreeMap::new();
+                    for registry in merged.registries.drain(..).chain(parsed.registries) {
+                        by_prefix.insert(registry.prefix.clone(), registry);
                     }
+                    merged.registries = by_prefix.into_values().collect();
+                } else {
+                    merged.registries = parsed.registries;
                 }
                 if let Some(search) = parsed.unqualified_search {
                     merged.unqualified_search = search;
@@ -310,33 +350,59 @@ pub fn load(conf: &Path) -> RegistriesConf {
             Err(error) => merged.problems.push(ConfigProblem {
                 file: path,
                 line: error.line,
-                message: format!("{}; this file is skipped", error.message),
+                message: format!("{}; {}", error.message, every_pull_fails(drop_in)),
             }),
         }
     }
     merged
 }
 
-/// How long a prefix matches `name` (`host[:port]/repository`), or `None`: the name must start
-/// with it followed by `/`, `:`, `@` or nothing; `*.example.com` matches any subdomain host.
+/// How much of `name` (`host[:port]/repository`) a prefix matches (what a location replaces), or
+/// `None`: the name must start with it followed by `/`, `:`, `@` or nothing; `*.example.com`
+/// matches a host ending in `.example.com`, up to the end of that suffix.
 fn match_len(name: &str, prefix: &str) -> Option<usize> {
-    if let Some(suffix) = prefix.strip_prefix('*') {
-        let host = name.split('/').next().unwrap_or_default();
-        let host_only = host.split(':').next().unwrap_or_default();
-        return host_only.ends_with(suffix).then_some(host.len());
+    let (start, matched) = match prefix.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') => {
+            // The first occurrence, and within the host (containers/image's subdomain match).
+            let at = name.find(suffix)?;
+            if name[..at].contains('/') {
+                return None;
+            }
+            (at, suffix)
+        }
+        _ => (0, name.strip_prefix(prefix).map(|_| prefix)?),
+    };
+    let end = start + matched.len();
+    let rest = &name[end..];
+    (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(end)
+}
+
+/// The repository `name` (`host[:port]/repository`) is asked as at `location` under `prefix`:
+/// containers/image rewrites a reference to `location` + what follows the prefix's match. `None`
+/// when the name has no repository or it stays the same (a wildcard prefix without location).
+fn rewritten_repository(name: &str, prefix: &str, location: &str) -> Option<String> {
+    let (_, original) = name.split_once('/')?;
+    if location.is_empty() {
+        return None;
     }
-    let rest = name.strip_prefix(prefix)?;
-    (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(prefix.len())
+    let rewritten = format!("{location}{}", &name[match_len(name, prefix)?..]);
+    let (_, repository) = rewritten.split_once('/')?;
+    (repository != original).then(|| repository.to_string())
 }
 
 impl RegistriesConf {
-    /// The `[[registry]]` for `name` (`host[:port]/repository`): the longest matching prefix.
+    /// The `[[registry]]` for `name` (`host[:port]/repository`): of the matching ones, the one with
+    /// the longest prefix (`*.` counted), the first of equals, as containers/image chooses.
     pub fn find(&self, name: &str) -> Option<&Registry> {
-        self.registries
-            .iter()
-            .filter_map(|r| match_len(name, &r.prefix).map(|len| (len, r)))
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, r)| r)
+        let mut best: Option<&Registry> = None;
+        for registry in &self.registries {
+            if match_len(name, &registry.prefix).is_some()
+                && best.is_none_or(|b| registry.prefix.len() > b.prefix.len())
+            {
+                best = Some(registry);
+            }
+        }
+        best
     }
 
     /// Registries named by the config (prefix hosts, locations, mirrors, search registries),
@@ -345,7 +411,7 @@ impl RegistriesConf {
         let mut out: Vec<(String, PathBuf)> = Vec::new();
         let mut add = |location: &str, source: &Path| {
             let host = location.split('/').next().unwrap_or_default().to_string();
-            if !host.is_empty() && !host.starts_with("*.") && !out.iter().any(|(h, _)| *h == host) {
+            if !host.is_empty() && !host.contains('*') && !out.iter().any(|(h, _)| *h == host) {
                 out.push((host, source.to_path_buf()));
             }
         };
@@ -375,6 +441,14 @@ impl RegistriesConf {
             registry.location.clone()
         };
         let source = registry.source.display().to_string();
+        // Every endpoint is asked for the name as rewritten to its location.
+        let asked_as = |location: &str, hosts: Vec<RouteHost>| {
+            let repository = rewritten_repository(name, &registry.prefix, location);
+            hosts.into_iter().map(move |mut host| {
+                host.endpoint.repository = repository.clone();
+                host
+            })
+        };
         let mut hosts = Vec::new();
         for mirror in &registry.mirrors {
             let mode = if registry.mirror_by_digest_only {
@@ -387,23 +461,25 @@ impl RegistriesConf {
                 resolve: mode != PullFromMirror::DigestOnly,
                 push: false,
             };
-            hosts.extend(self.hosts_for(
+            let mirror_hosts = self.hosts_for(
                 &mirror.location,
                 mirror.insecure,
                 Role::Mirror,
                 capabilities,
                 &source,
                 Some(mirror.line),
-            ));
+            );
+            hosts.extend(asked_as(&mirror.location, mirror_hosts));
         }
-        hosts.extend(self.hosts_for(
+        let upstream_hosts = self.hosts_for(
             &location,
             registry.insecure,
             Role::Upstream,
             Capabilities::ALL,
             &source,
             registry.line,
-        ));
+        );
+        hosts.extend(asked_as(&registry.location, upstream_hosts));
         Some(Ok(hosts))
     }
 
@@ -449,9 +525,10 @@ impl RegistriesConf {
                 role,
                 source: source.to_string(),
                 tls,
+                api_path: "/v2".into(),
+                repository: None,
             },
             capabilities,
-            path: "/v2".into(),
             location: Some(location.to_string()),
             line,
         };
@@ -511,6 +588,29 @@ mod tests {
                 prefix: "*.example.com",
                 want: None,
             },
+            // The match ends with the suffix; a port stays with what follows.
+            Case {
+                name: "a.example.com:5000/foo",
+                prefix: "*.example.com",
+                want: Some(13),
+            },
+            Case {
+                name: "a.example.com.evil.net/foo",
+                prefix: "*.example.com",
+                want: None,
+            },
+            // Only in the host.
+            Case {
+                name: "reg.io/a.example.com",
+                prefix: "*.example.com",
+                want: None,
+            },
+            // Only a leading `*.` is a wildcard: `*evil.com` is a literal that matches no name.
+            Case {
+                name: "notevil.com/x",
+                prefix: "*evil.com",
+                want: None,
+            },
         ];
         for case in cases {
             assert_eq!(
@@ -519,6 +619,152 @@ mod tests {
                 "{} ~ {}",
                 case.name,
                 case.prefix
+            );
+        }
+    }
+
+    fn registry(prefix: &str, location: &str) -> Registry {
+        Registry {
+            prefix: prefix.into(),
+            location: location.into(),
+            insecure: false,
+            blocked: false,
+            mirror_by_digest_only: false,
+            mirrors: vec![],
+            source: PathBuf::from("/r.conf"),
+            line: None,
+        }
+    }
+
+    /// Of the matching tables, the longest prefix (`*.` counted) wins, the first of equals.
+    #[test]
+    fn the_longest_prefix_wins_then_the_first() {
+        struct Case {
+            prefixes: &'static [&'static str],
+            name: &'static str,
+            want: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                prefixes: &["example.com", "example.com/foo"],
+                name: "example.com/foo/app",
+                want: Some("example.com/foo"),
+            },
+            Case {
+                prefixes: &["example.com/foo", "example.com"],
+                name: "example.com/foo/app",
+                want: Some("example.com/foo"),
+            },
+            Case {
+                prefixes: &["*.example.com", "a.example.com"],
+                name: "a.example.com/app",
+                want: Some("*.example.com"),
+            },
+            Case {
+                prefixes: &["a.example.com", "*.example.com"],
+                name: "a.example.com/app",
+                want: Some("a.example.com"),
+            },
+            Case {
+                prefixes: &["*.example.com", "*.b.example.com"],
+                name: "a.b.example.com/app",
+                want: Some("*.b.example.com"),
+            },
+            // A long wildcard beats a shorter literal prefix of the same name.
+            Case {
+                prefixes: &["*.registry.example.com", "a.registry.example.com"],
+                name: "a.registry.example.com/app",
+                want: Some("*.registry.example.com"),
+            },
+            Case {
+                prefixes: &["*.example.com"],
+                name: "example.com/app",
+                want: None,
+            },
+        ];
+        for case in cases {
+            let conf = RegistriesConf {
+                registries: case
+                    .prefixes
+                    .iter()
+                    .map(|p| registry(p, if p.starts_with('*') { "" } else { p }))
+                    .collect(),
+                ..RegistriesConf::default()
+            };
+            assert_eq!(
+                conf.find(case.name).map(|r| r.prefix.as_str()),
+                case.want,
+                "{} in {:?}",
+                case.name,
+                case.prefixes
+            );
+        }
+    }
+
+    /// containers/image asks each endpoint for `location` + what follows the prefix's match.
+    #[test]
+    fn repositories_are_rewritten_to_the_location() {
+        struct Case {
+            name: &'static str,
+            prefix: &'static str,
+            location: &'static str,
+            want: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                name: "example.com/foo/app",
+                prefix: "example.com/foo",
+                location: "internal.example/bar",
+                want: Some("bar/app"),
+            },
+            Case {
+                name: "example.com/foo/team/app",
+                prefix: "example.com/foo",
+                location: "internal.example",
+                want: Some("team/app"),
+            },
+            Case {
+                name: "example.com/foo/app",
+                prefix: "example.com",
+                location: "mirror.example/cache",
+                want: Some("cache/foo/app"),
+            },
+            // Same repository: nothing to say.
+            Case {
+                name: "docker.io/library/nginx",
+                prefix: "docker.io",
+                location: "mirror.local:5000",
+                want: None,
+            },
+            // A wildcard without location asks for the name as it is.
+            Case {
+                name: "a.example.com/app",
+                prefix: "*.example.com",
+                location: "",
+                want: None,
+            },
+            Case {
+                name: "a.example.com/app",
+                prefix: "*.example.com",
+                location: "mirror.example/sub",
+                want: Some("sub/app"),
+            },
+            // A registry alone (`targets`) has no repository to rewrite.
+            Case {
+                name: "example.com",
+                prefix: "example.com",
+                location: "internal.example/bar",
+                want: None,
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                rewritten_repository(case.name, case.prefix, case.location).as_deref(),
+                case.want,
+                "{} under {} at {}",
+                case.name,
+                case.prefix,
+                case.location
             );
         }
     }
@@ -575,6 +821,13 @@ location = "evil.example"
         assert_eq!(conf.problems.len(), 1, "{:?}", conf.problems);
         assert_eq!(conf.problems[0].file, drop_ins.join("60-broken.conf"));
         assert_eq!(conf.problems[0].line, Some(3));
+        assert!(
+            conf.problems[0].message.contains(
+                "CRI-O cannot pull any image until it is fixed (containers/image fails every pull: \"loading drop-in registries configuration\")"
+            ),
+            "{:?}",
+            conf.problems
+        );
 
         let hosts = conf.route("docker.io/library/nginx").unwrap().unwrap();
         let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
@@ -608,6 +861,10 @@ location = "evil.example"
         assert_eq!(urls, ["https://mirror.example", "https://internal.example"]);
         assert!(!hosts[0].capabilities.resolve, "mirror-by-digest-only");
         assert_eq!(hosts[1].location.as_deref(), Some("internal.example/bar"));
+        // mirror.example/foo serves example.com/foo/app as foo/app, internal.example/bar as bar/app.
+        assert_eq!(hosts[0].endpoint.repository, None);
+        assert_eq!(hosts[1].endpoint.repository.as_deref(), Some("bar/app"));
+        assert!(hosts.iter().all(|h| h.endpoint.api_path == "/v2"));
 
         assert_eq!(
             conf.route("evil.example/x"),
@@ -615,14 +872,15 @@ location = "evil.example"
         );
         assert_eq!(conf.route("ghcr.io/org/app"), None);
 
+        // Merged with a drop-in, the tables are in prefix order, as containers/image has them.
         let names: Vec<String> = conf.registries().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
             [
                 "docker.io",
-                "insecure.local:5000",
-                "example.com",
                 "evil.example",
+                "example.com",
+                "insecure.local:5000",
                 "quay.io"
             ]
         );
@@ -642,9 +900,24 @@ location = "evil.example"
                 message: "needs a prefix or a location",
             },
             Case {
-                text: "\n[[registry]]\nprefix = \"*.example.com\"\nlocation = \"x.example\"\n",
+                text: "\n[[registry]]\nprefix = \"*.example.com:5000\"\n",
                 line: Some(2),
-                message: "cannot have a location",
+                message: "must be a host like *.example.com",
+            },
+            Case {
+                text: "[[registry]]\nprefix = \"*.example.com/foo\"\nlocation = \"x.example\"\n",
+                line: Some(1),
+                message: "must be a host like *.example.com",
+            },
+            Case {
+                text: "[[registry]]\nprefix = \"*evil.com\"\n",
+                line: Some(1),
+                message: "only a leading *. is a wildcard",
+            },
+            Case {
+                text: "[[registry]]\nprefix = \"example.com\"\n",
+                line: Some(1),
+                message: "without a location must be a wildcard",
             },
             Case {
                 text: "[[registry]]\nlocation = \"https://x.example\"\n",
@@ -676,6 +949,86 @@ location = "evil.example"
                 case.text
             );
         }
+    }
+
+    /// A file containers/image refuses fails every CRI-O pull, and the problem says so; a warning
+    /// leaves the file in use; past the cap, the first drop-ins by name are read and the rest reported.
+    #[test]
+    fn load_reports_what_each_problem_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(&conf, "[[registry]]\nlocation = \"quay.io\"\nblocked = [\n");
+        let loaded = load(&conf);
+        assert!(loaded.files.is_empty());
+        assert_eq!(loaded.problems.len(), 1);
+        assert!(
+            loaded.problems[0].message.ends_with(
+                "; CRI-O cannot pull any image until it is fixed (containers/image fails every pull: \"loading registries configuration\"); the routes shown skip this file"
+            ),
+            "{:?}",
+            loaded.problems
+        );
+
+        write(
+            &conf,
+            "[[registry]]\nprefix = \"*evil.com\"\nlocation = \"m.example\"\n",
+        );
+        let drop_ins = dir.path().join("registries.conf.d");
+        for i in (0..=MAX_DROP_INS).rev() {
+            write(
+                &drop_ins.join(format!("{i:03}.conf")),
+                &format!("[[registry]]\nlocation = \"r{i:03}.example\"\n"),
+            );
+        }
+        let loaded = load(&conf);
+        assert_eq!(loaded.files.len(), 1 + MAX_DROP_INS);
+        assert_eq!(
+            loaded.files.last(),
+            Some(&drop_ins.join(format!("{:03}.conf", MAX_DROP_INS - 1)))
+        );
+        let messages: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                format!(
+                    "{}: {} drop-in files; pullwatch reads only the first {MAX_DROP_INS} by name (CRI-O reads them all), so routes from the rest are not shown",
+                    drop_ins.display(),
+                    MAX_DROP_INS + 1
+                ),
+                format!(
+                    "{}:1: prefix \"*evil.com\" never matches an image: only a leading *. is a wildcard",
+                    conf.display()
+                ),
+            ]
+        );
+    }
+
+    /// What containers/image accepts but cannot work as meant is reported, and the file is used.
+    #[test]
+    fn a_star_inside_a_prefix_is_reported_and_never_matches() {
+        let parsed = parse(
+            "[[registry]]\nlocation = \"quay.io\"\n\n[[registry]]\nprefix = \"*evil.com\"\nlocation = \"mirror.example\"\n",
+            Path::new("/r.conf"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(parsed.registries.len(), 2);
+        assert_eq!(
+            parsed.warnings,
+            [ParseError {
+                line: Some(4),
+                message:
+                    "prefix \"*evil.com\" never matches an image: only a leading *. is a wildcard"
+                        .into(),
+            }]
+        );
+        let conf = RegistriesConf {
+            registries: parsed.registries,
+            ..RegistriesConf::default()
+        };
+        assert!(conf.find("notevil.com/app").is_none());
+        let names: Vec<String> = conf.registries().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["quay.io"]);
     }
 
     #[test]

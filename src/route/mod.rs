@@ -53,6 +53,13 @@ pub struct Endpoint {
     /// Where this endpoint came from: `default`, `--insecure-registry`, or a config file path.
     pub source: String,
     pub tls: TlsOptions,
+    /// The API root the runtime uses here: `/v2`, or a mirror's own path (hosts.toml
+    /// `[host."https://harbor.example/v2/dockerhub"]` with `override_path`). Empty for a token server.
+    pub api_path: String,
+    /// The repository the runtime asks this endpoint for when its config rewrites the image's
+    /// (CRI-O: `example.com/foo/app` under prefix `example.com/foo` and location
+    /// `internal.example/bar` is `bar/app`); `None`: the image's own.
+    pub repository: Option<String>,
 }
 
 impl Endpoint {
@@ -77,6 +84,11 @@ impl Endpoint {
             format!("{scheme}://{host}:{}", self.port)
         }
     }
+
+    /// The API root as a URL: `https://harbor.example/v2/dockerhub`.
+    pub fn api_url(&self) -> String {
+        format!("{}{}", self.url(), self.api_path)
+    }
 }
 
 /// The ordered endpoints for one registry; pullable when any of them is.
@@ -87,8 +99,9 @@ pub struct Route {
 }
 
 /// What the runtime may use an endpoint for (containerd `capabilities`; CRI-O's
-/// `mirror-by-digest-only` / `pull-from-mirror`). Resolving a tag needs `resolve`; fetching by
-/// digest needs `pull`.
+/// `mirror-by-digest-only` / `pull-from-mirror`). containerd resolves a tag only through hosts
+/// with both `pull` and `resolve`, a digest through hosts with `pull`; CRI-O uses a mirror for
+/// tags when it may `resolve`, for digests when it may `pull`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Capabilities {
     pub pull: bool,
@@ -121,8 +134,6 @@ impl Capabilities {
 pub struct RouteHost {
     pub endpoint: Endpoint,
     pub capabilities: Capabilities,
-    /// The API root the runtime uses (`/v2`, or a mirror's own path with `override_path`).
-    pub path: String,
     /// CRI-O: the repository namespace this endpoint serves the prefix from
     /// (`internal.example/bar` for `prefix = "example.com/foo"`).
     pub location: Option<String>,
@@ -172,17 +183,19 @@ pub struct ConfiguredRoute {
 }
 
 impl ConfiguredRoute {
-    /// The endpoints the runtime tries for a reference: resolving a tag needs `resolve`, a
-    /// reference by digest is fetched from hosts that can `pull` (containerd's filter).
+    /// The endpoints the runtime tries for a reference. By digest: hosts that may `pull`. By tag:
+    /// containerd needs `pull` and `resolve` both (its resolver filters on `pull|resolve`), CRI-O
+    /// only `resolve` (a `tag-only` mirror).
     pub fn route_for(&self, by_digest: bool) -> Route {
         let endpoints = self
             .hosts
             .iter()
             .filter(|h| {
-                if by_digest {
-                    h.capabilities.pull
-                } else {
-                    h.capabilities.resolve
+                let caps = h.capabilities;
+                match (by_digest, self.kind) {
+                    (true, _) => caps.pull,
+                    (false, RuntimeConfigKind::CriO) => caps.resolve,
+                    (false, _) => caps.pull && caps.resolve,
                 }
             })
             .map(|h| h.endpoint.clone())
@@ -213,7 +226,13 @@ pub(crate) fn parse_server(server: &str) -> Result<(Scheme, String, u16, String)
         Scheme::Http => 80,
         Scheme::Https => 443,
     });
-    Ok((scheme, host, port, path.trim_end_matches('/').to_string()))
+    // As Go's path.Clean: no empty or `.` segments, no trailing `/`.
+    let path = path
+        .split('/')
+        .filter(|segment| !segment.is_empty() && *segment != ".")
+        .map(|segment| format!("/{segment}"))
+        .collect();
+    Ok((scheme, host, port, path))
 }
 
 /// The host that serves a registry name (`docker.io` is served by `registry-1.docker.io`).
@@ -239,6 +258,11 @@ pub fn split_host_port(registry: &str) -> Result<(String, Option<u16>), Registry
         registry: registry.to_string(),
         problem,
     };
+    if registry.contains("://") {
+        return Err(fail(
+            "no scheme allowed: give host[:port], e.g. registry.local:5000",
+        ));
+    }
     let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -293,6 +317,8 @@ pub fn default_route(
             "default".into()
         },
         tls: TlsOptions::default(),
+        api_path: "/v2".into(),
+        repository: None,
     };
     Ok(Route {
         registry: registry.to_string(),

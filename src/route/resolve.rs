@@ -122,7 +122,6 @@ impl RouteConfig {
             .map(|endpoint| RouteHost {
                 endpoint,
                 capabilities: Capabilities::ALL,
-                path: "/v2".into(),
                 location: None,
                 line: None,
             })
@@ -229,13 +228,15 @@ mod tests {
         assert_eq!(names, ["docker.io", "quay.io"]);
     }
 
+    /// containerd resolves a tag through hosts that may `pull` and `resolve` (a `resolve`-only host
+    /// is never used), a digest through hosts that may `pull`.
     #[test]
-    fn tags_resolve_only_through_hosts_that_may_resolve() {
+    fn tags_resolve_only_through_hosts_that_may_pull_and_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs.d");
         write(
             &certs.join("docker.io/hosts.toml"),
-            "[host.\"https://blobs-only.local\"]\n  capabilities = [\"pull\"]\n[host.\"https://full.local\"]\n",
+            "[host.\"https://blobs-only.local\"]\n  capabilities = [\"pull\"]\n[host.\"https://resolve-only.local\"]\n  capabilities = [\"resolve\"]\n[host.\"https://full.local\"]\n",
         );
         let config = RouteConfig::new(certs, dir.path().join("none.conf"), vec![]);
         let route = config.resolve("docker.io", None).unwrap();
@@ -259,6 +260,30 @@ mod tests {
                 "https://registry-1.docker.io"
             ]
         );
+    }
+
+    /// CRI-O: a `tag-only` mirror serves tags, a `digest-only` one digests.
+    #[test]
+    fn cri_o_mirrors_serve_tags_or_digests_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(
+            &conf,
+            "[[registry]]\nlocation = \"quay.io\"\n[[registry.mirror]]\nlocation = \"tags.local\"\npull-from-mirror = \"tag-only\"\n[[registry.mirror]]\nlocation = \"digests.local\"\npull-from-mirror = \"digest-only\"\n",
+        );
+        let config = RouteConfig::new(dir.path().join("certs.d"), conf, vec![])
+            .with_runtime(RuntimeKind::CriO, "1.30.0");
+        let route = config.resolve("quay.io", Some("org/app")).unwrap();
+        let urls = |by_digest| -> Vec<String> {
+            route
+                .route_for(by_digest)
+                .endpoints
+                .iter()
+                .map(|e| e.url())
+                .collect()
+        };
+        assert_eq!(urls(false), ["https://tags.local", "https://quay.io"]);
+        assert_eq!(urls(true), ["https://digests.local", "https://quay.io"]);
     }
 
     #[test]
