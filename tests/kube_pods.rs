@@ -483,6 +483,10 @@ fn kubernetes_on_without_credentials_is_bad_config_and_auto_outside_a_cluster_is
         .run();
     assert_eq!(out.exit_code(), 64, "stderr:\n{}", out.stderr);
     assert!(out.stderr.contains("--kubernetes"), "{}", out.stderr);
+    assert!(
+        !socket.exists(),
+        "a failed start leaves no API socket behind"
+    );
 
     // auto outside a cluster: the agent runs, without a pod watch.
     let dns = DnsServer::builder().start();

@@ -118,7 +118,6 @@ impl Agent {
                     addr: config.listen,
                     source,
                 })?;
-        let socket = api::bind(&config.api_socket)?;
         let status = Arc::new(StatusBoard::new(config.node_name.clone()));
         let liveness = Arc::new(Liveness::default());
         if runtime_socket.is_none() {
@@ -167,6 +166,8 @@ impl Agent {
                 }
             },
         };
+        // Last: a start that fails before this leaves no socket file behind.
+        let socket = api::bind(&config.api_socket)?;
         Ok(Agent {
             config,
             listener,
