@@ -9,8 +9,10 @@ use serde_json::Value;
 use support::certs::TlsFixtures;
 use support::cli::Pullwatch;
 use support::containerd::Containerd;
+use support::http::Client;
 use support::netns::Netns;
 use support::registry::Registry;
+use support::scripted::{Response, ScriptedServer};
 
 /// A port on 127.0.0.1 where nothing listens.
 fn dead_port() -> u16 {
@@ -61,6 +63,41 @@ fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
 
 fn path_str(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// A mirror that serves `registry` under its own API root `root` (`<root>/x` is the registry's
+/// `/v2/x`), as a Harbor proxy project does; anything else answers 404. A HEAD is answered from a
+/// GET of the same path, so its `Content-Length` is the real one (the server sends only the head).
+fn mirror_under(root: &'static str, registry: std::net::SocketAddr) -> ScriptedServer {
+    ScriptedServer::builder()
+        .route_fn("*", &format!("{root}/"), move |request| {
+            let path = format!("/v2{}", &request.path[root.len()..]);
+            let method = if request.method == "HEAD" {
+                "GET"
+            } else {
+                request.method.as_str()
+            };
+            let headers: Vec<(&str, &str)> = ["accept", "authorization"]
+                .into_iter()
+                .filter_map(|name| request.header(name).map(|value| (name, value)))
+                .collect();
+            match Client::http(registry).request(method, &path, &headers, &request.body) {
+                Ok(answer) => {
+                    let mut response = Response::new(answer.status).body(answer.body);
+                    for (name, value) in &answer.headers {
+                        if !matches!(
+                            name.as_str(),
+                            "content-length" | "connection" | "transfer-encoding"
+                        ) {
+                            response = response.header(name, value);
+                        }
+                    }
+                    response
+                }
+                Err(error) => Response::new(502).body(error.to_string()),
+            }
+        })
+        .start()
 }
 
 #[test]
@@ -161,6 +198,122 @@ fn mirror_up_is_pullable_via_the_mirror_and_the_runtime_uses_it() {
                 .contains(&format!("ns={}", upstream.replace(':', "%3A")))),
         "{log:?}"
     );
+}
+
+/// A mirror whose API root is not `/v2`: with `override_path` the host's path is the root, without
+/// it containerd appends `/v2`. pullwatch's `/v2/` GET, manifest HEAD and tags/list go under that
+/// root, where containerd's own pull goes too.
+#[test]
+fn a_mirror_with_its_own_api_root_is_asked_under_it_like_containerd_does() {
+    let registry = Registry::start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    struct Case {
+        host_path: &'static str,
+        override_path: bool,
+        root: &'static str,
+    }
+    let cases = [
+        Case {
+            host_path: "/v2/dockerhub",
+            override_path: true,
+            root: "/v2/dockerhub",
+        },
+        Case {
+            host_path: "/cache",
+            override_path: false,
+            root: "/cache/v2",
+        },
+    ];
+    for case in cases {
+        let mirror = mirror_under(case.root, registry.addr());
+        let upstream = format!("127.0.0.1:{}", dead_port());
+        ctrd.write_hosts_toml(
+            &upstream,
+            &format!(
+                "server = \"http://{upstream}\"\n\n[host.\"http://{}{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = {}\n",
+                mirror.addr(),
+                case.host_path,
+                case.override_path
+            ),
+        );
+
+        let (code, report) = diagnose(
+            &ctrd,
+            &["--via-runtime"],
+            &format!("{upstream}/team/app:1.0"),
+        );
+        assert_eq!(code, 0, "{}: {report}", case.root);
+        let endpoint = &report["endpoints"][0];
+        assert_eq!(endpoint["endpoint"], format!("http://{}", mirror.addr()));
+        let mirror_checks = checks(endpoint);
+        assert!(
+            mirror_checks.iter().all(|(_, ok, _)| *ok)
+                && mirror_checks.iter().any(|(c, _, _)| c == "manifest")
+                && mirror_checks.iter().any(|(c, _, _)| c == "runtime"),
+            "{report}"
+        );
+        let http = check_named(endpoint, "http").expect("http check");
+        assert!(
+            http["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("GET {}/ answered 200 OK", case.root)),
+            "{report}"
+        );
+
+        // A missing tag: the tags are listed under the same root, and the nearest one named.
+        let (code, report) = diagnose(&ctrd, &[], &format!("{upstream}/team/app:1.1"));
+        assert_eq!(code, 1, "{report}");
+        let manifest = check_named(&report["endpoints"][0], "manifest").expect("manifest check");
+        assert_eq!(manifest["reason"], "manifest_unknown", "{report}");
+        assert!(
+            manifest["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nearest tags: 1.0"),
+            "{report}"
+        );
+
+        let asked = mirror.requests();
+        let by = |agent: &str, method: &str, path: &str| {
+            asked.iter().any(|r| {
+                r.header("user-agent")
+                    .unwrap_or_default()
+                    .starts_with(agent)
+                    && r.method == method
+                    && r.path.starts_with(path)
+            })
+        };
+        let root = case.root;
+        assert!(by("pullwatch/", "GET", &format!("{root}/")), "{asked:?}");
+        assert!(
+            by(
+                "pullwatch/",
+                "HEAD",
+                &format!("{root}/team/app/manifests/1.0")
+            ),
+            "{asked:?}"
+        );
+        assert!(
+            by("pullwatch/", "GET", &format!("{root}/team/app/tags/list")),
+            "{asked:?}"
+        );
+        assert!(
+            by(
+                "containerd/",
+                "HEAD",
+                &format!("{root}/team/app/manifests/1.0")
+            ),
+            "containerd resolved there too: {asked:?}"
+        );
+        assert!(
+            asked
+                .iter()
+                .all(|r| r.path.starts_with(&format!("{root}/"))),
+            "nothing asked outside the root: {asked:?}"
+        );
+    }
 }
 
 #[test]
@@ -429,4 +582,63 @@ fn cri_o_registries_conf_routes_mirrors_and_blocks() {
         reports[0]
     );
     assert_eq!(reports[0]["endpoints"].as_array().map(Vec::len), Some(0));
+}
+
+/// CRI-O asks the location for the image's name rewritten under the prefix: with prefix
+/// `rewrite.test/foo` and location `<registry>/bar`, `rewrite.test/foo/app` is `bar/app` there.
+#[test]
+fn cri_o_asks_the_location_for_the_rewritten_repository() {
+    let registry = Registry::start();
+    registry.push_image("bar/app", "1.0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"rewrite.test/foo\"\nlocation = \"{}/bar\"\ninsecure = true\n",
+            registry.addr()
+        ),
+    )
+    .expect("write registries.conf");
+    let (code, reports) = Pullwatch::new()
+        .args([
+            "--registries-conf".to_string(),
+            conf.display().to_string(),
+            "--containerd-certs-dir".to_string(),
+            dir.path().join("certs.d").display().to_string(),
+            "--timeout".to_string(),
+            "5s".to_string(),
+        ])
+        .diagnose_json(["rewrite.test/foo/app:1.0", "rewrite.test/foo/gone:1.0"]);
+    assert_eq!(code, 1, "{reports:?}");
+    let found = &reports[0];
+    assert_eq!(found["pullable"], true, "{found}");
+    assert!(
+        found["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("pullable via http://{}", registry.addr())),
+        "{found}"
+    );
+    let gone = &reports[1];
+    let manifest = check_named(&gone["endpoints"][1], "manifest").expect("manifest check");
+    assert_eq!(manifest["reason"], "repository_unknown", "{gone}");
+    assert!(
+        manifest["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("repository bar/gone not found"),
+        "{gone}"
+    );
+    let log = registry.access_log();
+    assert!(
+        log.iter().any(|r| r.method == "HEAD"
+            && r.path == "/v2/bar/app/manifests/1.0"
+            && r.status == 200),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().all(|r| !r.path.contains("/foo/")),
+        "the prefix's own namespace is never asked: {log:?}"
+    );
 }

@@ -47,6 +47,12 @@ fn targets_lists_registries_and_routes_with_their_sources() {
     );
     let local = registry.addr().to_string();
     write(&certs.join(&local).join("ca.crt"), "a Docker-style CA file");
+    // containerd's other spelling of a port, and a mirror with its own API root.
+    let escaped_dir = certs.join("mirror.test_5000_");
+    write(
+        &escaped_dir.join("hosts.toml"),
+        "[host.\"https://harbor.example/v2/dockerhub\"]\n  override_path = true\n",
+    );
     let broken_file = certs.join("broken.example/hosts.toml");
     write(
         &broken_file,
@@ -84,7 +90,13 @@ fn targets_lists_registries_and_routes_with_their_sources() {
     // The runtime is containerd: CRI-O's registries.conf does not apply.
     assert_eq!(
         names,
-        [local.as_str(), "broken.example", "docker.io", "ghcr.io"]
+        [
+            local.as_str(),
+            "broken.example",
+            "docker.io",
+            "ghcr.io",
+            "mirror.test:5000"
+        ]
     );
     for target in &targets {
         assert!(
@@ -138,6 +150,23 @@ fn targets_lists_registries_and_routes_with_their_sources() {
         json!([certs.join(&local).join("ca.crt").display().to_string()])
     );
     assert_eq!(held["endpoints"][0]["skip_verify"], true);
+    assert_eq!(held["endpoints"][0]["path"], "/v2");
+
+    let escaped = by_registry(&targets, "mirror.test:5000");
+    assert_eq!(
+        escaped["sources"],
+        json!([escaped_dir.display().to_string()])
+    );
+    assert_eq!(
+        escaped["endpoints"][0]["endpoint"],
+        "https://harbor.example"
+    );
+    assert_eq!(escaped["endpoints"][0]["path"], "/v2/dockerhub");
+    assert_eq!(
+        escaped["endpoints"][1]["endpoint"],
+        "https://mirror.test:5000"
+    );
+    assert_eq!(escaped["endpoints"][1]["path"], "/v2");
 
     let broken = by_registry(&targets, "broken.example");
     assert_eq!(
@@ -174,6 +203,13 @@ fn targets_lists_registries_and_routes_with_their_sources() {
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout.contains("https://harbor.example  mirror")
+            && out.stdout.contains("  path /v2/dockerhub"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("path \n"), "{}", out.stdout);
 
     // Without an answering runtime it is not known whose config applies: both are read.
     let dead = format!("unix://{}", ctrd.scratch_dir().join("dead.sock").display());

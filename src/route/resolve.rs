@@ -144,7 +144,9 @@ impl RouteConfig {
             let (names, problem) = containerd::configured_registries(&self.containerd_certs_dir);
             problems.extend(problem);
             for name in names {
-                let source = self.containerd_certs_dir.join(&name);
+                // The directory itself (`host_port_` or `host:port`).
+                let source = containerd::host_dir(&self.containerd_certs_dir, &name)
+                    .unwrap_or_else(|| self.containerd_certs_dir.join(&name));
                 registries.push((name, source.display().to_string()));
             }
         }
