@@ -230,6 +230,16 @@ mod tests {
         assert_eq!(names, ["docker.io", "quay.io"]);
     }
 
+    /// The URLs of the route for a tag (`false`) or a digest (`true`).
+    fn urls(route: &ConfiguredRoute, by_digest: bool) -> Vec<String> {
+        route
+            .route_for(by_digest)
+            .endpoints
+            .iter()
+            .map(|e| e.url())
+            .collect()
+    }
+
     /// containerd resolves a tag through hosts that may `pull` and `resolve` (a `resolve`-only host
     /// is never used), a digest through hosts that may `pull`.
     #[test]
@@ -242,20 +252,12 @@ mod tests {
         );
         let config = RouteConfig::new(certs, dir.path().join("none.conf"), vec![]);
         let route = config.resolve("docker.io", None).unwrap();
-        let urls = |by_digest| -> Vec<String> {
-            route
-                .route_for(by_digest)
-                .endpoints
-                .iter()
-                .map(|e| e.url())
-                .collect()
-        };
         assert_eq!(
-            urls(false),
+            urls(&route, false),
             ["https://full.local", "https://registry-1.docker.io"]
         );
         assert_eq!(
-            urls(true),
+            urls(&route, true),
             [
                 "https://blobs-only.local",
                 "https://full.local",
@@ -276,16 +278,14 @@ mod tests {
         let config = RouteConfig::new(dir.path().join("certs.d"), conf, vec![])
             .with_runtime(RuntimeKind::CriO, "1.30.0");
         let route = config.resolve("quay.io", Some("org/app")).unwrap();
-        let urls = |by_digest| -> Vec<String> {
-            route
-                .route_for(by_digest)
-                .endpoints
-                .iter()
-                .map(|e| e.url())
-                .collect()
-        };
-        assert_eq!(urls(false), ["https://tags.local", "https://quay.io"]);
-        assert_eq!(urls(true), ["https://digests.local", "https://quay.io"]);
+        assert_eq!(
+            urls(&route, false),
+            ["https://tags.local", "https://quay.io"]
+        );
+        assert_eq!(
+            urls(&route, true),
+            ["https://digests.local", "https://quay.io"]
+        );
     }
 
     #[test]
