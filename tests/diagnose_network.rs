@@ -302,21 +302,52 @@ fn dns_failures() {
             .silent("silent.pullwatch.test")
             .no_addresses("empty.pullwatch.test")
     });
-    let cases = [
-        ("typo.pullwatch.test", "dns_nxdomain", "NXDOMAIN"),
-        ("servfail.pullwatch.test", "dns_servfail", "SERVFAIL"),
-        ("refused.pullwatch.test", "dns_servfail", "REFUSED"),
-        ("silent.pullwatch.test", "dns_timeout", ""),
-        ("empty.pullwatch.test", "dns_no_addresses", "none"),
+    let nameserver = format!("nameserver {}", dns.ip());
+    // The harness's resolv.conf (timeout:1 attempts:1) gives up on a silent server after 1 s
+    // over UDP and 1 s over TCP: a check timeout of 5 s lets the dns check's own answer show.
+    let cases: [(&str, &str, &str, &[&str]); 5] = [
+        ("typo.pullwatch.test", "2s", "dns_nxdomain", &["NXDOMAIN"]),
+        (
+            "servfail.pullwatch.test",
+            "2s",
+            "dns_servfail",
+            &["SERVFAIL"],
+        ),
+        ("refused.pullwatch.test", "2s", "dns_servfail", &["REFUSED"]),
+        (
+            "silent.pullwatch.test",
+            "5s",
+            "dns_timeout",
+            &["A timed out", "AAAA timed out", &nameserver],
+        ),
+        (
+            "empty.pullwatch.test",
+            "2s",
+            "dns_no_addresses",
+            &["A none"],
+        ),
     ];
-    for (host, reason, evidence) in cases {
-        let (code, report) = diagnose(&dns, None, &[], &format!("{host}/team/app:1.0"));
+    for (host, timeout, reason, evidence) in cases {
+        let image = format!("{host}/team/app:1.0");
+        let args = [
+            "--resolv-conf",
+            dns.resolv_conf_str(),
+            "--timeout",
+            timeout,
+            &image,
+        ];
+        let (code, mut reports) = Pullwatch::new().diagnose_json(args);
+        assert_eq!(reports.len(), 1, "one JSON line per image: {reports:?}");
+        let report = reports.remove(0);
         assert_fails(code, &report, "dns", reason);
         let detail = failing_check(&report)["detail"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        assert!(detail.contains(evidence), "{host}: {detail}");
+        assert!(
+            evidence.iter().all(|e| detail.contains(e)),
+            "{host}: {evidence:?} in {detail}"
+        );
         assert_eq!(
             chain(&report).len(),
             1,
@@ -352,11 +383,11 @@ fn dns_cache_is_off_and_families_are_asked_apart() {
     assert_eq!(of_type("AAAA"), 2, "{log:?}");
 }
 
-#[test]
-fn partly_dead_address_set_passes_but_shows() {
+/// The tcp evidence of a pullable run against a plain-HTTP registry listening on 127.0.0.1
+/// alone, with `HOST` resolving to `addresses`; and the registry's port.
+fn tcp_detail_resolving_to(addresses: &[Ipv4Addr]) -> (String, u16) {
     let registry = with_app(Registry::start());
-    // 127.0.0.2 is on loopback too, but the registry only listens on 127.0.0.1.
-    let dns = dns_with(|b| b.a(HOST, LOOPBACK).a(HOST, Ipv4Addr::new(127, 0, 0, 2)));
+    let dns = dns_with(|b| addresses.iter().fold(b, |b, ip| b.a(HOST, *ip)));
     let insecure = format!("{HOST}:{}", registry.port());
     let (code, report) = diagnose(
         &dns,
@@ -366,14 +397,41 @@ fn partly_dead_address_set_passes_but_shows() {
     );
     assert_eq!(code, 0, "{report}");
     let tcp = &report["endpoints"][0]["checks"][1];
-    assert_eq!(tcp["check"], "tcp");
-    let detail = tcp["detail"].as_str().unwrap_or_default();
+    assert_eq!(tcp["check"], "tcp", "{report}");
+    let detail = tcp["detail"].as_str().unwrap_or_default().to_string();
+    (detail, registry.port())
+}
+
+#[test]
+fn partly_dead_address_set_passes_but_shows() {
+    // 127.0.0.2 is on loopback too, but the registry only listens on 127.0.0.1.
+    let (detail, _) = tcp_detail_resolving_to(&[LOOPBACK, Ipv4Addr::new(127, 0, 0, 2)]);
     assert!(
         detail.starts_with("1/2 addresses answered")
             && detail.contains("127.0.0.2")
             && detail.contains("refused"),
         "{detail}"
     );
+}
+
+#[test]
+fn tcp_tries_at_most_four_addresses_per_family() {
+    // Six A records on loopback, the listening one first: only the first four are tried.
+    let six: Vec<Ipv4Addr> = (1..=6).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    let (detail, port) = tcp_detail_resolving_to(&six);
+    let tried: Vec<&str> = detail
+        .split_once(": ")
+        .map(|(_, each)| each.split(", ").collect())
+        .unwrap_or_default();
+    assert!(detail.starts_with("1/4 addresses answered"), "{detail}");
+    assert_eq!(tried.len(), 4, "{detail}");
+    for (i, attempt) in tried.iter().enumerate() {
+        let addr = format!("127.0.0.{}:{port}", i + 1);
+        assert!(
+            attempt.starts_with(&addr),
+            "attempt {i} is {addr}: {detail}"
+        );
+    }
 }
 
 #[test]
@@ -596,8 +654,28 @@ fn several_images_one_line_each_and_exit_code_1_when_any_fails() {
 #[test]
 fn bad_input_is_a_one_line_usage_error() {
     let dns = dns_with(|b| b);
-    let cases: [(&[&str], &str); 5] = [
-        (&["diagnose", ""], "IMAGE #1 is empty"),
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, content: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write resolv.conf");
+        path.to_str().expect("tempdir paths are UTF-8").to_string()
+    };
+    let no_nameserver = write("no-nameserver.conf", b"# nothing\nsearch example.org\n");
+    let garbage = write(
+        "garbage.conf",
+        b"\x00\xff\xfe{\"not\": \"resolv.conf\"}\nfoo bar\n",
+    );
+    let bad_address = write("bad-address.conf", b"search x\nnameserver dns.example\n");
+    let no_nameserver_error =
+        format!("pullwatch diagnose: --resolv-conf {no_nameserver}: no nameserver lines");
+    let garbage_error = format!("pullwatch diagnose: --resolv-conf {garbage}: no nameserver lines");
+    let bad_address_error = format!(
+        "pullwatch diagnose: --resolv-conf {bad_address}: line 2: nameserver \"dns.example\" is not an IP address"
+    );
+    // (arguments, what the first stderr line contains, whether pullwatch itself prints it:
+    // then it is the only line; clap's own errors end with a hint line)
+    let cases: [(&[&str], &str, bool); 9] = [
+        (&["diagnose", ""], "IMAGE #1 is empty", true),
         (
             &[
                 "--resolv-conf",
@@ -606,18 +684,45 @@ fn bad_input_is_a_one_line_usage_error() {
                 "nginx",
             ],
             "--resolv-conf /nonexistent/resolv.conf",
+            true,
         ),
-        (&["--timeout", "soon", "diagnose", "nginx"], "--timeout"),
+        (
+            &["--resolv-conf", &no_nameserver, "diagnose", "nginx"],
+            &no_nameserver_error,
+            true,
+        ),
+        (
+            &["--resolv-conf", &garbage, "diagnose", "nginx"],
+            &garbage_error,
+            true,
+        ),
+        (
+            &["--resolv-conf", &bad_address, "diagnose", "nginx"],
+            &bad_address_error,
+            true,
+        ),
+        (
+            &["--timeout", "soon", "diagnose", "nginx"],
+            "--timeout",
+            false,
+        ),
         (
             &["--ca-file", "/nonexistent/ca.pem", "diagnose", "nginx"],
             "/nonexistent/ca.pem",
+            true,
         ),
         (
             &["--insecure-registry", "host:99999", "diagnose", "nginx"],
             "--insecure-registry",
+            true,
+        ),
+        (
+            &["--insecure-registry", "http://x", "diagnose", "nginx"],
+            "--insecure-registry: registry \"http://x\": no scheme allowed: give host[:port]",
+            true,
         ),
     ];
-    for (args, want) in cases {
+    for (args, want, own_line) in cases {
         let mut all: Vec<&str> = args.to_vec();
         if !args.contains(&"--resolv-conf") {
             all.splice(0..0, ["--resolv-conf", dns.resolv_conf_str()]);
@@ -635,6 +740,14 @@ fn bad_input_is_a_one_line_usage_error() {
             "{args:?}: the first line names the input: {}",
             out.stderr
         );
+        if own_line {
+            assert_eq!(
+                out.stderr.lines().count(),
+                1,
+                "{args:?}: one line, no log before or after it: {}",
+                out.stderr
+            );
+        }
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
 }

@@ -34,8 +34,14 @@ pub enum ResolvConfError {
     },
     #[error("--resolv-conf {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("--resolv-conf {path}: no nameserver line")]
+    #[error("--resolv-conf {path}: no nameserver lines")]
     NoNameserver { path: String },
+    #[error("--resolv-conf {path}: line {line}: nameserver {value:?} is not an IP address")]
+    BadNameserver {
+        path: String,
+        line: usize,
+        value: String,
+    },
 }
 
 impl DnsResolver {
@@ -46,14 +52,24 @@ impl DnsResolver {
             path: shown.clone(),
             source,
         })?;
+        // hickory logs each bad line and then fails with a bare "no nameservers found": a file
+        // without a usable nameserver is refused here first, naming the file and the line.
+        match scan_nameservers(&data) {
+            NameserverScan::Usable => {}
+            NameserverScan::None => return Err(ResolvConfError::NoNameserver { path: shown }),
+            NameserverScan::NotAnAddress { line, value } => {
+                return Err(ResolvConfError::BadNameserver {
+                    path: shown,
+                    line,
+                    value,
+                });
+            }
+        }
         let (config, mut options) = hickory_resolver::system_conf::parse_resolv_conf(&data)
             .map_err(|e| ResolvConfError::Parse {
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-        if config.name_servers().is_empty() {
-            return Err(ResolvConfError::NoNameserver { path: shown });
-        }
         let nameservers = config
             .name_servers()
             .iter()
@@ -76,6 +92,49 @@ impl DnsResolver {
             nameservers,
         })
     }
+}
+
+/// Whether a resolv.conf names a nameserver the resolver can use.
+#[derive(Debug, PartialEq, Eq)]
+enum NameserverScan {
+    /// At least one `nameserver <IP>` line.
+    Usable,
+    /// No `nameserver` line at all.
+    None,
+    /// `nameserver` lines, but the first (1-based `line`) names no IP address.
+    NotAnAddress { line: usize, value: String },
+}
+
+/// Reads the `nameserver` lines as resolv.conf(5) does (and hickory after it): the first word
+/// of a line, `#` and `;` start comments, an IPv6 address may carry a `%zone`, a line that is
+/// not UTF-8 is skipped.
+fn scan_nameservers(data: &[u8]) -> NameserverScan {
+    let mut first_bad = None;
+    for (index, line) in data.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let text = line.split(['#', ';']).next().unwrap_or_default();
+        let mut words = text.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        let value = words.next().unwrap_or_default();
+        let (address, zone) = match value.split_once('%') {
+            Some((address, zone)) => (address, Some(zone)),
+            None => (value, None),
+        };
+        match (address.parse::<IpAddr>(), zone) {
+            (Ok(IpAddr::V6(_)), Some(zone)) if !zone.is_empty() => return NameserverScan::Usable,
+            (Ok(_), None) => return NameserverScan::Usable,
+            _ => {}
+        }
+        first_bad.get_or_insert(NameserverScan::NotAnAddress {
+            line: index + 1,
+            value: value.to_string(),
+        });
+    }
+    first_bad.unwrap_or(NameserverScan::None)
 }
 
 /// What the lookup found.
@@ -321,6 +380,79 @@ mod tests {
         let empty = dir.path().join("resolv.conf");
         std::fs::write(&empty, "# nothing\nsearch example.org\n").unwrap();
         let error = DnsResolver::from_resolv_conf(&empty).err().unwrap();
-        assert!(error.to_string().contains("no nameserver"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!("--resolv-conf {}: no nameserver lines", empty.display())
+        );
+    }
+
+    #[test]
+    fn finds_a_usable_nameserver_line() {
+        struct Case {
+            input: &'static [u8],
+            want: NameserverScan,
+        }
+        let bad = |line, value: &str| NameserverScan::NotAnAddress {
+            line,
+            value: value.to_string(),
+        };
+        let cases = [
+            Case {
+                input: b"nameserver 10.96.0.10\nsearch default.svc.cluster.local\n",
+                want: NameserverScan::Usable,
+            },
+            Case {
+                input: b"  nameserver\tfe80::1%eth0 # link-local\n",
+                want: NameserverScan::Usable,
+            },
+            Case {
+                input: b"nameserver dns.example\nnameserver 1.1.1.1\n",
+                want: NameserverScan::Usable,
+            },
+            Case {
+                input: b"\xff\xfe garbage\nnameserver 127.0.0.53\n",
+                want: NameserverScan::Usable,
+            },
+            Case {
+                input: b"",
+                want: NameserverScan::None,
+            },
+            Case {
+                input: b"# nameserver 8.8.8.8\n; nameserver 8.8.4.4\nsearch example.org\n",
+                want: NameserverScan::None,
+            },
+            Case {
+                input: b"\x00\x01\xff{\"not\": \"resolv.conf\"}\n",
+                want: NameserverScan::None,
+            },
+            Case {
+                input: b"nameservers 8.8.8.8\n",
+                want: NameserverScan::None,
+            },
+            Case {
+                input: b"search x\nnameserver dns.example\nnameserver\n",
+                want: bad(2, "dns.example"),
+            },
+            Case {
+                input: b"nameserver\n",
+                want: bad(1, ""),
+            },
+            Case {
+                input: b"nameserver 1.1.1.1 \xff\n",
+                want: NameserverScan::None,
+            },
+            Case {
+                input: b"nameserver 8.8.8.8%eth0\n",
+                want: bad(1, "8.8.8.8%eth0"),
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                scan_nameservers(case.input),
+                case.want,
+                "{}",
+                String::from_utf8_lossy(case.input)
+            );
+        }
     }
 }
