@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pullwatch::check;
 use pullwatch::reason::{Reason, classify_runtime_message};
 use pullwatch::runtime::{PullAuth, RuntimeClient, RuntimeError};
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,44 @@ fn client(ctrd: &Containerd) -> Arc<RuntimeClient> {
     Arc::new(RuntimeClient::new(ctrd.socket(), Duration::from_secs(10)))
 }
 
+/// A TLS registry with Basic auth (`puller` / `right-password`) holding `private:1.0`.
+fn basic_auth_registry(tls: &TlsFixtures) -> Registry {
+    let registry = Registry::builder()
+        .tls(&tls.valid.cert_path, &tls.valid.key_path)
+        .htpasswd("puller", "right-password")
+        .start();
+    registry.push_image("private", "1.0");
+    registry
+}
+
+/// A Bearer registry like Docker Hub, whose tokens never grant `team/secret` (a private or
+/// missing repository), and its token server, which hands a token to anyone.
+fn docker_hub_like_bearer() -> (ScriptedServer, ScriptedServer) {
+    let token_server = ScriptedServer::builder()
+        .route(
+            "GET",
+            "/token",
+            Response::new(200).json(&serde_json::json!({"token": "anonymous-token"})),
+        )
+        .start();
+    let bearer = ScriptedServer::builder()
+        .route(
+            "*",
+            "/v2/",
+            Response::new(401)
+                .header(
+                    "WWW-Authenticate",
+                    &format!(
+                        "Bearer realm=\"{}/token\",service=\"registry.test\",scope=\"repository:team/secret:pull\",error=\"insufficient_scope\"",
+                        token_server.url()
+                    ),
+                )
+                .json(&serde_json::json!({"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Name":"team/secret","Action":"pull"}]}]})),
+        )
+        .start();
+    (token_server, bearer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pull_errors_are_recorded_and_classified() {
     // --- servers ---
@@ -132,11 +171,7 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
     );
     let ns = Netns::new();
     let tls = TlsFixtures::for_host("registry.test");
-    let authed = Registry::builder()
-        .tls(&tls.valid.cert_path, &tls.valid.key_path)
-        .htpasswd("puller", "right-password")
-        .start();
-    authed.push_image("private", "1.0");
+    let authed = basic_auth_registry(&tls);
     let tls_server = |leaf: &support::certs::Leaf| {
         let registry = Registry::builder()
             .tls(&leaf.cert_path, &leaf.key_path)
@@ -175,29 +210,7 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
                 .body("<html><body>Welcome to nginx!</body></html>"),
         )
         .start();
-    // A Bearer registry like Docker Hub, whose anonymous token never grants the repository.
-    let token_server = ScriptedServer::builder()
-        .route(
-            "GET",
-            "/token",
-            Response::new(200).json(&serde_json::json!({"token": "anonymous-token"})),
-        )
-        .start();
-    let bearer = ScriptedServer::builder()
-        .route(
-            "*",
-            "/v2/",
-            Response::new(401)
-                .header(
-                    "WWW-Authenticate",
-                    &format!(
-                        "Bearer realm=\"{}/token\",service=\"registry.test\",scope=\"repository:team/secret:pull\",error=\"insufficient_scope\"",
-                        token_server.url()
-                    ),
-                )
-                .json(&serde_json::json!({"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Name":"team/secret","Action":"pull"}]}]})),
-        )
-        .start();
+    let (_token_server, bearer) = docker_hub_like_bearer();
     // A Bearer registry whose token server refuses everyone.
     let strict_token_server = ScriptedServer::builder()
         .route("*", "/token", Response::new(401).body("bad credentials"))
@@ -513,6 +526,55 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
         "{} problem(s):\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// The runtime check knows it sent credentials: a registry's bare `401 Unauthorized` to them
+/// (Basic auth) is `auth_failed`; Docker Hub's `pull access denied … insufficient_scope`, a
+/// private or missing repository, stays `auth_required` whatever was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_check_blames_sent_credentials_only_for_a_basic_401() {
+    let tls = TlsFixtures::for_host("registry.test");
+    let authed = basic_auth_registry(&tls);
+    let (token_server, bearer) = docker_hub_like_bearer();
+    let ctrd = Containerd::start();
+    single_server(
+        &ctrd,
+        &authed.addr().to_string(),
+        &format!("https://{}", authed.addr()),
+        Some(tls.ca.cert_path()),
+    );
+    let c = client(&ctrd);
+    let wrong = PullAuth {
+        username: "puller".into(),
+        password: "wrong-password".into(),
+    };
+    let cases = [
+        (
+            format!("{}/private:1.0", authed.addr()),
+            Reason::AuthFailed,
+            "401 Unauthorized",
+        ),
+        (
+            format!("{}/team/secret:1.0", bearer.addr()),
+            Reason::AuthRequired,
+            "insufficient_scope",
+        ),
+    ];
+    for (image, want, evidence) in cases {
+        let failed = check::runtime::check(&c, &image, Some(&wrong), PULL_TIMEOUT)
+            .await
+            .expect_err("the pull must fail");
+        assert_eq!(failed.reason, want, "{image}: {}", failed.message);
+        assert!(
+            failed.message.contains(evidence),
+            "{image}: {}",
+            failed.message
+        );
+    }
+    assert!(
+        !token_server.requests().is_empty(),
+        "containerd asked the token server"
     );
 }
 

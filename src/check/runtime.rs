@@ -40,21 +40,33 @@ impl CheckError for PullFailed {
 
 impl PullFailed {
     fn new(client: &RuntimeClient, error: RuntimeError, sent_credentials: bool) -> Self {
-        let mut reason = error.reason();
-        // containerd says `401 Unauthorized` alike for no and for wrong Basic credentials;
-        // here it is known which.
-        if sent_credentials && reason == Reason::AuthRequired {
-            reason = Reason::AuthFailed;
-        }
+        let reason = error.reason();
         let message = match error {
             RuntimeError::Call { message, .. } => message,
             other => other.to_string(),
         };
         PullFailed {
-            reason,
+            reason: with_credentials(reason, &message, sent_credentials),
             message,
             runtime: client.endpoint(),
         }
+    }
+}
+
+/// containerd says the registry's `401 Unauthorized` alike for no and for wrong Basic
+/// credentials; when the pull sent some, that answer means they were rejected. Other
+/// `auth_required` answers stay: Docker Hub's `pull access denied … insufficient_scope` is a
+/// missing or private repository whatever the credentials, and an anonymous token fetch means
+/// the credentials sent did not apply to this registry.
+fn with_credentials(reason: Reason, message: &str, sent_credentials: bool) -> Reason {
+    let m = message.to_ascii_lowercase();
+    let basic_rejection = m.contains("401 unauthorized")
+        && !m.contains("anonymous token")
+        && !m.contains("pull access denied");
+    if sent_credentials && reason == Reason::AuthRequired && basic_rejection {
+        Reason::AuthFailed
+    } else {
+        reason
     }
 }
 
@@ -91,4 +103,74 @@ pub async fn canary(
         Some(registry) => canary_for(&images, sandbox, registry),
         None => sandbox.and_then(|s| sandbox_canary(&images, s)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reason::classify_runtime_message;
+
+    struct Case {
+        /// The case in tests/fixtures/containerd_errors.json the message was recorded as.
+        fixture: &'static str,
+        input: &'static str,
+        sent_credentials: bool,
+        want: Reason,
+    }
+
+    #[test]
+    fn credentials_sent_turn_only_a_basic_401_into_auth_failed() {
+        const BASIC_401: &str = "failed to pull and unpack image \"127.0.0.1:33247/private:1.0\": failed to resolve reference \"127.0.0.1:33247/private:1.0\": pulling from host 127.0.0.1:33247 failed with status code [manifests 1.0]: 401 Unauthorized";
+        const ANONYMOUS_TOKEN: &str = "failed to pull and unpack image \"127.0.0.1:40211/team/app:1.0\": failed to resolve reference \"127.0.0.1:40211/team/app:1.0\": failed to authorize: failed to fetch anonymous token: unexpected status: 401 Unauthorized";
+        const OAUTH_TOKEN: &str = "failed to pull and unpack image \"127.0.0.1:40211/team/app:1.0\": failed to resolve reference \"127.0.0.1:40211/team/app:1.0\": failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized";
+        const INSUFFICIENT_SCOPE: &str = "failed to pull and unpack image \"127.0.0.1:33477/team/secret:1.0\": failed to resolve reference \"127.0.0.1:33477/team/secret:1.0\": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed";
+        let cases = [
+            Case {
+                fixture: "wrong_credentials",
+                input: BASIC_401,
+                sent_credentials: true,
+                want: Reason::AuthFailed,
+            },
+            Case {
+                fixture: "no_credentials",
+                input: BASIC_401,
+                sent_credentials: false,
+                want: Reason::AuthRequired,
+            },
+            Case {
+                fixture: "bearer_token_without_access",
+                input: INSUFFICIENT_SCOPE,
+                sent_credentials: true,
+                want: Reason::AuthRequired,
+            },
+            Case {
+                fixture: "bearer_token_without_access",
+                input: INSUFFICIENT_SCOPE,
+                sent_credentials: false,
+                want: Reason::AuthRequired,
+            },
+            Case {
+                fixture: "token_server_refuses_anonymous",
+                input: ANONYMOUS_TOKEN,
+                sent_credentials: true,
+                want: Reason::AuthRequired,
+            },
+            Case {
+                fixture: "token_server_rejects_credentials",
+                input: OAUTH_TOKEN,
+                sent_credentials: true,
+                want: Reason::AuthFailed,
+            },
+        ];
+        for case in cases {
+            let classified = classify_runtime_message(case.input);
+            assert_eq!(
+                with_credentials(classified, case.input, case.sent_credentials),
+                case.want,
+                "{} (credentials sent: {})",
+                case.fixture,
+                case.sent_credentials
+            );
+        }
+    }
 }
