@@ -146,7 +146,7 @@ impl Diagnoser {
     pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
         let plan = match self.plan(input) {
             Ok(plan) => plan,
-            Err(report) => return report,
+            Err(report) => return *report,
         };
         let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
         for endpoint in &plan.route.endpoints {
@@ -160,20 +160,28 @@ impl Diagnoser {
 
     /// Parses `input` and finds its route; a report instead when there is nothing to probe
     /// (an invalid reference, a blocked registry).
-    pub fn plan(&self, input: &str) -> Result<Plan, Report> {
+    pub fn plan(&self, input: &str) -> Result<Plan, Box<Report>> {
         let image = ImageRef::parse(input)
-            .map_err(|error| invalid_reference(input, "", error.to_string()))?;
+            .map_err(|error| Box::new(invalid_reference(input, "", error.to_string())))?;
         let configured = self
             .routes
             .resolve(image.registry(), Some(image.repository()))
             .map_err(|error| {
-                invalid_reference(&image.to_string(), image.registry(), error.to_string())
+                Box::new(invalid_reference(
+                    &image.to_string(),
+                    image.registry(),
+                    error.to_string(),
+                ))
             })?;
         for problem in &configured.problems {
             tracing::warn!(%problem, registry = image.registry(), "runtime registry config not used as written");
         }
         if let Some(file) = &configured.blocked_by {
-            return Err(blocked(&image.to_string(), image.registry(), file));
+            return Err(Box::new(blocked(
+                &image.to_string(),
+                image.registry(),
+                file,
+            )));
         }
         // The runtime resolves a tag only through hosts that may resolve; a digest through any
         // that may pull.

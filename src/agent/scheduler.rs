@@ -162,7 +162,7 @@ impl Scheduler {
     pub async fn diagnose_image(&self, input: &str) -> Report {
         let plan = match self.diagnoser.plan(input) {
             Ok(plan) => plan,
-            Err(report) => return report,
+            Err(report) => return *report,
         };
         let flights = self.flights_for(&plan.route);
         let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
