@@ -129,6 +129,9 @@ struct EndpointSeries {
     checks: BTreeSet<CheckKind>,
     failures: BTreeSet<(CheckKind, Reason)>,
     failure_reason: Option<Reason>,
+    /// Series a full budget refused, each counted in `series_dropped_total` once.
+    refused_failures: BTreeSet<(CheckKind, Reason)>,
+    refused_reason: Option<Reason>,
     tls_info: Option<(String, bool)>,
     tls_not_after: bool,
     http_status: bool,
@@ -562,11 +565,12 @@ impl Metrics {
                         .with_label_values(&[registry, url.as_str(), role.as_str(), new.as_str()])
                         .set(1);
                     series.failure_reason = Some(new);
-                } else {
+                } else if series.refused_reason != Some(new) {
                     self.series_dropped(ENDPOINT_FAILURE_REASON, 1);
                 }
             }
         }
+        series.refused_reason = reason.filter(|_| series.failure_reason.is_none());
 
         if let Some(failed) = failure {
             let reason = failed.reason.unwrap_or(Reason::Unknown);
@@ -582,7 +586,7 @@ impl Metrics {
                         reason.as_str(),
                     ])
                     .inc();
-            } else {
+            } else if series.refused_failures.insert(key) {
                 self.series_dropped(CHECK_FAILURES, 1);
             }
         }
@@ -765,6 +769,8 @@ impl EndpointSeries {
             checks: BTreeSet::new(),
             failures: BTreeSet::new(),
             failure_reason: None,
+            refused_failures: BTreeSet::new(),
+            refused_reason: None,
             tls_info: None,
             tls_not_after: false,
             http_status: false,
@@ -1236,6 +1242,10 @@ mod tests {
         assert_eq!(count_now(&metrics, CHECK_FAILURES), 1);
         assert_eq!(count_now(&metrics, ENDPOINT_FAILURE_REASON), 1);
         assert_eq!(count_now(&metrics, REGISTRY_UP), 0);
+        // Each refused series is counted once, not once per round.
+        metrics.record_endpoint("r3", &endpoint("r3.example"), &failing(Reason::DnsNxdomain));
+        assert_eq!(count_now(&metrics, CHECK_FAILURES), 1);
+        assert_eq!(count_now(&metrics, ENDPOINT_FAILURE_REASON), 1);
         // A long history does not crowd out the present: with every counter slot taken, a new
         // failure of r0's still gets its gauge once r0's old one is gone.
         metrics.record_endpoint("r0", &endpoint("r0.example"), &failing(Reason::TcpRefused));
