@@ -336,6 +336,7 @@ mod tests {
             tls: TlsOptions::default(),
             api_path: "/v2".into(),
             repository: None,
+            namespace_query: false,
         }
     }
 

@@ -858,6 +858,7 @@ mod tests {
             tls: TlsOptions::default(),
             api_path: "/v2".into(),
             repository: None,
+            namespace_query: false,
         }
     }
 

@@ -695,6 +695,7 @@ mod tests {
             tls: TlsOptions::default(),
             api_path: "/v2".into(),
             repository: None,
+            namespace_query: false,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Target<'a> {
     pub repository: &'a str,
     /// Tag or `sha256:…` digest.
     pub reference: &'a str,
+    /// containerd's `?ns=<registry>` for a mirror (see `Endpoint::namespace_for`).
+    pub namespace: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -47,10 +49,14 @@ impl Target<'_> {
         self.manifest_path(self.reference)
     }
 
-    /// `<api>/<repository>/manifests/<reference>`.
+    /// `<api>/<repository>/manifests/<reference>[?ns=<registry>]`.
     fn manifest_path(&self, reference: &str) -> String {
+        let query = self
+            .namespace
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
         format!(
-            "{}/{}/manifests/{reference}",
+            "{}/{}/manifests/{reference}{query}",
             self.api_path, self.repository
         )
     }
@@ -635,6 +641,7 @@ mod tests {
             registry: "docker.io",
             repository: "library/nope",
             reference: "1",
+            namespace: None,
         };
         let cases = [
             (

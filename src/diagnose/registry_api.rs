@@ -62,6 +62,7 @@ impl Diagnoser {
             registry: image.registry(),
             repository,
             reference: image.manifest_reference(),
+            namespace: endpoint.namespace_for(image.registry()),
         };
         let mut plan = auth::plan(http.status, http.challenge.as_deref());
         // An open /v2/ may still want a token per repository (Quay does): the runtime learns it
@@ -189,6 +190,7 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
         tls: registry.tls.clone(),
         api_path: String::new(),
         repository: None,
+        namespace_query: false,
     })
 }
 
@@ -225,6 +227,7 @@ mod tests {
             },
             api_path: "/v2".into(),
             repository: None,
+            namespace_query: false,
         };
         struct Case {
             realm: &'static str,
@@ -284,6 +287,7 @@ mod tests {
                 tls: TlsOptions::default(),
                 api_path: "/v2".into(),
                 repository: None,
+                namespace_query: false,
             },
         )
         .unwrap();

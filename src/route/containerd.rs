@@ -486,6 +486,7 @@ pub fn route(
                     },
                     api_path: config.path.clone(),
                     repository: None,
+                    namespace_query: true,
                 },
                 capabilities: if config.server.is_none() {
                     Capabilities::ALL

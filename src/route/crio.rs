@@ -527,6 +527,7 @@ impl RegistriesConf {
                 tls,
                 api_path: "/v2".into(),
                 repository: None,
+                namespace_query: false,
             },
             capabilities,
             location: Some(location.to_string()),

@@ -60,9 +60,24 @@ pub struct Endpoint {
     /// (CRI-O: `example.com/foo/app` under prefix `example.com/foo` and location
     /// `internal.example/bar` is `bar/app`); `None`: the image's own.
     pub repository: Option<String>,
+    /// containerd adds `?ns=<registry>` to manifest and blob requests to a host other than the
+    /// registry itself, so that one mirror can serve many registries (spegel, Harbor proxies);
+    /// CRI-O does not. See [`Endpoint::namespace_for`].
+    pub namespace_query: bool,
 }
 
 impl Endpoint {
+    /// The `ns` query value the runtime sends this endpoint for an image of `registry`: the
+    /// registry, when the endpoint is a proxy for it (containerd's rule: its `host[:port]` differs
+    /// from the registry's, Docker Hub's own `registry-1.docker.io` excepted).
+    pub fn namespace_for<'a>(&self, registry: &'a str) -> Option<&'a str> {
+        let authority = self.url();
+        let authority = authority.split_once("://").map_or("", |(_, a)| a);
+        let upstream =
+            authority == registry || (registry == DOCKER_HUB && authority == DOCKER_HUB_UPSTREAM);
+        (self.namespace_query && self.role != Role::Auth && !upstream).then_some(registry)
+    }
+
     /// `https://host[:port]`, the port shown only when it is not the scheme's default.
     pub fn url(&self) -> String {
         let scheme = match self.scheme {
@@ -319,6 +334,7 @@ pub fn default_route(
         tls: TlsOptions::default(),
         api_path: "/v2".into(),
         repository: None,
+        namespace_query: false,
     };
     Ok(Route {
         registry: registry.to_string(),
@@ -375,6 +391,93 @@ mod tests {
             assert_eq!(route.endpoints.len(), 1);
             assert_eq!(route.endpoints[0].url(), case.want_url, "{}", case.registry);
             assert_eq!(route.endpoints[0].role, Role::Upstream);
+        }
+    }
+
+    #[test]
+    fn containerd_names_the_registry_to_its_mirrors() {
+        struct Case {
+            url: &'static str,
+            role: Role,
+            containerd: bool,
+            registry: &'static str,
+            want: Option<&'static str>,
+        }
+        let case = |url, role, containerd, registry, want| Case {
+            url,
+            role,
+            containerd,
+            registry,
+            want,
+        };
+        let cases = [
+            case(
+                "http://127.0.0.1:5001",
+                Role::Mirror,
+                true,
+                "docker.io",
+                Some("docker.io"),
+            ),
+            case(
+                "https://mirror.example",
+                Role::Mirror,
+                true,
+                "ghcr.io",
+                Some("ghcr.io"),
+            ),
+            // The registry itself, and Docker Hub's own upstream, are no proxies.
+            case(
+                "https://registry-1.docker.io",
+                Role::Upstream,
+                true,
+                "docker.io",
+                None,
+            ),
+            case("https://ghcr.io", Role::Upstream, true, "ghcr.io", None),
+            case(
+                "http://10.0.0.5:5000",
+                Role::Upstream,
+                true,
+                "10.0.0.5:5000",
+                None,
+            ),
+            // A `server` elsewhere is a proxy too, as containerd sees it.
+            case(
+                "https://proxy.example",
+                Role::Upstream,
+                true,
+                "quay.io",
+                Some("quay.io"),
+            ),
+            // CRI-O does not send it, nor does anyone to a token server.
+            case(
+                "https://mirror.example",
+                Role::Mirror,
+                false,
+                "ghcr.io",
+                None,
+            ),
+            case("https://auth.example", Role::Auth, true, "ghcr.io", None),
+        ];
+        for case in cases {
+            let mut endpoint = default_route("x.example", &[]).unwrap().endpoints[0].clone();
+            let (scheme, authority) = case.url.split_once("://").unwrap();
+            let (host, port) = split_host_port(authority).unwrap();
+            endpoint.scheme = if scheme == "http" {
+                Scheme::Http
+            } else {
+                Scheme::Https
+            };
+            endpoint.host = host.to_string();
+            endpoint.port = port.unwrap_or(if scheme == "http" { 80 } else { 443 });
+            endpoint.role = case.role;
+            endpoint.namespace_query = case.containerd;
+            assert_eq!(
+                endpoint.namespace_for(case.registry),
+                case.want,
+                "{}",
+                case.url
+            );
         }
     }
 
