@@ -16,10 +16,10 @@ use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
+use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
 use crate::check::CheckResult;
 use crate::check::http::error_chain;
-use crate::diagnose::Diagnoser;
 use crate::kube::PodFailure;
 use crate::report::{EndpointReport, Report};
 use crate::route::Endpoint;
@@ -85,7 +85,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 
 /// The service behind the socket.
 pub struct Api {
-    diagnoser: Arc<Diagnoser>,
+    /// Diagnoses go through the scheduler's per-endpoint slots, like the agent's own checks.
+    scheduler: Arc<Scheduler>,
     status: Arc<StatusBoard>,
     diagnoses: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -93,12 +94,12 @@ pub struct Api {
 
 impl Api {
     pub fn new(
-        diagnoser: Arc<Diagnoser>,
+        scheduler: Arc<Scheduler>,
         status: Arc<StatusBoard>,
         cancel: CancellationToken,
     ) -> Self {
         Api {
-            diagnoser,
+            scheduler,
             status,
             diagnoses: Arc::new(Semaphore::new(MAX_CONCURRENT_DIAGNOSES)),
             cancel,
@@ -158,7 +159,7 @@ impl Pullwatch for Api {
             })?;
         // Bounded by construction: at most MAX_IMAGES_PER_CALL reports and their checks.
         let (events, received) = mpsc::unbounded_channel();
-        let diagnoser = Arc::clone(&self.diagnoser);
+        let scheduler = Arc::clone(&self.scheduler);
         let cancel = self.cancel.clone();
         let work = async move {
             let _permit = permit;
@@ -174,7 +175,7 @@ impl Pullwatch for Api {
                 };
                 let report = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    report = diagnoser.diagnose_observed(&image, &on_check) => report,
+                    report = scheduler.diagnose_observed(&image, true, &on_check) => report,
                 };
                 if events
                     .send(Ok(event(Event::Report((&report).into()))))
@@ -529,9 +530,25 @@ mod tests {
             .unwrap();
         let board = Arc::new(StatusBoard::new("node-7"));
         board.discovered([]);
+        let scheduler = Arc::new(Scheduler::new(
+            Arc::new(diagnoser),
+            Arc::new(crate::agent::metrics::Metrics::new("node-7", "v", "r", 10).unwrap()),
+            Arc::clone(&board),
+            Arc::new(crate::agent::health::Liveness::default()),
+            crate::agent::scheduler::Settings {
+                interval: Duration::from_secs(30),
+                manifest_interval: Duration::from_secs(300),
+                runtime_check_interval: None,
+                max_quiet: Duration::from_secs(60),
+                max_in_flight: 2,
+                first_round_spread: Duration::ZERO,
+                debounce: Duration::from_secs(1),
+            },
+            None,
+        ));
         let socket = dir.path().join("api.sock");
         let cancel = CancellationToken::new();
-        let api = Api::new(Arc::new(diagnoser), Arc::clone(&board), cancel.clone());
+        let api = Api::new(scheduler, Arc::clone(&board), cancel.clone());
         let server = tokio::spawn(serve(bind(&socket).unwrap(), api, cancel.clone()));
 
         let mut client = connect(&socket).await.unwrap();

@@ -233,7 +233,7 @@ impl Agent {
             status: Arc::clone(&status),
             liveness,
         };
-        let api = api::Api::new(diagnoser, Arc::clone(&status), cancel.clone());
+        let api = api::Api::new(Arc::clone(&scheduler), Arc::clone(&status), cancel.clone());
 
         let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
         let token = cancel.clone();

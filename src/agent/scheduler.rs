@@ -17,7 +17,7 @@ use super::health::{Heart, Liveness};
 use super::metrics::Metrics;
 use super::status::StatusBoard;
 use crate::check::{self, CheckKind, CheckResult};
-use crate::diagnose::{ApiProbe, Diagnoser, Probe, conclude};
+use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe, conclude};
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report, push_token_server};
 use crate::route::{Endpoint, Role, Route};
@@ -160,10 +160,23 @@ impl Scheduler {
     /// manifest HEAD of that exact image (no index GET: a HEAD spends no pull quota). The result
     /// is the image's own: it does not change the registry's metrics, which its round keeps.
     pub async fn diagnose_image(&self, input: &str) -> Report {
+        self.diagnose_observed(input, false, &|_, _| {}).await
+    }
+
+    /// `diagnose` as a person asks it of the agent: [`Scheduler::diagnose_image`], with the
+    /// node's platform looked for in an image index when `with_platform` (as the local run does),
+    /// telling `on_check` about every check as it completes.
+    pub async fn diagnose_observed(
+        &self,
+        input: &str,
+        with_platform: bool,
+        on_check: OnCheck<'_>,
+    ) -> Report {
         let plan = match self.diagnoser.plan(input) {
             Ok(plan) => plan,
             Err(report) => return *report,
         };
+        let platform = with_platform.then_some(&self.diagnoser.pull.platform);
         let flights = self.flights_for(&plan.route);
         let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
         for (endpoint, flight) in plan.route.endpoints.iter().zip(&flights) {
@@ -172,7 +185,7 @@ impl Scheduler {
             let _permit = self.permits.acquire().await.ok();
             let checked = self
                 .diagnoser
-                .check_endpoint(endpoint, &plan.image, None, &|_, _| {})
+                .check_endpoint(endpoint, &plan.image, platform, on_check)
                 .await;
             *last = Some((Instant::now(), Arc::clone(&checked.probe)));
             checked.add_to(&mut endpoints);
