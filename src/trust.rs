@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// The trust store every check uses: system roots plus `--ca-file`s, ring as the one provider.
@@ -40,7 +41,41 @@ pub enum TrustError {
 pub struct TlsClient {
     pub config: Arc<ClientConfig>,
     pub chain: PeerChain,
+    pub client_auth: ClientAuthSlot,
     pub skip_verify: bool,
+}
+
+/// What the server of the last handshake made with a config asked of the client: `None` when it
+/// asked for no client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAuthSlot(Arc<Mutex<Option<ClientAuthAsked>>>);
+
+/// A server's request for a client certificate (mutual TLS), and the answer given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuthAsked {
+    /// The issuers it accepts client certificates from (DER distinguished names); may be empty.
+    pub acceptable_issuers: Vec<Vec<u8>>,
+    /// The configured client certificate (the leaf) that was offered; `None`: none configured.
+    pub offered: Option<CertificateDer<'static>>,
+}
+
+impl ClientAuthSlot {
+    pub fn asked(&self) -> Option<ClientAuthAsked> {
+        self.0.lock().ok().and_then(|asked| asked.clone())
+    }
+
+    /// Forgets the last handshake's request, before a new handshake.
+    pub fn clear(&self) {
+        if let Ok(mut asked) = self.0.lock() {
+            *asked = None;
+        }
+    }
+
+    fn record(&self, asked: ClientAuthAsked) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(asked);
+        }
+    }
 }
 
 /// The chain the server presented in the last handshake made with a config, verified or not.
@@ -116,29 +151,48 @@ impl Trust {
             chain: chain.clone(),
             skip_verify: options.skip_verify,
         });
-        let builder = ClientConfig::builder_with_provider(trust.provider.clone())
+        let key = match &options.client_cert {
+            None => None,
+            Some((cert, key)) => {
+                let certs = read_certificates(cert)?;
+                let key = read_private_key(key).map_err(|error| match error {
+                    // containerd reads a lone `client` file as certificate and key together.
+                    TrustError::ClientCert { path, message } if key == cert => {
+                        TrustError::ClientCert {
+                            path,
+                            message: format!(
+                                "{message}: a `client` entry that is one file must hold the key too; separate files go in pairs, client = [[\"cert.pem\", \"key.pem\"]]"
+                            ),
+                        }
+                    }
+                    other => other,
+                })?;
+                let certified =
+                    CertifiedKey::from_der(certs, key, &trust.provider).map_err(|e| {
+                        TrustError::ClientCert {
+                            path: cert.display().to_string(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                Some(Arc::new(certified))
+            }
+        };
+        let client_auth = ClientAuthSlot::default();
+        let mut config = ClientConfig::builder_with_provider(trust.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TrustError::Config(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        let mut config = match &options.client_cert {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let certs = read_certificates(cert)?;
-                let key = read_private_key(key)?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| TrustError::ClientCert {
-                        path: cert.display().to_string(),
-                        message: e.to_string(),
-                    })?
-            }
-        };
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(RecordingClientCert {
+                key,
+                asked: client_auth.clone(),
+            }));
         // What a Go client (the runtime) offers.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsClient {
             config: Arc::new(config),
             chain,
+            client_auth,
             skip_verify: options.skip_verify,
         })
     }
@@ -175,6 +229,32 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| fail(format!("not PEM: {e}")))?
         .ok_or_else(|| fail("no PEM private key in the file".into()))
+}
+
+/// Offers the configured client certificate, if any, whenever a server asks for one, and
+/// remembers that it asked, for which issuers, and what was offered.
+#[derive(Debug)]
+struct RecordingClientCert {
+    key: Option<Arc<CertifiedKey>>,
+    asked: ClientAuthSlot,
+}
+
+impl ResolvesClientCert for RecordingClientCert {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.record(ClientAuthAsked {
+            acceptable_issuers: root_hint_subjects.iter().map(|s| s.to_vec()).collect(),
+            offered: self.key.as_ref().and_then(|k| k.cert.first().cloned()),
+        });
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
 }
 
 /// Delegates to webpki, but first keeps a copy of the chain so a rejected one can be explained.

@@ -1,18 +1,25 @@
 //! The `tls` check: a handshake with SNI = the registry host against the node's trust, recording
-//! the peer chain (expiry, SANs, issuer) even when verification fails, so the evidence says why.
+//! the peer chain (expiry, SANs, issuer) even when verification fails, so the evidence says why;
+//! when the server asks for a client certificate (mutual TLS), its verdict on the answer too.
 
 use std::io;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::CertificateError;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
+use rustls::{AlertDescription, CertificateError, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Name};
 
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
-use crate::trust::TlsClient;
+use crate::trust::{ClientAuthAsked, TlsClient};
+
+/// How long, after a TLS 1.3 handshake in which the server asked for a client certificate, the
+/// check waits for the server to refuse the answer; a server that says nothing by then passes.
+const VERDICT_WAIT: Duration = Duration::from_secs(1);
 
 /// One certificate of the peer chain, as people read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,13 +119,15 @@ where
         chain: vec![],
     })?;
     let chain = &client.chain;
+    client.client_auth.clear();
     match TlsConnector::from(client.config.clone())
         .connect(name, stream)
         .await
     {
-        Ok(tls) => {
+        Ok(mut tls) => {
             let (_, session) = tls.get_ref();
-            Ok(TlsOutcome {
+            let tls13 = session.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+            let outcome = TlsOutcome {
                 version: session
                     .protocol_version()
                     .map(|v| format!("{v:?}").replace("_", "."))
@@ -132,11 +141,28 @@ where
                     .map(|p| String::from_utf8_lossy(p).into_owned()),
                 verified: !client.skip_verify,
                 chain: summarise(&chain.certificates()),
-            })
+            };
+            // In TLS 1.3 the server judges the client's certificate after the handshake is over
+            // for the client; in TLS 1.2 a refusal fails the handshake itself.
+            if let Some(asked) = client.client_auth.asked().filter(|_| tls13)
+                && let Some(alert) = client_auth_verdict(&mut tls).await
+            {
+                return Err(TlsFailed {
+                    reason: Reason::TlsHandshake,
+                    message: client_auth_refused(&asked, alert),
+                    chain: outcome.chain,
+                });
+            }
+            Ok(outcome)
         }
         Err(error) => {
             let certificates = summarise(&chain.certificates());
-            let (reason, message) = classify(&error, server_name, &certificates);
+            let (reason, message) = match (client.client_auth.asked(), alert_of(&error)) {
+                (Some(asked), Some(alert)) => {
+                    (Reason::TlsHandshake, client_auth_refused(&asked, alert))
+                }
+                _ => classify(&error, server_name, &certificates),
+            };
             Err(TlsFailed {
                 reason,
                 message,
@@ -177,6 +203,86 @@ fn classify(error: &io::Error, server_name: &str, chain: &[CertSummary]) -> (Rea
             format!("the server's answer is not TLS ({tls}): plain HTTP on a TLS port? (the runtime says: server gave HTTP response to HTTPS client)"),
         ),
         other => (Reason::TlsHandshake, format!("handshake failed: {other}")),
+    }
+}
+
+/// Sends close_notify and reads until the server closes, at most [`VERDICT_WAIT`]: the fatal
+/// alert with which it refused the client's certificate (or its absence), if it did.
+async fn client_auth_verdict<S>(tls: &mut TlsStream<S>) -> Option<AlertDescription>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let verdict = async {
+        // A server that refused may have closed already; its alert is still there to read.
+        let _ = tls.shutdown().await;
+        let mut buf = [0u8; 1024];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => continue,
+                Err(error) => return alert_of(&error),
+            }
+        }
+    };
+    tokio::time::timeout(VERDICT_WAIT, verdict)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The fatal alert the server sent, when that is what ended the connection.
+fn alert_of(error: &io::Error) -> Option<AlertDescription> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// The server asked for a client certificate and then refused with `alert`: what it wanted,
+/// what it got, and where the runtime takes its client certificate from.
+fn client_auth_refused(asked: &ClientAuthAsked, alert: AlertDescription) -> String {
+    let issuers: Vec<String> = asked
+        .acceptable_issuers
+        .iter()
+        .filter_map(|der| X509Name::from_der(der).ok())
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let where_set = "`client` in containerd's hosts.toml, or a <name>.cert/<name>.key pair in the registry's certs.d directory";
+    let offered = asked
+        .offered
+        .as_ref()
+        .map(|cert| summarise(std::slice::from_ref(cert)));
+    match offered.as_deref() {
+        None => {
+            let from = if issuers.is_empty() {
+                String::new()
+            } else {
+                format!(" issued by {}", issuers.join(" or "))
+            };
+            format!(
+                "the registry requires a client certificate{from} (mutual TLS) and refused the connection without one (alert {alert:?}); none is configured for this endpoint: set {where_set}"
+            )
+        }
+        Some(sent) => {
+            let sent = sent
+                .first()
+                .map(|c| {
+                    let expiry = days_phrase(c.not_after - unix_now());
+                    format!("{} issued by {}, expiry {expiry}", c.subject, c.issuer)
+                })
+                .unwrap_or_else(|| "(unreadable)".into());
+            let accepts = if issuers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; it accepts certificates issued by {}",
+                    issuers.join(" or ")
+                )
+            };
+            format!(
+                "the registry refused the client certificate {sent} (alert {alert:?}){accepts}: check the one configured for this endpoint ({where_set})"
+            )
+        }
     }
 }
 
@@ -226,10 +332,7 @@ fn describe_chain(chain: &[CertSummary]) -> String {
     let Some(leaf) = chain.first() else {
         return "no certificate received".into();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     let earliest = chain
         .iter()
         .map(|c| c.not_after)
@@ -252,6 +355,13 @@ fn describe_chain(chain: &[CertSummary]) -> String {
         leaf.issuer,
         chain.len()
     )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn days_phrase(seconds: i64) -> String {
@@ -309,5 +419,83 @@ mod tests {
                 .1
                 .contains("valid for [other.test], not registry.test")
         );
+    }
+
+    /// A server that requires a client certificate refuses one that has none: in TLS 1.2 during
+    /// the handshake, in TLS 1.3 after it (the verdict the check waits for). Both are explained.
+    #[tokio::test]
+    async fn a_server_requiring_a_client_certificate_is_explained_in_both_versions() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::server::WebPkiClientVerifier;
+        use std::sync::Arc;
+
+        let ca_params = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+        };
+        let server_ca_key = KeyPair::generate().unwrap();
+        let server_ca = ca_params("server CA").self_signed(&server_ca_key).unwrap();
+        let server_issuer = Issuer::new(ca_params("server CA"), server_ca_key);
+        let client_ca_key = KeyPair::generate().unwrap();
+        let client_ca = ca_params("client CA").self_signed(&client_ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["registry.test".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &server_issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, server_ca.pem()).unwrap();
+        let client = crate::trust::Trust::load(&[])
+            .unwrap()
+            .client(&crate::trust::TlsOptions {
+                ca_files: vec![ca_file],
+                ..Default::default()
+            })
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client_roots = rustls::RootCertStore::empty();
+        client_roots.add(client_ca.der().clone()).unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
+                .build()
+                .unwrap();
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_client_cert_verifier(verifier.clone())
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+                )
+                .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serve = tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                acceptor.accept(stream).await.is_err()
+            });
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let error = check(stream, "registry.test", &client)
+                .await
+                .expect_err("refused");
+            assert_eq!(error.reason, Reason::TlsHandshake, "{version:?}: {error}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with("the registry requires a client certificate issued by CN=client CA (mutual TLS) and refused the connection without one (alert ")
+                    && message.contains("none is configured for this endpoint")
+                    && message.contains("(SAN registry.test) issued by CN=server CA"),
+                "{version:?}: {message}"
+            );
+            assert!(serve.await.unwrap(), "the server refused");
+        }
     }
 }
