@@ -1,12 +1,13 @@
 //! `pullwatch diagnose` along the runtime's real route: the real containerd and its certs.d,
-//! mirrors down and up, a hosts.toml `ca`, `--via-runtime`, and CRI-O's registries.conf.
+//! mirrors down and up, a hosts.toml `ca`, `client` (mutual TLS) and `skip_verify`,
+//! `--via-runtime`, and CRI-O's registries.conf.
 
 mod support;
 
 use std::path::Path;
 
 use serde_json::Value;
-use support::certs::TlsFixtures;
+use support::certs::{TestCa, TlsFixtures};
 use support::cli::Pullwatch;
 use support::containerd::Containerd;
 use support::http::Client;
@@ -59,6 +60,20 @@ fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|c| c["check"] == name)
+}
+
+/// Every check of the endpoint passed, and it got as far as each of `through`.
+fn passed(endpoint: &Value, through: &[&str]) -> bool {
+    let checks = checks(endpoint);
+    checks.iter().all(|(_, ok, _)| *ok)
+        && through
+            .iter()
+            .all(|name| checks.iter().any(|(c, _, _)| c == name))
+}
+
+/// A check's evidence, or "" when the check is missing.
+fn detail(check: Option<&Value>) -> &str {
+    check.and_then(|c| c["detail"].as_str()).unwrap_or_default()
 }
 
 fn path_str(path: &Path) -> String {
@@ -177,13 +192,7 @@ fn mirror_up_is_pullable_via_the_mirror_and_the_runtime_uses_it() {
     );
     assert_eq!(endpoints[0]["role"], "mirror");
     assert_eq!(endpoints[0]["source"], path_str(&hosts));
-    let mirror_checks = checks(&endpoints[0]);
-    assert!(
-        mirror_checks.iter().all(|(_, ok, _)| *ok)
-            && mirror_checks.iter().any(|(c, _, _)| c == "manifest")
-            && mirror_checks.iter().any(|(c, _, _)| c == "runtime"),
-        "{report}"
-    );
+    assert!(passed(&endpoints[0], &["manifest", "runtime"]), "{report}");
     assert_eq!(endpoints[1]["role"], "upstream");
     assert!(
         checks(&endpoints[1]).contains(&("tcp".into(), false, "tcp_refused".into())),
@@ -246,13 +255,7 @@ fn a_mirror_with_its_own_api_root_is_asked_under_it_like_containerd_does() {
         assert_eq!(code, 0, "{}: {report}", case.root);
         let endpoint = &report["endpoints"][0];
         assert_eq!(endpoint["endpoint"], format!("http://{}", mirror.addr()));
-        let mirror_checks = checks(endpoint);
-        assert!(
-            mirror_checks.iter().all(|(_, ok, _)| *ok)
-                && mirror_checks.iter().any(|(c, _, _)| c == "manifest")
-                && mirror_checks.iter().any(|(c, _, _)| c == "runtime"),
-            "{report}"
-        );
+        assert!(passed(endpoint, &["manifest", "runtime"]), "{report}");
         let http = check_named(endpoint, "http").expect("http check");
         assert!(
             http["detail"]
@@ -316,8 +319,10 @@ fn a_mirror_with_its_own_api_root_is_asked_under_it_like_containerd_does() {
     }
 }
 
+/// A certificate the node does not trust fails pullwatch and containerd alike; a hosts.toml `ca`
+/// makes it verify, and `skip_verify = true` lets it through unverified, which the tls check says.
 #[test]
-fn a_hosts_toml_ca_makes_tls_pass_for_pullwatch_and_for_containerd() {
+fn a_hosts_toml_ca_or_skip_verify_makes_tls_pass_for_pullwatch_and_for_containerd() {
     let tls = TlsFixtures::for_host("registry.test");
     let registry = Registry::builder()
         .tls(&tls.valid.cert_path, &tls.valid.key_path)
@@ -328,7 +333,7 @@ fn a_hosts_toml_ca_makes_tls_pass_for_pullwatch_and_for_containerd() {
     let image = format!("{name}/team/app:1.0");
     let server = format!("server = \"https://{name}\"\n");
 
-    // Without the CA, both fail the same way.
+    // Without either, both fail the same way.
     ctrd.write_hosts_toml(&name, &format!("{server}[host]\n"));
     let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
     assert_eq!(code, 1, "{report}");
@@ -342,27 +347,179 @@ fn a_hosts_toml_ca_makes_tls_pass_for_pullwatch_and_for_containerd() {
     let runtime = check_named(endpoint, "runtime").expect("runtime check");
     assert_eq!(runtime["reason"], "tls_unknown_authority", "{report}");
 
-    // With `ca`, TLS verifies and the image is pullable, by pullwatch and by containerd.
-    let hosts = ctrd.write_hosts_toml(
-        &name,
-        &format!("{server}ca = \"{}\"\n[host]\n", tls.ca.cert_path_str()),
+    // With either, the image is pullable, by pullwatch and by containerd.
+    struct Case {
+        setting: String,
+        tls_detail: &'static str,
+    }
+    let cases = [
+        Case {
+            setting: format!("ca = \"{}\"", tls.ca.cert_path_str()),
+            tls_detail: ", verified; leaf CN=registry.test",
+        },
+        Case {
+            setting: "skip_verify = true".into(),
+            tls_detail: ", NOT verified (skip_verify); leaf CN=registry.test",
+        },
+    ];
+    for case in cases {
+        let hosts = ctrd.write_hosts_toml(&name, &format!("{server}{}\n[host]\n", case.setting));
+        let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+        assert_eq!(code, 0, "{}: {report}", case.setting);
+        let endpoint = &report["endpoints"][0];
+        assert_eq!(endpoint["source"], path_str(&hosts));
+        let tls_check = check_named(endpoint, "tls").expect("tls check");
+        assert_eq!(tls_check["ok"], true, "{}: {report}", case.setting);
+        assert!(
+            detail(Some(tls_check)).contains(case.tls_detail),
+            "{}: {report}",
+            case.setting
+        );
+        assert_eq!(
+            check_named(endpoint, "runtime").expect("runtime check")["ok"],
+            true,
+            "{}: {report}",
+            case.setting
+        );
+    }
+}
+
+/// A registry that requires a client certificate (distribution's `http.tls.clientcas`): every form
+/// of hosts.toml `client` containerd accepts gets pullwatch and containerd through; without one,
+/// with one the registry does not trust, or with a cert and key listed as two lone files, both
+/// fail, and pullwatch's tls check says what the registry asked for.
+#[test]
+fn a_hosts_toml_client_certificate_passes_mutual_tls_for_pullwatch_and_for_containerd() {
+    let tls = TlsFixtures::for_host("registry.test");
+    let clients = TestCa::new("pullwatch client CA");
+    let client = clients.client_cert("node-1");
+    let registry = Registry::builder()
+        .tls(&tls.valid.cert_path, &tls.valid.key_path)
+        .client_cas(clients.cert_path())
+        .start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let name = registry.addr().to_string();
+    let image = format!("{name}/team/app:1.0");
+    let server = format!(
+        "server = \"https://{name}\"\nca = \"{}\"\n",
+        tls.ca.cert_path_str()
     );
-    let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
-    assert_eq!(code, 0, "{report}");
+    let with_client = |client_line: &str| {
+        let hosts = ctrd.write_hosts_toml(&name, &format!("{server}{client_line}\n[host]\n"));
+        let (code, report) = diagnose(&ctrd, &["--via-runtime"], &image);
+        (hosts, code, report)
+    };
+
+    // No client certificate: the registry refuses both, and pullwatch says why at the tls check.
+    let (_, code, report) = with_client("");
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["reason"], "tls_handshake", "{report}");
     let endpoint = &report["endpoints"][0];
-    assert_eq!(endpoint["source"], path_str(&hosts));
-    let tls_check = check_named(endpoint, "tls").expect("tls check");
-    assert_eq!(tls_check["ok"], true, "{report}");
+    assert_eq!(
+        checks(endpoint)
+            .iter()
+            .map(|(check, ok, reason)| (check.as_str(), *ok, reason.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("dns", true, ""),
+            ("tcp", true, ""),
+            ("tls", false, "tls_handshake"),
+            ("runtime", false, "tls_handshake"),
+        ],
+        "{report}"
+    );
+    let tls_detail = detail(check_named(endpoint, "tls"));
     assert!(
-        tls_check["detail"]
+        tls_detail.contains(
+            "requires a client certificate issued by CN=pullwatch client CA (mutual TLS)"
+        ) && tls_detail.contains("none is configured for this endpoint")
+            && tls_detail.contains("`client` in containerd's hosts.toml"),
+        "{report}"
+    );
+    assert!(
+        detail(check_named(endpoint, "runtime")).contains("tls: bad certificate"),
+        "{report}"
+    );
+    assert!(
+        report["fix"]
             .as_str()
             .unwrap_or_default()
-            .contains("verified"),
+            .contains(&format!("https://{name}")),
+        "{report}"
+    );
+
+    // Each form containerd reads: a [cert, key] pair, one file holding both (relative to the
+    // host directory), a list of such files.
+    let host_dir = ctrd.certs_dir().join(&name);
+    std::fs::create_dir_all(&host_dir).expect("create certs.d/<registry>");
+    std::fs::copy(&client.combined_path, host_dir.join("node.pem")).expect("copy client.pem");
+    for form in [
+        format!(
+            "client = [[\"{}\", \"{}\"]]",
+            path_str(&client.cert_path),
+            path_str(&client.key_path)
+        ),
+        "client = \"node.pem\"".to_string(),
+        format!("client = [\"{}\"]", path_str(&client.combined_path)),
+    ] {
+        let (hosts, code, report) = with_client(&form);
+        assert_eq!(code, 0, "{form}: {report}");
+        assert_eq!(report["pullable"], true, "{form}: {report}");
+        let endpoint = &report["endpoints"][0];
+        assert_eq!(endpoint["source"], path_str(&hosts));
+        assert!(
+            passed(endpoint, &["manifest", "runtime"]),
+            "{form}: {report}"
+        );
+        assert!(
+            detail(check_named(endpoint, "tls")).contains(", verified;"),
+            "{form}: {report}"
+        );
+    }
+
+    // A certificate from a CA the registry does not trust.
+    let rogue = TestCa::new("pullwatch rogue CA").client_cert("node-2");
+    let (_, code, report) = with_client(&format!(
+        "client = [[\"{}\", \"{}\"]]",
+        path_str(&rogue.cert_path),
+        path_str(&rogue.key_path)
+    ));
+    assert_eq!(code, 1, "{report}");
+    let endpoint = &report["endpoints"][0];
+    let tls_check = check_named(endpoint, "tls").expect("tls check");
+    assert_eq!(tls_check["reason"], "tls_handshake", "{report}");
+    assert!(
+        detail(Some(tls_check))
+            .contains("refused the client certificate CN=node-2 issued by CN=pullwatch rogue CA")
+            && detail(Some(tls_check))
+                .contains("it accepts certificates issued by CN=pullwatch client CA"),
         "{report}"
     );
     assert_eq!(
         check_named(endpoint, "runtime").expect("runtime check")["ok"],
-        true,
+        false,
+        "{report}"
+    );
+
+    // Two lone files: containerd reads each as certificate and key together, and fails.
+    let (_, code, report) = with_client(&format!(
+        "client = [\"{}\", \"{}\"]",
+        path_str(&client.cert_path),
+        path_str(&client.key_path)
+    ));
+    assert_eq!(code, 1, "{report}");
+    let endpoint = &report["endpoints"][0];
+    let tls_check = check_named(endpoint, "tls").expect("tls check");
+    assert_eq!(tls_check["ok"], false, "{report}");
+    assert!(
+        detail(Some(tls_check)).contains(&path_str(&client.cert_path))
+            && detail(Some(tls_check)).contains("no PEM private key")
+            && detail(Some(tls_check)).contains("client = [[\"cert.pem\", \"key.pem\"]]"),
+        "{report}"
+    );
+    assert!(
+        detail(check_named(endpoint, "runtime")).contains("failed to load X509 key pair"),
         "{report}"
     );
 }
@@ -640,5 +797,61 @@ fn cri_o_asks_the_location_for_the_rewritten_repository() {
     assert!(
         log.iter().all(|r| !r.path.contains("/foo/")),
         "the prefix's own namespace is never asked: {log:?}"
+    );
+}
+
+/// registries.conf `insecure = true` is containers/image's skip-verify-and-allow-HTTP: an HTTPS
+/// registry with a certificate from an unknown CA passes over HTTPS, reported as not verified;
+/// without it, the same registry is `tls_unknown_authority`.
+#[test]
+fn cri_o_insecure_skips_verification_over_https() {
+    let tls = TlsFixtures::for_host("registry.test");
+    let registry = Registry::builder()
+        .tls(&tls.unknown_ca.cert_path, &tls.unknown_ca.key_path)
+        .start();
+    registry.push_image("team/app", "1.0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("registries.conf");
+    let name = registry.addr().to_string();
+    let diagnose_with = |insecure: bool| {
+        std::fs::write(
+            &conf,
+            format!("[[registry]]\nlocation = \"{name}\"\ninsecure = {insecure}\n"),
+        )
+        .expect("write registries.conf");
+        let (code, mut reports) = Pullwatch::new()
+            .args([
+                "--registries-conf".to_string(),
+                conf.display().to_string(),
+                "--containerd-certs-dir".to_string(),
+                dir.path().join("certs.d").display().to_string(),
+                "--timeout".to_string(),
+                "5s".to_string(),
+            ])
+            .diagnose_json([format!("{name}/team/app:1.0")]);
+        (code, reports.remove(0))
+    };
+
+    let (code, report) = diagnose_with(false);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["reason"], "tls_unknown_authority", "{report}");
+    assert_eq!(report["endpoints"].as_array().map(Vec::len), Some(1));
+
+    let (code, report) = diagnose_with(true);
+    assert_eq!(code, 0, "{report}");
+    let endpoint = &report["endpoints"][0];
+    assert_eq!(endpoint["endpoint"], format!("https://{name}"), "{report}");
+    assert_eq!(endpoint["source"], path_str(&conf));
+    assert!(passed(endpoint, &["manifest"]), "{report}");
+    assert!(
+        detail(check_named(endpoint, "tls")).contains("NOT verified (skip_verify)"),
+        "{report}"
+    );
+    assert!(
+        report["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("pullable via https://{name}")),
+        "{report}"
     );
 }

@@ -98,6 +98,54 @@ impl TestCa {
         let now = OffsetDateTime::now_utc();
         self.leaf(names, now - Duration::hours(1), now + Duration::days(30))
     }
+
+    /// A client certificate (extended key usage `clientAuth`) with common name `name`, valid
+    /// now for 30 days, signed by this CA: what a registry with `http.tls.clientcas` asks for.
+    pub fn client_cert(&self, name: &str) -> ClientCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(30);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign client cert");
+        let dir = tempfile::Builder::new()
+            .prefix("pw-client-")
+            .tempdir()
+            .expect("client cert tempdir");
+        let cert_path = dir.path().join("client.cert.pem");
+        let key_path = dir.path().join("client.key.pem");
+        let combined_path = dir.path().join("client.pem");
+        std::fs::write(&cert_path, cert.pem()).expect("write client.cert.pem");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write client.key.pem");
+        std::fs::write(
+            &combined_path,
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .expect("write client.pem");
+        ClientCert {
+            cert_path,
+            key_path,
+            combined_path,
+            _dir: dir,
+        }
+    }
+}
+
+/// A client certificate and its key as PEM files in their own tempdir, apart and together.
+pub struct ClientCert {
+    /// The certificate alone (PEM).
+    pub cert_path: PathBuf,
+    /// Its private key alone (PKCS#8 PEM).
+    pub key_path: PathBuf,
+    /// Certificate then key in one PEM file (containerd's `client = "file"` form).
+    pub combined_path: PathBuf,
+    _dir: TempDir,
 }
 
 /// A server certificate and key as PEM files in their own tempdir.

@@ -1,7 +1,7 @@
 //! The real CNCF registry (`/usr/bin/docker-registry`, distribution 2.8) on
 //! 127.0.0.1:<free port> (or another local address), optionally with TLS and htpasswd Basic auth, storing into a
 //! tempdir; killed on drop (or by a watchdog if the test process dies first). Its log,
-//! including the access log, goes to a file.
+//! including the access log, goes to a file. With client CAs it requires mutual TLS.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,13 +23,24 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RegistryBuilder {
     listen_ip: Option<Ipv4Addr>,
     tls: Option<(PathBuf, PathBuf)>,
+    client_cas: Option<PathBuf>,
     htpasswd: Option<(String, String)>,
+    /// Storage shared with another registry (the plain sibling that pushes for a mutual-TLS one).
+    data_dir: Option<PathBuf>,
 }
 
 impl RegistryBuilder {
     /// Serve HTTPS with this PEM certificate and key (e.g. a [`super::certs::Leaf`]'s).
     pub fn tls(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
         self.tls = Some((cert.as_ref().to_owned(), key.as_ref().to_owned()));
+        self
+    }
+
+    /// With [`RegistryBuilder::tls`]: require a client certificate signed by the CA in this PEM
+    /// file (distribution's `http.tls.clientcas`, i.e. Go's `RequireAndVerifyClientCert`).
+    /// [`Registry::push`] still works: it pushes through a plain-HTTP sibling on the same storage.
+    pub fn client_cas(mut self, ca: impl AsRef<Path>) -> Self {
+        self.client_cas = Some(ca.as_ref().to_owned());
         self
     }
 
@@ -68,6 +79,10 @@ impl RegistryBuilder {
             path
         });
         let log_path = dir.path().join("registry.log");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let ip = self.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
         let mut last_log = String::new();
         // A free port found by binding :0 can be taken again before the registry binds
@@ -77,7 +92,7 @@ impl RegistryBuilder {
             let config_path = dir.path().join("config.yml");
             std::fs::write(
                 &config_path,
-                self.config_yaml(dir.path(), addr, htpasswd_path.as_deref()),
+                self.config_yaml(&data_dir, addr, htpasswd_path.as_deref()),
             )
             .expect("write config.yml");
             let log = std::fs::File::create(&log_path).expect("create registry.log");
@@ -97,7 +112,9 @@ impl RegistryBuilder {
                         watchdog: Some(watchdog),
                         addr,
                         tls: self.tls.is_some(),
+                        mutual_tls: self.client_cas.is_some(),
                         credentials: self.htpasswd,
+                        data_dir,
                         log_path,
                         _dir: dir,
                     };
@@ -114,13 +131,13 @@ impl RegistryBuilder {
         panic!("docker-registry did not start; its log:\n{last_log}");
     }
 
-    fn config_yaml(&self, dir: &Path, addr: SocketAddr, htpasswd: Option<&Path>) -> String {
+    fn config_yaml(&self, data_dir: &Path, addr: SocketAddr, htpasswd: Option<&Path>) -> String {
         let mut yaml = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n  secret: pullwatch-test-secret\n",
-            dir.join("data").display()
+            data_dir.display()
         );
         if let Some((cert, key)) = &self.tls {
             yaml.push_str(&format!(
@@ -128,6 +145,9 @@ impl RegistryBuilder {
                 cert.display(),
                 key.display()
             ));
+            if let Some(ca) = &self.client_cas {
+                yaml.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
         }
         if let Some(path) = htpasswd {
             yaml.push_str(&format!(
@@ -192,13 +212,15 @@ pub struct Registry {
     watchdog: Option<Watchdog>,
     addr: SocketAddr,
     tls: bool,
+    mutual_tls: bool,
     credentials: Option<(String, String)>,
+    data_dir: PathBuf,
     log_path: PathBuf,
     _dir: TempDir,
 }
 
 impl Registry {
-    /// Options: TLS, htpasswd.
+    /// Options: TLS, client CAs, htpasswd.
     pub fn builder() -> RegistryBuilder {
         RegistryBuilder::default()
     }
@@ -239,7 +261,8 @@ impl Registry {
         self.log().lines().filter_map(parse_access_line).collect()
     }
 
-    /// A client for setup: trusts any certificate, sends the configured credentials.
+    /// A client for setup: trusts any certificate, sends the configured credentials (but no
+    /// client certificate: a mutual-TLS registry refuses it).
     pub fn client(&self) -> Client {
         let client = if self.tls {
             Client::https(self.addr, &self.addr.ip().to_string(), Trust::Insecure)
@@ -258,7 +281,17 @@ impl Registry {
     }
 
     /// Pushes `image` as `repository:tag`; panics (with the registry log) on failure.
+    /// A mutual-TLS registry is pushed to through a plain-HTTP sibling on the same storage.
     pub fn push(&self, repository: &str, tag: &str, image: &Image) -> Pushed {
+        if self.mutual_tls {
+            let sibling = RegistryBuilder {
+                htpasswd: self.credentials.clone(),
+                data_dir: Some(self.data_dir.clone()),
+                ..RegistryBuilder::default()
+            }
+            .start();
+            return sibling.push(repository, tag, image);
+        }
         image::push(&self.client(), repository, tag, image).unwrap_or_else(|e| {
             panic!(
                 "push {repository}:{tag} to {}: {e}\nregistry log:\n{}",
