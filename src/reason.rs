@@ -125,7 +125,7 @@ impl Reason {
             Reason::TlsUnknownAuthority => format!("make the node trust the issuing CA: add it to the system trust store or as `ca` in certs.d/{registry}/hosts.toml"),
             Reason::TlsExpired => format!("renew the certificate of {endpoint} (or fix the node's clock)"),
             Reason::TlsHostnameMismatch => format!("reissue the certificate of {endpoint} with {host} in its subject alternative names, or use the name it is valid for"),
-            Reason::TlsHandshake => format!("{endpoint} does not speak TLS as expected: if it is plain HTTP, configure it as an insecure registry on the runtime, or enable TLS on it"),
+            Reason::TlsHandshake => format!("{endpoint} does not speak TLS as expected: if it is plain HTTP, configure it as an insecure registry on the runtime, or enable TLS on it; if it requires a client certificate, give the runtime one (hosts.toml `client`)"),
             Reason::ProxyError => "the HTTP proxy refused or failed: check HTTPS_PROXY/NO_PROXY for the runtime and the proxy's allow-list".into(),
             Reason::NotARegistry => format!("{endpoint} answers but is not a registry API (/v2/): check the host name, port and any load balancer path routing"),
             Reason::RegistryUnavailable => format!("{registry} is failing on its side (5xx): check the registry's health or status page, then retry"),
