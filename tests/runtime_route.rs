@@ -198,15 +198,22 @@ fn mirror_up_is_pullable_via_the_mirror_and_the_runtime_uses_it() {
         checks(&endpoints[1]).contains(&("tcp".into(), false, "tcp_refused".into())),
         "{report}"
     );
-    // containerd itself went to the mirror for the upstream's name.
+    // containerd itself went to the mirror for the upstream's name, and pullwatch asked it the
+    // same way: the mirror is told which registry the image is from (`?ns=`).
     let log = mirror.access_log();
-    assert!(
-        log.iter().any(|r| r.user_agent.starts_with("containerd/")
-            && r.path.starts_with("/v2/team/app/manifests/1.0")
-            && r.path
-                .contains(&format!("ns={}", upstream.replace(':', "%3A")))),
-        "{log:?}"
-    );
+    let asked_for_upstream = |agent: &str| {
+        log.iter().any(|r| {
+            r.user_agent.starts_with(agent)
+                && r.method == "HEAD"
+                && r.path
+                    == format!(
+                        "/v2/team/app/manifests/1.0?ns={}",
+                        upstream.replace(':', "%3A")
+                    )
+        })
+    };
+    assert!(asked_for_upstream("containerd/"), "{log:?}");
+    assert!(asked_for_upstream("pullwatch/"), "{log:?}");
 }
 
 /// A mirror whose API root is not `/v2`: with `override_path` the host's path is the root, without

@@ -51,9 +51,16 @@ impl Target<'_> {
 
     /// `<api>/<repository>/manifests/<reference>[?ns=<registry>]`.
     fn manifest_path(&self, reference: &str) -> String {
+        // Encoded as containerd's Go `url.Values` encodes it (`127.0.0.1%3A5000`).
         let query = self
             .namespace
-            .map(|ns| format!("?ns={ns}"))
+            .map(|ns| {
+                let ns = ns
+                    .replace(':', "%3A")
+                    .replace('[', "%5B")
+                    .replace(']', "%5D");
+                format!("?ns={ns}")
+            })
             .unwrap_or_default();
         format!(
             "{}/{}/manifests/{reference}{query}",
