@@ -16,7 +16,7 @@ pub struct Discovery {
     max_registries: usize,
     /// Registries refused last time, so a refusal is counted when it starts, not every pass.
     refused: BTreeSet<String>,
-    /// Config problems already logged.
+    /// The config problems of the last pass, each logged when it first appeared.
     reported: BTreeSet<String>,
 }
 
@@ -43,6 +43,7 @@ impl Discovery {
         let mut seen = BTreeSet::new();
         let mut targets = Vec::new();
         let mut refused = BTreeSet::new();
+        let mut problems = BTreeSet::new();
         for registry in candidates {
             if !seen.insert(registry) {
                 continue;
@@ -59,9 +60,11 @@ impl Discovery {
                 }
             };
             for problem in &configured.problems {
-                if self.reported.insert(problem.to_string()) {
+                let text = problem.to_string();
+                if !self.reported.contains(&text) && !problems.contains(&text) {
                     warn!(registry, %problem, "runtime registry config not used as written");
                 }
+                problems.insert(text);
             }
             if let Some(file) = &configured.blocked_by {
                 debug!(registry, file = %file.display(), "blocked by the runtime's config: not watched");
@@ -85,6 +88,8 @@ impl Discovery {
             metrics.series_dropped(metrics::REGISTRY_UP, newly_refused);
         }
         self.refused = refused;
+        // Only the problems the files have now: the set stays as small as the config.
+        self.reported = problems;
         targets
     }
 }
