@@ -89,6 +89,8 @@ struct Tasks {
     /// Cancelled tasks not yet finished: their registry is not restarted before they cleaned up.
     stopping: HashMap<tokio::task::Id, String>,
     desired: BTreeMap<String, Target>,
+    /// Tasks that ended unexpectedly (a panic): their registry restarts no sooner than this.
+    crashed: HashMap<String, Instant>,
 }
 
 /// The checks after `/v2/` of one endpoint, from the last manifest round: shown and exported
@@ -225,7 +227,10 @@ impl Scheduler {
                     Err(_) => follow = false,
                 },
                 Some(joined) = tasks.set.join_next_with_id() => self.reap(joined, &mut tasks, &cancel),
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    changed = tasks.crashed.values().any(|at| *at <= now);
+                }
             }
         }
         // Every registry task holds a child of `cancel`: each stops and removes its series.
@@ -240,6 +245,10 @@ impl Scheduler {
             .filter(|registry| !tasks.desired.contains_key(*registry))
             .cloned()
             .collect();
+        let now = Instant::now();
+        tasks
+            .crashed
+            .retain(|registry, at| tasks.desired.contains_key(registry) && *at > now);
         for registry in gone {
             if let Some(handle) = tasks.running.remove(&registry) {
                 info!(registry, "no longer discovered; stopping its checks");
@@ -258,7 +267,9 @@ impl Scheduler {
                     }
                     modified
                 });
-            } else if !tasks.stopping.values().any(|r| *r == target.route.registry) {
+            } else if !tasks.stopping.values().any(|r| *r == target.route.registry)
+                && !tasks.crashed.contains_key(&target.route.registry)
+            {
                 self.spawn(target, tasks, cancel);
             }
         }
@@ -312,15 +323,22 @@ impl Scheduler {
                 lock(&self.triggers).remove(&registry);
                 self.metrics.forget_registry(&registry);
                 self.status.forget(&registry);
+                let backoff = self.settings.interval;
                 error!(
                     registry,
                     ?failure,
-                    "registry task ended unexpectedly; restarting it"
+                    "registry task ended unexpectedly; restarting it in {}",
+                    humantime::format_duration(backoff)
                 );
+                // Restarted one interval later: a task that fails at once never spins.
+                tasks
+                    .crashed
+                    .insert(registry.clone(), Instant::now() + backoff);
                 registry
             }
         };
         if !tasks.running.contains_key(&registry)
+            && !tasks.crashed.contains_key(&registry)
             && let Some(target) = tasks.desired.get(&registry).cloned()
         {
             self.spawn(target, tasks, cancel);
@@ -781,6 +799,32 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_crashed_registry_task_restarts_only_after_its_backoff() {
+        let f = fixture(settings(Duration::from_secs(60)));
+        let cancel = CancellationToken::new();
+        let mut tasks = Tasks::default();
+        let target = route("r.example", vec![endpoint(1)]);
+        tasks.desired.insert("r.example".into(), target);
+        tasks.crashed.insert(
+            "r.example".into(),
+            Instant::now() + Duration::from_secs(3600),
+        );
+        f.scheduler.apply(&mut tasks, &cancel);
+        assert!(tasks.running.is_empty(), "restarted within its backoff");
+        tasks
+            .crashed
+            .insert("r.example".into(), Instant::now() - Duration::from_secs(1));
+        f.scheduler.apply(&mut tasks, &cancel);
+        assert!(
+            tasks.running.contains_key("r.example"),
+            "restarted after it"
+        );
+        assert!(tasks.crashed.is_empty());
+        cancel.cancel();
+        while tasks.set.join_next().await.is_some() {}
     }
 
     #[tokio::test]
