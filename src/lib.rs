@@ -8,7 +8,6 @@ pub mod config;
 pub mod credentials;
 pub mod diagnose;
 pub mod http_client;
-pub mod kube;
 pub mod platform;
 pub mod proxy;
 pub mod reason;
@@ -17,6 +16,7 @@ pub mod report;
 pub mod route;
 pub mod runtime;
 pub mod targets;
+pub mod text;
 pub mod trust;
 
 /// The CRI API version pullwatch speaks (the `k8s-cri` crate's `v1`).

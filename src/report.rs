@@ -96,7 +96,7 @@ impl Report {
             for check in &endpoint.checks {
                 let mark = if check.ok { "✓" } else { "✗" };
                 let seconds =
-                    crate::check::short_duration(std::time::Duration::from_secs_f64(check.seconds));
+                    crate::text::short_duration(std::time::Duration::from_secs_f64(check.seconds));
                 out.push_str(&format!(
                     "    {mark} {:<8} {seconds:>7}  {}\n",
                     check.check.as_str(),

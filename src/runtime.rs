@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::backoff::Backoff;
 use crate::reason::{Reason, classify_runtime_message};
+use crate::route::RuntimeKind;
 
 /// Largest CRI message sent or accepted (ListImages on a busy node is big).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -84,28 +85,6 @@ pub fn locate(flag: Option<&str>, candidates: &[&str]) -> Result<Option<Located>
             socket: path.to_path_buf(),
             auto_detected: true,
         }))
-}
-
-/// Which runtime answers, from `Version.runtime_name`; it decides whose registry config applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuntimeKind {
-    Containerd,
-    CriO,
-    /// cri-dockerd (reports itself as `docker`).
-    Docker,
-    Other,
-}
-
-impl RuntimeKind {
-    pub fn from_name(name: &str) -> Self {
-        match name.to_ascii_lowercase().as_str() {
-            "containerd" => RuntimeKind::Containerd,
-            "cri-o" | "crio" => RuntimeKind::CriO,
-            "docker" => RuntimeKind::Docker,
-            _ => RuntimeKind::Other,
-        }
-    }
 }
 
 /// A CRI call that did not succeed.
@@ -477,13 +456,13 @@ impl RuntimeClient {
                 let last = conn.last_error.clone().unwrap_or_default();
                 return Err(self.unavailable(format!(
                     "{last}; next reconnect in {}",
-                    crate::check::short_duration(retry_at - now)
+                    crate::text::short_duration(retry_at - now)
                 )));
             }
         }
         let connected = match tokio::time::timeout(self.call_timeout, connect(&self.socket)).await {
             Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(error)) => Err(crate::check::http::error_chain(&error)),
+            Ok(Err(error)) => Err(crate::text::error_chain(&error)),
             Err(_) => Err(format!(
                 "no connection within {}",
                 humantime::format_duration(self.call_timeout)
@@ -619,11 +598,7 @@ fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
 fn transport_message(status: &tonic::Status) -> String {
     use std::error::Error;
     match status.source() {
-        Some(source) => format!(
-            "{}: {}",
-            status.message(),
-            crate::check::http::error_chain(source)
-        ),
+        Some(source) => format!("{}: {}", status.message(), crate::text::error_chain(source)),
         None => status.message().to_string(),
     }
 }

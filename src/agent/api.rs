@@ -18,11 +18,11 @@ use tonic::{Request, Response};
 
 use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
+use crate::agent::status::PodFailure;
 use crate::check::CheckResult;
-use crate::check::http::error_chain;
-use crate::kube::PodFailure;
 use crate::report::{EndpointReport, Report};
 use crate::route::Endpoint;
+use crate::text::error_chain;
 
 /// The code generated from proto/pullwatch/v1/pullwatch.proto.
 pub mod pb {

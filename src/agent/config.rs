@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::kube::Mode as KubernetesMode;
+use crate::agent::pods::Mode as KubernetesMode;
 use crate::route::split_host_port;
 
 /// The agent's own flags (the shared ones are [`crate::config::CommonFlags`]).

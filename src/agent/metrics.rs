@@ -82,7 +82,7 @@ pub struct Metrics {
     image_fs_used_bytes: IntGaugeVec,
     image_fs_inodes_used: IntGaugeVec,
     images: IntGaugeVec,
-    /// The pod failures (`crate::kube`), which keeps their label sets and takes their slots of the
+    /// The pod failures (the pod watch's series book), which keeps their label sets and takes their slots of the
     /// failing-series budget through [`Metrics::take_failing_slot`].
     pub(crate) image_pull_failures: IntCounterVec,
     pub(crate) containers_waiting_on_pull: IntGaugeVec,

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod pods;
 pub mod scheduler;
 pub mod status;
 
@@ -28,11 +29,11 @@ use self::discovery::Discovery;
 use self::health::Liveness;
 use self::metrics::Metrics;
 use self::node::NodeWatch;
+use self::pods::{KubeError, Mode as KubernetesMode, PodWatch};
 use self::scheduler::Scheduler;
 use self::scheduler::Target;
 use self::status::StatusBoard;
 use crate::diagnose::Diagnoser;
-use crate::kube::{KubeError, Mode as KubernetesMode, PodWatch};
 use crate::runtime::RuntimeClient;
 
 /// How long the tasks get to finish after SIGTERM/SIGINT.
@@ -157,7 +158,7 @@ impl Agent {
         let (discovered, targets) = watch::channel(found);
         let kubernetes = match config.kubernetes {
             KubernetesMode::Off => None,
-            mode => match crate::kube::connect(Arc::clone(&metrics)).await {
+            mode => match pods::connect(Arc::clone(&metrics)).await {
                 Ok(client) => Some(client),
                 Err(error) if mode == KubernetesMode::On => return Err(error.into()),
                 Err(error) => {

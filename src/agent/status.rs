@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kube::PodFailure;
 use crate::reason::Reason;
 use crate::report::{EndpointReport, Report};
 
@@ -22,6 +21,29 @@ pub struct RegistryStatus {
     pub endpoints: Vec<EndpointReport>,
     /// RFC 3339.
     pub checked_at: String,
+}
+
+/// A container failing to pull, with this node's diagnosis of its image: `/api/v1/status`'s `failures`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodFailure {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// As the pod spec writes it.
+    pub image: String,
+    pub registry: String,
+    /// The kubelet's: `ErrImagePull`, `ImagePullBackOff`, ….
+    pub waiting_reason: String,
+    /// The kubelet's message (capped).
+    pub message: String,
+    /// The reason the kubelet's message gives (or gave, before the back-off).
+    pub reason: Reason,
+    /// Failed attempts seen since it started failing.
+    pub attempts: u64,
+    /// RFC 3339: when pullwatch first saw it failing.
+    pub since: String,
+    /// This node's last diagnosis of the image (`diagnose --output json`'s object).
+    pub diagnosis: Option<Report>,
 }
 
 /// The whole answer of `/api/v1/status`.

@@ -11,8 +11,9 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::{Resolver, TokioResolver};
 
-use super::{CheckError, Evidence, short_duration};
+use super::{CheckError, Evidence};
 use crate::reason::Reason;
+use crate::text::short_duration;
 
 /// Addresses per family kept for the tcp check (DESIGN.md: up to 4 per family).
 pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;

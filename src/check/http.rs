@@ -10,6 +10,7 @@ use reqwest::header::HeaderMap;
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
 use crate::route::Endpoint;
+use crate::text::error_chain;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
@@ -162,22 +163,6 @@ pub fn request_failed(error: &reqwest::Error, proxied: bool) -> HttpFailed {
         message,
         status: None,
     }
-}
-
-/// The error and its causes in one line (reqwest's Display alone hides the cause). URLs in
-/// reqwest errors carry no credentials: pullwatch never puts them in URLs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -113,15 +113,6 @@ where
     )
 }
 
-/// Formats a duration for evidence lines: `12ms`, `1.20s`.
-pub fn short_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.2}s", d.as_secs_f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::auth::{Authorization, ErrorBody};
-use super::http::error_chain;
 use crate::http_client::read_capped;
+use crate::text::error_chain;
 
 /// Tags asked per page.
 pub const PAGE_SIZE: usize = 1000;

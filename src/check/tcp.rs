@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::{CheckError, Evidence, short_duration};
+use super::{CheckError, Evidence};
 use crate::reason::Reason;
+use crate::text::short_duration;
 
 /// One address tried.
 #[derive(Clone, Debug)]

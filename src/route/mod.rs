@@ -342,6 +342,28 @@ pub fn default_route(
     })
 }
 
+/// Which runtime answers, from `Version.runtime_name`; it decides whose registry config applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Containerd,
+    CriO,
+    /// cri-dockerd (reports itself as `docker`).
+    Docker,
+    Other,
+}
+
+impl RuntimeKind {
+    pub fn from_name(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "containerd" => RuntimeKind::Containerd,
+            "cri-o" | "crio" => RuntimeKind::CriO,
+            "docker" => RuntimeKind::Docker,
+            _ => RuntimeKind::Other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

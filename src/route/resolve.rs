@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{
-    Capabilities, ConfigProblem, ConfiguredRoute, RegistryNameError, RouteHost, containerd, crio,
-    default_route, split_host_port,
+    Capabilities, ConfigProblem, ConfiguredRoute, RegistryNameError, RouteHost, RuntimeKind,
+    containerd, crio, default_route, split_host_port,
 };
-use crate::runtime::RuntimeKind;
 
 /// Whose config a route came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

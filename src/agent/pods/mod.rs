@@ -1,5 +1,5 @@
-//! Source of truth 3: the pods on this node. Their pull failures become metrics, trigger this
-//! node's own checks of the image, and the combined diagnosis goes on the pod as an Event.
+//! The watch on this node's pods: their pull failures become metrics, trigger this node's own
+//! checks of the image, and the combined diagnosis goes on the pod as an Event.
 
 mod events;
 mod failures;
@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use clap::ValueEnum;
 use futures_util::StreamExt;
 use kube::runtime::watcher;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use self::watch::node_selector;
 use crate::agent::health::Liveness;
 use crate::agent::metrics::Metrics;
 use crate::agent::scheduler::Scheduler;
-use crate::agent::status::StatusBoard;
+use crate::agent::status::{PodFailure, StatusBoard};
 use crate::reason::Reason;
 use crate::report::Report;
 
@@ -73,29 +72,6 @@ pub async fn connect(metrics: Arc<Metrics>) -> Result<kube::Client, KubeError> {
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&observe)
         .build())
-}
-
-/// A container failing to pull, with this node's diagnosis of its image: `/api/v1/status`'s `failures`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodFailure {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    /// As the pod spec writes it.
-    pub image: String,
-    pub registry: String,
-    /// The kubelet's: `ErrImagePull`, `ImagePullBackOff`, ….
-    pub waiting_reason: String,
-    /// The kubelet's message (capped).
-    pub message: String,
-    /// The reason the kubelet's message gives (or gave, before the back-off).
-    pub reason: Reason,
-    /// Failed attempts seen since it started failing.
-    pub attempts: u64,
-    /// RFC 3339: when pullwatch first saw it failing.
-    pub since: String,
-    /// This node's last diagnosis of the image (`diagnose --output json`'s object).
-    pub diagnosis: Option<Report>,
 }
 
 /// Diagnoses of pod images in flight at once (each is the whole chain along the route).
