@@ -92,16 +92,16 @@ impl Probe {
 /// Sees each check record the moment it is made (the agent's `Diagnose` API streams them).
 pub type OnCheck<'a> = &'a (dyn Fn(&Endpoint, &CheckResult) + Sync);
 
-/// An image and the route to check it along: what [`Diagnoser::plan`] found.
+/// An image and the route to check it along: what [`Diagnoser::route_image`] found.
 #[derive(Debug)]
-pub struct Plan {
+pub struct RoutedImage {
     pub image: ImageRef,
     pub route: Route,
     /// Malformed runtime config met on the way (the route fell back past it).
     problems: Vec<String>,
 }
 
-impl Plan {
+impl RoutedImage {
     /// The report of the endpoints checked along the route.
     pub fn conclude(self, endpoints: Vec<EndpointReport>) -> Report {
         let mut report = conclude(self.image.to_string(), self.route.registry, endpoints);
@@ -144,23 +144,23 @@ impl Diagnoser {
     /// are checked one after another, as the runtime tries them; an image index is fetched to
     /// check the node's platform.
     pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
-        let plan = match self.plan(input) {
+        let routed = match self.route_image(input) {
             Ok(plan) => plan,
             Err(report) => return *report,
         };
-        let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
-        for endpoint in &plan.route.endpoints {
+        let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
+        for endpoint in &routed.route.endpoints {
             let checked = self
-                .check_endpoint(endpoint, &plan.image, Some(&self.pull.platform), on_check)
+                .check_endpoint(endpoint, &routed.image, Some(&self.pull.platform), on_check)
                 .await;
             checked.add_to(&mut endpoints);
         }
-        plan.conclude(endpoints)
+        routed.conclude(endpoints)
     }
 
     /// Parses `input` and finds its route; a report instead when there is nothing to probe
     /// (an invalid reference, a blocked registry).
-    pub fn plan(&self, input: &str) -> Result<Plan, Box<Report>> {
+    pub fn route_image(&self, input: &str) -> Result<RoutedImage, Box<Report>> {
         let image = ImageRef::parse(input)
             .map_err(|error| Box::new(invalid_reference(input, "", error.to_string())))?;
         let configured = self
@@ -187,7 +187,7 @@ impl Diagnoser {
         // that may pull.
         let route = configured.route_for(image.digest().is_some());
         let problems = configured.problems.iter().map(|p| p.to_string()).collect();
-        Ok(Plan {
+        Ok(RoutedImage {
             image,
             route,
             problems,
@@ -245,8 +245,8 @@ impl Diagnoser {
         });
         let pull = check::runtime::check(runtime, &report.image, auth.as_ref(), pull_timeout);
         // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
-        let (result, _) = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;
-        with_runtime_check(report, result)
+        let ran = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;
+        with_runtime_check(report, ran.record)
     }
 
     /// Runs dns → tcp → tls → http against one endpoint, stopping at the first failure.
@@ -269,13 +269,10 @@ impl Diagnoser {
         let Some(link) = self.reach(endpoint, &mut probe, on_check).await else {
             return (probe, None);
         };
-        let mut failed_status = None;
-        let ping = async {
-            let answer = check::http::check(&link.client, endpoint, link.proxied).await;
-            failed_status = answer.as_ref().err().and_then(|e| e.status);
-            answer
-        };
-        let (result, http) = check::run(CheckKind::Http, self.timeout, ping).await;
+        let ping = check::http::check(&link.client, endpoint, link.proxied);
+        let ran = check::run(CheckKind::Http, self.timeout, ping).await;
+        let failed_status = ran.error().and_then(|e| e.status);
+        let (result, http) = ran.split();
         on_check(endpoint, &result);
         probe.checks.push(result);
         probe.http_status = http.as_ref().map(|h| h.status).or(failed_status);
@@ -305,14 +302,13 @@ impl Diagnoser {
 
         let (result, dns) = match host.parse::<IpAddr>() {
             Ok(ip) => literal_address(ip),
-            Err(_) => {
-                check::run(
-                    CheckKind::Dns,
-                    self.timeout,
-                    check::dns::check(&self.resolver, &host),
-                )
-                .await
-            }
+            Err(_) => check::run(
+                CheckKind::Dns,
+                self.timeout,
+                check::dns::check(&self.resolver, &host),
+            )
+            .await
+            .split(),
         };
         record(probe, blame_proxy(result, proxy));
         let dns = dns?;
@@ -325,7 +321,8 @@ impl Diagnoser {
             self.timeout,
             check::tcp::check(&addresses, port, per_address),
         )
-        .await;
+        .await
+        .split();
         record(probe, blame_proxy(result, proxy));
         let tcp = tcp?;
         let target = tcp.reachable()[0];
@@ -346,7 +343,9 @@ impl Diagnoser {
                 let stream = self.connect(endpoint, target, proxy).await?;
                 check::tls::check(stream, &endpoint.host, client).await
             };
-            let (result, tls) = check::run(CheckKind::Tls, self.timeout, handshake).await;
+            let (result, tls) = check::run(CheckKind::Tls, self.timeout, handshake)
+                .await
+                .split();
             record(probe, result);
             probe.tls = Some(tls?);
         }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod diagnose;
+pub mod discovery;
 pub mod http_client;
 pub mod platform;
 pub mod proxy;

@@ -1,11 +1,9 @@
 //! `pullwatch targets`: every registry this node pulls from (the runtime's images, its registry
 //! config files, `--registry`), each with its route and where every piece of it came from.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::reference::ImageRef;
+use crate::discovery::{self, Candidate};
 use crate::route::{ConfigProblem, ConfiguredRoute, RouteConfig, RouteHost};
 use crate::runtime::NodeImage;
 
@@ -94,39 +92,15 @@ pub fn collect(
     flagged: &[String],
     runtime: Option<&str>,
 ) -> Targets {
-    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut problems = Vec::new();
-    let mut from_images: BTreeMap<String, usize> = BTreeMap::new();
-    for image in images {
-        let registry = image
-            .repo_tags
-            .iter()
-            .chain(&image.repo_digests)
-            .find_map(|name| ImageRef::parse(name).ok())
-            .map(|r| r.registry().to_string());
-        if let Some(registry) = registry {
-            *from_images.entry(registry).or_default() += 1;
-        }
-    }
-    for (registry, count) in from_images {
-        sources
-            .entry(registry)
-            .or_default()
-            .push(format!("runtime images ({count})"));
-    }
-    let (configured, config_problems) = routes.configured_registries();
-    problems.extend(config_problems.iter().map(ConfigProblem::to_string));
-    for (registry, source) in configured {
-        sources.entry(registry).or_default().push(source);
-    }
-    for registry in flagged {
-        sources
-            .entry(registry.clone())
-            .or_default()
-            .push("--registry".into());
-    }
+    let (mut candidates, config_problems) =
+        discovery::candidates(routes, &discovery::image_registries(images), flagged);
+    candidates.sort_by(|a, b| a.registry.cmp(&b.registry));
+    let mut problems: Vec<String> = config_problems
+        .iter()
+        .map(ConfigProblem::to_string)
+        .collect();
     let mut targets = Vec::new();
-    for (registry, sources) in sources {
+    for Candidate { registry, sources } in candidates {
         match routes.resolve(&registry, None) {
             Ok(route) => targets.push(target(registry, sources, route, runtime)),
             Err(error) => problems.push(format!("{}: {error}", sources.join(", "))),

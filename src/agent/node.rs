@@ -3,7 +3,7 @@
 //! images it holds (with a canary each) plus those of the runtime's registry config into
 //! discovery. A runtime that goes away is a metric, never a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +17,9 @@ use super::discovery::Discovery;
 use super::health::Liveness;
 use super::metrics::{Metrics, RuntimeFacts};
 use super::scheduler::Target;
-use crate::reference::ImageRef;
+use crate::discovery;
 use crate::route::RouteConfig;
-use crate::runtime::{NodeImage, RuntimeClient, canary_for};
+use crate::runtime::{RuntimeClient, canary_for};
 
 /// How often the runtime's registry config files are looked at for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(5);
@@ -40,11 +40,11 @@ pub struct NodeWatch {
     pub held: Option<Held>,
 }
 
-/// The registries of the node's images, and for each a canary: an image from there, by digest
-/// (the sandbox image first).
+/// The registries of the node's images (with how many images each), and for each a canary: an
+/// image from there, by digest (the sandbox image first).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Held {
-    pub registries: Vec<String>,
+    pub registries: BTreeMap<String, usize>,
     pub canaries: BTreeMap<String, String>,
 }
 
@@ -93,9 +93,9 @@ impl NodeWatch {
         .map(ToString::to_string);
         let sandbox = status.as_ref().ok().and_then(|s| s.sandbox_image.clone());
         let held = images.as_ref().ok().map(|images| {
-            let registries = registries_of(images);
+            let registries = discovery::image_registries(images);
             let canaries = registries
-                .iter()
+                .keys()
                 .filter_map(|r| Some((r.clone(), canary_for(images, sandbox.as_deref(), r)?)))
                 .collect();
             Held {
@@ -125,13 +125,10 @@ impl NodeWatch {
             self.held = Some(held.clone());
         }
         let held = self.held.clone().unwrap_or_default();
-        let (configured, _problems) = self.routes.configured_registries();
-        let candidates = self
-            .static_registries
-            .iter()
-            .chain(configured.iter().map(|(registry, _source)| registry))
-            .chain(&held.registries)
-            .map(String::as_str);
+        // The config files' problems are logged where routes are resolved, per registry.
+        let (candidates, _problems) =
+            discovery::candidates(&self.routes, &held.registries, &self.static_registries);
+        let candidates = candidates.iter().map(|c| c.registry.as_str());
         self.discovery
             .targets(candidates, &self.routes, &held.canaries, &self.metrics)
     }
@@ -202,55 +199,4 @@ async fn fingerprint(files: &ConfigFiles) -> u64 {
 
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + 0.2 * fastrand::f64())
-}
-
-/// The registries the node's images come from, sorted and deduplicated.
-pub fn registries_of(images: &[NodeImage]) -> Vec<String> {
-    images
-        .iter()
-        .flat_map(|image| image.repo_tags.iter().chain(&image.repo_digests))
-        .filter_map(|reference| ImageRef::parse(reference).ok())
-        .map(|reference| reference.registry().to_string())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image(tags: &[&str], digests: &[&str]) -> NodeImage {
-        NodeImage {
-            id: "sha256:1".into(),
-            repo_tags: tags.iter().map(|s| s.to_string()).collect(),
-            repo_digests: digests.iter().map(|s| s.to_string()).collect(),
-            size: 1,
-            pinned: false,
-        }
-    }
-
-    #[test]
-    fn registries_come_from_tags_and_digests() {
-        let images = [
-            image(&["docker.io/library/nginx:1.27"], &[]),
-            image(
-                &["registry.k8s.io/pause:3.9"],
-                &[
-                    "registry.k8s.io/pause@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-                ],
-            ),
-            image(
-                &[],
-                &[
-                    "10.0.0.5:5000/app@sha256:1111111111111111111111111111111111111111111111111111111111111111",
-                ],
-            ),
-            image(&["not a reference"], &[]),
-        ];
-        assert_eq!(
-            registries_of(&images),
-            ["10.0.0.5:5000", "docker.io", "registry.k8s.io"]
-        );
-    }
 }

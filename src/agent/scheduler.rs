@@ -174,25 +174,25 @@ impl Scheduler {
         with_platform: bool,
         on_check: OnCheck<'_>,
     ) -> Report {
-        let plan = match self.diagnoser.plan(input) {
+        let routed = match self.diagnoser.route_image(input) {
             Ok(plan) => plan,
             Err(report) => return *report,
         };
         let platform = with_platform.then_some(&self.diagnoser.pull.platform);
-        let flights = self.flights_for(&plan.route);
-        let mut endpoints = Vec::with_capacity(plan.route.endpoints.len());
-        for (endpoint, flight) in plan.route.endpoints.iter().zip(&flights) {
+        let flights = self.flights_for(&routed.route);
+        let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
+        for (endpoint, flight) in routed.route.endpoints.iter().zip(&flights) {
             let mut last = flight.lock().await;
             // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
             let _permit = self.permits.acquire().await.ok();
             let checked = self
                 .diagnoser
-                .check_endpoint(endpoint, &plan.image, platform, on_check)
+                .check_endpoint(endpoint, &routed.image, platform, on_check)
                 .await;
             *last = Some((Instant::now(), Arc::clone(&checked.probe)));
             checked.add_to(&mut endpoints);
         }
-        plan.conclude(endpoints)
+        routed.conclude(endpoints)
     }
 
     /// Follows the discovered routes until `cancel`: starts a task per new registry, hands changed
@@ -558,13 +558,13 @@ impl Scheduler {
         let image = canary.to_string();
         let pull = check::runtime::check(runtime, &image, auth.as_ref(), pull_timeout);
         // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
-        let (result, _) = check::run(
+        check::run(
             CheckKind::Runtime,
             pull_timeout + self.diagnoser.timeout,
             pull,
         )
-        .await;
-        result
+        .await
+        .record
     }
 
     /// One endpoint's chain, never twice at once; with `api`, its auth and manifest checks too.

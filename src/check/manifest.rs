@@ -29,7 +29,7 @@ const MAX_INDEX_BYTES: usize = 4 << 20;
 
 /// The manifest asked for.
 #[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
+pub struct ManifestTarget<'a> {
     /// `scheme://host:port` of the endpoint.
     pub base_url: &'a str,
     /// Its API root: `/v2`, or a mirror's own path (hosts.toml `override_path`).
@@ -44,7 +44,7 @@ pub struct Target<'a> {
     pub namespace: Option<&'a str>,
 }
 
-impl Target<'_> {
+impl ManifestTarget<'_> {
     fn path(&self) -> String {
         self.manifest_path(self.reference)
     }
@@ -204,7 +204,7 @@ impl CheckError for ManifestFailed {
 /// HEADs the manifest of `target` with the auth check's authorization, and explains a failure.
 pub async fn check(
     client: &reqwest::Client,
-    target: Target<'_>,
+    target: ManifestTarget<'_>,
     auth: &AuthOutcome,
     options: Options<'_>,
     proxied: bool,
@@ -306,7 +306,10 @@ pub async fn check(
 
 /// The `WWW-Authenticate` of an anonymous manifest HEAD that answered 401, if it did: where a
 /// registry with an open `/v2/` says which token the repository needs.
-pub async fn anonymous_challenge(client: &reqwest::Client, target: Target<'_>) -> Option<String> {
+pub async fn anonymous_challenge(
+    client: &reqwest::Client,
+    target: ManifestTarget<'_>,
+) -> Option<String> {
     let response = client
         .head(format!("{}{}", target.base_url, target.path()))
         .header(ACCEPT, ACCEPT_MANIFESTS)
@@ -328,7 +331,7 @@ pub async fn anonymous_challenge(client: &reqwest::Client, target: Target<'_>) -
 /// The reason and headline for a HEAD that was neither found nor missing (401, 403, 429, 5xx, …).
 fn judge_denial(
     status: u16,
-    target: Target<'_>,
+    target: ManifestTarget<'_>,
     auth: &AuthOutcome,
     rate_limit: Option<&RateLimit>,
 ) -> (Reason, String) {
@@ -386,7 +389,7 @@ fn judge_denial(
 /// tags give the nearest ones to a missing tag.
 async fn missing(
     client: &reqwest::Client,
-    target: Target<'_>,
+    target: ManifestTarget<'_>,
     auth: &AuthOutcome,
     options: Options<'_>,
     answered: &str,
@@ -475,7 +478,7 @@ struct IndexEntry {
 /// and whether an entry has none (containerd takes such an entry for any platform).
 async fn index_platforms(
     client: &reqwest::Client,
-    target: Target<'_>,
+    target: ManifestTarget<'_>,
     auth: &AuthOutcome,
     head: &ManifestOutcome,
     proxied: bool,
@@ -642,7 +645,7 @@ mod tests {
             },
             authorization: None,
         };
-        let hub = Target {
+        let hub = ManifestTarget {
             base_url: "https://registry-1.docker.io",
             api_path: "/v2",
             registry: "docker.io",

@@ -81,8 +81,39 @@ pub trait CheckError: std::fmt::Display {
     fn reason(&self) -> Reason;
 }
 
-/// Runs one check under `timeout`, timing it, and returns its record plus the outcome on success.
-pub async fn run<T, E, F>(kind: CheckKind, timeout: Duration, check: F) -> (CheckResult, Option<T>)
+/// What [`run`] hands back: the record for reports and metrics, and what the check itself
+/// returned, so a caller needs no side channel to read a typed failure (a rate limit, a status).
+#[derive(Debug)]
+pub struct Ran<T, E> {
+    pub record: CheckResult,
+    pub outcome: Result<T, Failed<E>>,
+}
+
+/// Why a check did not pass: its own typed error, or no answer within the timeout.
+#[derive(Debug)]
+pub enum Failed<E> {
+    Error(E),
+    TimedOut,
+}
+
+impl<T, E> Ran<T, E> {
+    /// The typed error, when the check answered with one (not on a timeout).
+    pub fn error(&self) -> Option<&E> {
+        match &self.outcome {
+            Err(Failed::Error(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The record, and the outcome when the check passed: for callers that need nothing of a failure.
+    pub fn split(self) -> (CheckResult, Option<T>) {
+        (self.record, self.outcome.ok())
+    }
+}
+
+/// Runs one check under `timeout`, timing it: the caller owns the timeout and the bookkeeping,
+/// the check only does its job (as blackbox_exporter's prober).
+pub async fn run<T, E, F>(kind: CheckKind, timeout: Duration, check: F) -> Ran<T, E>
 where
     T: Evidence,
     E: CheckError,
@@ -91,26 +122,29 @@ where
     let start = Instant::now();
     let result = tokio::time::timeout(timeout, check).await;
     let seconds = start.elapsed().as_secs_f64();
-    let (ok, detail, reason, outcome) = match result {
-        Ok(Ok(outcome)) => (true, outcome.detail(), None, Some(outcome)),
-        Ok(Err(error)) => (false, error.to_string(), Some(error.reason()), None),
+    let (detail, reason, outcome) = match result {
+        Ok(Ok(outcome)) => (outcome.detail(), None, Ok(outcome)),
+        Ok(Err(error)) => (
+            error.to_string(),
+            Some(error.reason()),
+            Err(Failed::Error(error)),
+        ),
         Err(_) => (
-            false,
             format!("no answer within {}", humantime::format_duration(timeout)),
             Some(kind.timeout_reason()),
-            None,
+            Err(Failed::TimedOut),
         ),
     };
-    (
-        CheckResult {
+    Ran {
+        record: CheckResult {
             check: kind,
-            ok,
+            ok: outcome.is_ok(),
             seconds,
             detail,
             reason,
         },
         outcome,
-    )
+    }
 }
 
 #[cfg(test)]
@@ -138,13 +172,16 @@ mod tests {
         let (ok, outcome) = run(CheckKind::Tcp, Duration::from_secs(1), async {
             Ok::<_, Refused>(Fine)
         })
-        .await;
+        .await
+        .split();
         assert!(ok.ok && outcome.is_some() && ok.reason.is_none() && ok.detail == "fine");
 
-        let (failed, outcome) = run(CheckKind::Tcp, Duration::from_secs(1), async {
+        let failed = run(CheckKind::Tcp, Duration::from_secs(1), async {
             Err::<Fine, _>(Refused)
         })
         .await;
+        assert!(failed.error().is_some(), "the typed error comes back");
+        let (failed, outcome) = failed.split();
         assert!(!failed.ok && outcome.is_none());
         assert_eq!(failed.reason, Some(Reason::TcpRefused));
 
@@ -152,7 +189,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<_, Refused>(Fine)
         };
-        let (timed_out, _) = run(CheckKind::Dns, Duration::from_millis(20), slow).await;
+        let ran = run(CheckKind::Dns, Duration::from_millis(20), slow).await;
+        assert!(matches!(ran.outcome, Err(Failed::TimedOut)));
+        let timed_out = ran.record;
         assert_eq!(timed_out.reason, Some(Reason::DnsTimeout));
         assert!(timed_out.seconds < 1.0);
         assert!(timed_out.detail.contains("20ms"), "{}", timed_out.detail);

@@ -1,12 +1,10 @@
 //! The chain after `/v2/` for one endpoint: `auth` (with a Bearer realm's host probed as its own
 //! endpoint, role `auth`) then `manifest`. What tells a typo from a missing secret from a quota problem.
 
-use std::sync::Mutex;
-
 use reqwest::Url;
 
 use super::{Diagnoser, Link, OnCheck, Probe};
-use crate::check::auth::{self, AuthFailed, AuthOutcome, Method, Plan};
+use crate::check::auth::{self, AuthFailed, AuthOutcome, AuthTarget, Plan, TokenServer};
 use crate::check::http::HttpOutcome;
 use crate::check::manifest::{self, ManifestOutcome, RateLimit};
 use crate::check::{self, CheckKind, CheckResult};
@@ -56,7 +54,7 @@ impl Diagnoser {
         let base_url = endpoint.url();
         // The endpoint's API root and the repository as the runtime asks it there.
         let repository = endpoint.repository.as_deref().unwrap_or(image.repository());
-        let target = manifest::Target {
+        let target = manifest::ManifestTarget {
             base_url: &base_url,
             api_path: &endpoint.api_path,
             registry: image.registry(),
@@ -82,48 +80,33 @@ impl Diagnoser {
             token_link = self.reach(&server, &mut probe, on_check).await;
             api.token_server = Some((server, probe));
         }
-        let unreachable = api
-            .token_server
-            .as_ref()
-            .and_then(|(server, probe)| unreachable(server, probe));
-
-        let (result, outcome) = check::run(CheckKind::Auth, self.timeout, async {
-            match plan? {
-                Plan::Open => Ok(AuthOutcome {
-                    method: Method::Open,
-                    authorization: None,
-                }),
-                Plan::Basic { .. } => match credential {
-                    Some(credential) => {
-                        auth::basic(&link.client, &endpoint.api_url(), credential, link.proxied)
-                            .await
-                    }
-                    None => Ok(AuthOutcome {
-                        method: Method::BasicAnonymous,
-                        authorization: None,
-                    }),
-                },
-                Plan::Bearer(bearer) => match (&token_link, unreachable) {
-                    (Some(token_link), _) => {
-                        auth::token(
-                            &token_link.client,
-                            &bearer,
-                            repository,
-                            credential,
-                            &self.pull.tokens,
-                            token_link.proxied,
-                        )
-                        .await
-                    }
-                    (None, Some(failed)) => Err(failed),
-                    (None, None) => Err(AuthFailed::new(
-                        Reason::Unknown,
-                        "the token server could not be reached".into(),
-                    )),
-                },
-            }
-        })
-        .await;
+        let token_server = match (&token_link, &api.token_server) {
+            (Some(link), _) => TokenServer::Reached {
+                client: &link.client,
+                proxied: link.proxied,
+            },
+            (None, Some((server, probe))) => TokenServer::Unreachable(unreachable(server, probe)),
+            (None, None) => TokenServer::Unreachable(AuthFailed::new(
+                Reason::Unknown,
+                "the token server could not be reached".into(),
+            )),
+        };
+        let auth_target = AuthTarget {
+            plan,
+            client: &link.client,
+            proxied: link.proxied,
+            api_url: endpoint.api_url(),
+            repository,
+            credential,
+            token_server,
+        };
+        let (result, outcome) = check::run(
+            CheckKind::Auth,
+            self.timeout,
+            auth::check(auth_target, &self.pull.tokens),
+        )
+        .await
+        .split();
         record(&mut api, result);
         let Some(auth) = outcome else { return api };
 
@@ -131,20 +114,15 @@ impl Diagnoser {
             platform,
             list_budget: self.timeout,
         };
-        let failed_limit = Mutex::new(None);
-        let checked = async {
-            let checked = manifest::check(&link.client, target, &auth, options, link.proxied).await;
-            if let (Err(failed), Ok(mut slot)) = (&checked, failed_limit.lock()) {
-                *slot = failed.rate_limit.clone();
-            }
-            checked
-        };
-        let (result, manifest) = check::run(
+        let ran = check::run(
             CheckKind::Manifest,
             self.timeout * MANIFEST_TIMEOUTS,
-            checked,
+            manifest::check(&link.client, target, &auth, options, link.proxied),
         )
         .await;
+        // A 429 carries the quota too: the failure's rate limit is evidence as much as a pass's.
+        let failed_limit = ran.error().and_then(|failed| failed.rate_limit.clone());
+        let (result, manifest) = ran.split();
         // A token the registry refused is not worth keeping.
         if matches!(
             result.reason,
@@ -156,7 +134,7 @@ impl Diagnoser {
         record(&mut api, result);
         api.rate_limit = match &manifest {
             Some(outcome) => outcome.rate_limit.clone(),
-            None => failed_limit.into_inner().ok().flatten(),
+            None => failed_limit,
         };
         api.manifest = manifest;
         api.auth = Some(auth);
@@ -195,9 +173,14 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
 }
 
 /// The auth check's failure when the token server's own dns/tcp/tls failed: the same reason.
-fn unreachable(server: &Endpoint, probe: &Probe) -> Option<AuthFailed> {
-    let failure = probe.checks.iter().find(|c| !c.ok)?;
-    Some(AuthFailed::new(
+fn unreachable(server: &Endpoint, probe: &Probe) -> AuthFailed {
+    let Some(failure) = probe.checks.iter().find(|c| !c.ok) else {
+        return AuthFailed::new(
+            Reason::Unknown,
+            format!("token server {} could not be reached", server.url()),
+        );
+    };
+    AuthFailed::new(
         failure.reason.unwrap_or(Reason::Unknown),
         format!(
             "token server {} unreachable: {} failed: {}",
@@ -205,7 +188,7 @@ fn unreachable(server: &Endpoint, probe: &Probe) -> Option<AuthFailed> {
             failure.check.as_str(),
             failure.detail
         ),
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -301,12 +284,15 @@ mod tests {
             }],
             ..Probe::default()
         };
-        let failed = unreachable(&server, &probe).unwrap();
+        let failed = unreachable(&server, &probe);
         assert_eq!(failed.reason, Reason::TcpRefused);
         assert_eq!(
             failed.message,
             "token server https://auth.test:5001 unreachable: tcp failed: 127.0.0.1:5001 refused"
         );
-        assert!(unreachable(&server, &Probe::default()).is_none());
+        assert_eq!(
+            unreachable(&server, &Probe::default()).reason,
+            Reason::Unknown
+        );
     }
 }
