@@ -2,19 +2,17 @@
 //! its own), `--docker-config` credentials, manifests, rate limits, platforms and nearest tags.
 //! The real CNCF registry with htpasswd where it can; scripted servers for what it cannot produce.
 
-mod support;
-
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::certs::{Leaf, TlsFixtures};
-use support::cli::Pullwatch;
-use support::dns::DnsServer;
-use support::image::{Image, Platform};
-use support::registry::Registry;
-use support::scripted::{Request, Response, ScriptedServer};
+use testkit::certs::{Leaf, TlsFixtures};
+use testkit::cli::Pullwatch;
+use testkit::dns::DnsServer;
+use testkit::image::{Image, Platform};
+use testkit::registry::Registry;
+use testkit::scripted::{Request, Response, ScriptedServer};
 
 const HOST: &str = "registry.api.test";
 const AUTH_HOST: &str = "auth.api.test";
@@ -70,8 +68,8 @@ impl World {
     fn scripted(
         &self,
         routes: impl FnOnce(
-            support::scripted::ScriptedServerBuilder,
-        ) -> support::scripted::ScriptedServerBuilder,
+            testkit::scripted::ScriptedServerBuilder,
+        ) -> testkit::scripted::ScriptedServerBuilder,
     ) -> ScriptedServer {
         routes(ScriptedServer::builder())
             .tls(&self.leaf.cert_path, &self.leaf.key_path)
@@ -286,7 +284,7 @@ fn basic_auth_tells_missing_wrong_and_right_credentials() {
 
     // HEAD for the manifests, never a GET of one (a GET spends Docker Hub quota).
     let log = registry.access_log();
-    let pullwatch = |e: &&support::registry::AccessLogEntry| e.user_agent.starts_with("pullwatch/");
+    let pullwatch = |e: &&testkit::registry::AccessLogEntry| e.user_agent.starts_with("pullwatch/");
     let manifest_requests: Vec<_> = log
         .iter()
         .filter(pullwatch)
@@ -954,7 +952,7 @@ fn malformed_challenges_fail_the_auth_check_without_a_panic() {
     let out = Pullwatch::new().args(args).run();
     assert_eq!(out.exit_code(), 1, "{out:?}");
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    let reports = support::cli::parse_json_lines(&out);
+    let reports = testkit::cli::parse_json_lines(&out);
     assert_eq!(reports.len(), servers.len());
     for (report, (_, evidence)) in reports.iter().zip(&servers) {
         assert_fails(report, "auth", "not_a_registry");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::http::server_config;
+use crate::http::server_config;
 
 /// Longest request head or body the server reads.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -129,7 +129,7 @@ impl ScriptedServerBuilder {
         self
     }
 
-    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`super::netns::Netns::host_ip`]).
+    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`crate::netns::Netns::host_ip`]).
     pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
         self.listen_ip = Some(ip);
         self

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::http::Client;
-use super::watchdog::{Watchdog, end_child};
+use crate::http::Client;
+use crate::watchdog::{Watchdog, end_child};
 
 const BINARY: &str = "/usr/bin/prometheus";
 /// How long Prometheus may take to become ready.

@@ -2,18 +2,16 @@
 //! local run (same JSON fields, same reasons, same text), with every check streamed as it
 //! completed; `/api/v1/status` uses the report's field names.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agent::Agent;
-use support::certs::TlsFixtures;
-use support::cli::Pullwatch;
-use support::dns::DnsServer;
-use support::registry::Registry;
+use testkit::agent::Agent;
+use testkit::certs::TlsFixtures;
+use testkit::cli::Pullwatch;
+use testkit::dns::DnsServer;
+use testkit::registry::Registry;
 
 const HOST: &str = "registry.pullwatch.test";
 
@@ -131,7 +129,7 @@ fn diagnose_through_the_agent_matches_the_local_run() {
         ])
         .args(images.iter().map(String::as_str))
         .run();
-    let remote = (out.exit_code(), support::cli::parse_json_lines(&out));
+    let remote = (out.exit_code(), testkit::cli::parse_json_lines(&out));
     assert_eq!(
         remote.0, local.0,
         "exit codes differ; stderr:\n{}",
@@ -202,7 +200,7 @@ fn diagnose_through_the_agent_matches_the_local_run() {
     let (status, body) = agent.get("/api/v1/status");
     assert_eq!(status, 200);
     let status: Value = serde_json::from_str(&body).expect("status JSON");
-    assert_eq!(status["node"], support::agent::NODE);
+    assert_eq!(status["node"], testkit::agent::NODE);
     let watched = &status["registries"][0];
     assert_eq!(watched["registry"], live.as_str());
     let mut want = keys(&local.1[0]);

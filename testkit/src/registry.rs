@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::http::{Client, Trust};
-use super::image::{self, Image, Platform, Pushed};
-use super::watchdog::{Watchdog, end_child};
+use crate::http::{Client, Trust};
+use crate::image::{self, Image, Platform, Pushed};
+use crate::watchdog::{Watchdog, end_child};
 
 const BINARY: &str = "/usr/bin/docker-registry";
 /// How long the registry may take to listen.
@@ -30,7 +30,7 @@ pub struct RegistryBuilder {
 }
 
 impl RegistryBuilder {
-    /// Serve HTTPS with this PEM certificate and key (e.g. a [`super::certs::Leaf`]'s).
+    /// Serve HTTPS with this PEM certificate and key (e.g. a [`crate::certs::Leaf`]'s).
     pub fn tls(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
         self.tls = Some((cert.as_ref().to_owned(), key.as_ref().to_owned()));
         self
@@ -44,7 +44,7 @@ impl RegistryBuilder {
         self
     }
 
-    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`super::netns::Netns::host_ip`],
+    /// Listens on `ip` instead of 127.0.0.1 (e.g. a [`crate::netns::Netns::host_ip`],
     /// to be reached from inside that netns).
     pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
         self.listen_ip = Some(ip);
@@ -68,7 +68,7 @@ impl RegistryBuilder {
             .tempdir()
             .expect("registry tempdir");
         let htpasswd_path = self.htpasswd.as_ref().map(|(user, password)| {
-            let line = super::run_tool(
+            let line = crate::run_tool(
                 "htpasswd",
                 &["-Bbn", user, password],
                 None,

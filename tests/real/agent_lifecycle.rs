@@ -1,14 +1,12 @@
 //! The agent's life: bad configuration exits 64 naming the flag, `/readyz` waits for discovery and
 //! the first round, `/healthz` never depends on a registry, SIGTERM/SIGINT drain and exit 0.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::agent::{Agent, sample};
-use support::cli::Pullwatch;
-use support::dns::DnsServer;
-use support::scripted::{Response, ScriptedServer};
+use testkit::agent::{Agent, sample};
+use testkit::cli::Pullwatch;
+use testkit::dns::DnsServer;
+use testkit::scripted::{Response, ScriptedServer};
 
 /// The agent's grace period for draining its tasks.
 const GRACE: Duration = Duration::from_secs(10);

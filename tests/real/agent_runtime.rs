@@ -1,14 +1,12 @@
 //! The agent against a real containerd: the runtime metrics, a registry discovered from the images
 //! the node holds, and the runtime stopped (`runtime_up` 0, `/healthz` still 200) and started again.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::agent::{Agent, sample, samples};
-use support::containerd::Containerd;
-use support::dns::DnsServer;
-use support::registry::Registry;
+use testkit::agent::{Agent, sample, samples};
+use testkit::containerd::Containerd;
+use testkit::dns::DnsServer;
+use testkit::registry::Registry;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -33,7 +31,7 @@ fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
         format!("{registry_name}/team/app:1.0"),
         format!("{registry_name}/team/app@{}", pushed.digest),
     ] {
-        support::run_tool(
+        testkit::run_tool(
             "ctr",
             &[
                 "--address",

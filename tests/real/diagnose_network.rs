@@ -2,17 +2,15 @@
 //! registry with generated certificates, a real DNS server, netns + nft for dropped, reset
 //! and unroutable connections, scripted servers only for what a registry cannot produce.
 
-mod support;
-
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
-use support::certs::TlsFixtures;
-use support::cli::Pullwatch;
-use support::dns::{DnsServer, DnsServerBuilder};
-use support::netns::Netns;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::certs::TlsFixtures;
+use testkit::cli::Pullwatch;
+use testkit::dns::{DnsServer, DnsServerBuilder};
+use testkit::netns::Netns;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 const HOST: &str = "registry.pullwatch.test";
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;

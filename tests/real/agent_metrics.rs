@@ -1,15 +1,13 @@
 //! What the agent exports about a registry that answers, but badly: the `/v2/` status is
 //! kept even when the http check fails (a 503 is the evidence), next to the failure reason.
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use support::agent::{Agent, sample};
-use support::dns::DnsServer;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::agent::{Agent, sample};
+use testkit::dns::DnsServer;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 #[test]
 fn a_failing_v2_still_exports_its_status_code() {

@@ -131,7 +131,7 @@ impl DnsServerBuilder {
     }
 
     /// Listens on port 53 of `ip` instead of a fresh 127.53.X.Y: e.g. a
-    /// [`super::netns::Netns::host_ip`], to serve a pullwatch running inside that netns.
+    /// [`crate::netns::Netns::host_ip`], to serve a pullwatch running inside that netns.
     pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
         self.listen_ip = Some(ip);
         self
@@ -290,7 +290,7 @@ fn bind_at(ip: Ipv4Addr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpL
 fn bind_fresh_address() -> (Ipv4Addr, std::net::UdpSocket, std::net::TcpListener) {
     let mut last_err = None;
     for _ in 0..64 {
-        let r = super::entropy();
+        let r = crate::entropy();
         let ip = Ipv4Addr::new(127, 53, (r >> 8) as u8, 1 + (r as u8 % 254));
         match bind_at(ip) {
             Ok((udp, tcp)) => return (ip, udp, tcp),

@@ -1,17 +1,15 @@
 //! The agent as a real Prometheus sees it: `registry_up` and the failure `reason` of broken
 //! registries, a registry stopped and restarted, `node` on every series, and `/healthz` unmoved.
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use support::agent::{Agent, NODE};
-use support::certs::TlsFixtures;
-use support::dns::DnsServer;
-use support::prometheus::{Prometheus, SCRAPE_INTERVAL};
-use support::registry::Registry;
-use support::relay::Relay;
+use testkit::agent::{Agent, NODE};
+use testkit::certs::TlsFixtures;
+use testkit::dns::DnsServer;
+use testkit::prometheus::{Prometheus, SCRAPE_INTERVAL};
+use testkit::registry::Registry;
+use testkit::relay::Relay;
 
 const HOST: &str = "registry.pullwatch.test";
 const INTERVAL: Duration = Duration::from_secs(1);

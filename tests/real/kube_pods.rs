@@ -3,17 +3,15 @@
 //! back-offs, dropped watches and 410 relists, the Event joins the kubelet's words with this node's
 //! own DNS evidence, series go on recovery and deletion, and the watch is never cluster-wide.
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agent::{Agent, NODE, sample, samples};
-use support::dns::DnsServer;
-use support::image::{Image, Platform};
-use support::kube_api::{KubeApi, back_off_message, kubelet_message, pod};
-use support::registry::Registry;
+use testkit::agent::{Agent, NODE, sample, samples};
+use testkit::dns::DnsServer;
+use testkit::image::{Image, Platform};
+use testkit::kube_api::{KubeApi, back_off_message, kubelet_message, pod};
+use testkit::registry::Registry;
 
 /// Start-up, the first list, the first diagnosis (DNS answers at once here).
 const SETTLE: Duration = Duration::from_secs(30);
@@ -367,7 +365,7 @@ fn events_off_series_capped_and_the_watch_goes_down_and_up() {
     assert_eq!(sample(&text, FAILURES, &nx), Some(3.0), "{text}");
 
     // The diagnosis ran (status shows it) but no Event was posted.
-    support::wait_for("the diagnosis in the status", SETTLE, || {
+    testkit::wait_for("the diagnosis in the status", SETTLE, || {
         status_failures(&agent)
             .iter()
             .all(|f| f["diagnosis"]["reason"] == "dns_nxdomain")
@@ -423,7 +421,7 @@ fn a_failing_pod_image_is_checked_with_a_manifest_head_only() {
         &["--kubernetes", "on", "--interval", "60s"],
         &[("KUBECONFIG", api.kubeconfig_str())],
     );
-    let diagnosis = support::wait_for("the pod image's diagnosis", SETTLE, || {
+    let diagnosis = testkit::wait_for("the pod image's diagnosis", SETTLE, || {
         status_failures(&agent)
             .first()
             .map(|f| f["diagnosis"].clone())
@@ -475,7 +473,7 @@ fn kubernetes_on_without_credentials_is_bad_config_and_auto_outside_a_cluster_is
             mode.into(),
         ]
     };
-    let out = support::cli::Pullwatch::new()
+    let out = testkit::cli::Pullwatch::new()
         .env("KUBECONFIG", missing.display().to_string())
         .env("KUBERNETES_SERVICE_HOST", "")
         .args(agent_args("on"))

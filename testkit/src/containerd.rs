@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::netns::Netns;
-use super::watchdog::{Watchdog, end_child};
+use crate::netns::Netns;
+use crate::watchdog::{Watchdog, end_child};
 
 const BINARY: &str = "/usr/bin/containerd";
 /// How long containerd may take to serve its socket.
@@ -91,7 +91,7 @@ impl<'a> ContainerdBuilder<'a> {
         if let Some(bytes) = self.content_store_bytes {
             std::fs::create_dir_all(&content_store).expect("create content store dir");
             let path = content_store.to_str().expect("tempdir paths are UTF-8");
-            super::run_tool(
+            crate::run_tool(
                 "mount",
                 &[
                     "-t",

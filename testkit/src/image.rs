@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::http::{Client, Response};
+use crate::http::{Client, Response};
 
 /// Manifest flavour: OCI image spec or Docker v2 schema 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,8 +210,8 @@ fn build_and_upload_manifest(
 ) -> std::io::Result<(Vec<u8>, String)> {
     let content = format!(
         "pullwatch test image {platform} {:016x}{:016x}\n",
-        super::entropy(),
-        super::entropy()
+        crate::entropy(),
+        crate::entropy()
     );
     let tar = tar_one_file("pullwatch-test.txt", content.as_bytes());
     let layer = gzip_stored(&tar);

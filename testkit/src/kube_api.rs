@@ -710,7 +710,9 @@ impl PodBuilder {
 /// and its image, as the kubelet puts it in a container status: the CRI error as gRPC prints it,
 /// `rpc error: code = … desc = <containerd's message>` (NotFound for containerd's not-found errors).
 pub fn kubelet_message(case: &str) -> (String, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containerd_errors.json");
+    // The corpus is pullwatch's own test fixture, next to this crate.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/containerd_errors.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let corpus: Value = serde_json::from_str(&text).expect("the corpus is JSON");

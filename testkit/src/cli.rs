@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::netns::Netns;
-use super::watchdog::{Watchdog, end_child};
+use crate::netns::Netns;
+use crate::watchdog::{Watchdog, end_child};
 
 /// Proxy variables cleared from the child's environment unless set explicitly
 /// (as are all `PULLWATCH_*` variables).
@@ -102,6 +102,35 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
+/// The pullwatch binary under test (cargo builds it for the package's integration tests and
+/// benches): `NEXTEST_BIN_EXE_pullwatch` (nextest) or `CARGO_BIN_EXE_pullwatch` if set at run
+/// time, else `pullwatch` in the profile directory above the running test binary's `deps/`
+/// (`target/<profile>/deps/real-…` → `target/<profile>/pullwatch`). Panics if it is not there.
+pub fn binary() -> &'static std::path::Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let named = ["NEXTEST_BIN_EXE_pullwatch", "CARGO_BIN_EXE_pullwatch"]
+            .iter()
+            .find_map(|var| std::env::var_os(var).map(PathBuf::from));
+        let bin = named.unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let deps = exe.parent().expect("the test binary's directory");
+            let profile = if deps.ends_with("deps") {
+                deps.parent().expect("the profile directory")
+            } else {
+                deps
+            };
+            profile.join("pullwatch")
+        });
+        assert!(
+            bin.is_file(),
+            "the pullwatch binary is not at {} (run the tests through cargo or nextest)",
+            bin.display()
+        );
+        bin
+    })
+}
+
 /// A pullwatch invocation being assembled.
 ///
 /// ```ignore
@@ -168,11 +197,11 @@ impl Pullwatch {
 
     /// The command that [`Pullwatch::run`] would spawn.
     pub fn command(&self) -> Command {
-        let bin = env!("CARGO_BIN_EXE_pullwatch");
+        let bin = binary();
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin]);
+                c.args(["netns", "exec", ns]).arg(bin);
                 c
             }
             None => Command::new(bin),
@@ -307,7 +336,7 @@ impl Running {
 
     /// Sends a signal by name (`TERM`, `INT`, `HUP`) with kill(1).
     pub fn signal(&self, name: &str) {
-        super::run_tool(
+        crate::run_tool(
             "kill",
             &["-s", name, &self.pid().to_string()],
             None,

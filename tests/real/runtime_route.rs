@@ -2,18 +2,16 @@
 //! mirrors down and up, a hosts.toml `ca`, `client` (mutual TLS) and `skip_verify`,
 //! `--via-runtime`, and CRI-O's registries.conf.
 
-mod support;
-
 use std::path::Path;
 
 use serde_json::Value;
-use support::certs::{TestCa, TlsFixtures};
-use support::cli::Pullwatch;
-use support::containerd::Containerd;
-use support::http::Client;
-use support::netns::Netns;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::certs::{TestCa, TlsFixtures};
+use testkit::cli::Pullwatch;
+use testkit::containerd::Containerd;
+use testkit::http::Client;
+use testkit::netns::Netns;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 /// A port on 127.0.0.1 where nothing listens.
 fn dead_port() -> u16 {

@@ -61,7 +61,7 @@ impl Watchdog {
     fn fire_and_wait(&mut self) {
         // Closing our end of the pipe is the signal.
         drop(self.child.stdin.take());
-        let done = super::cli::wait_bounded(&mut self.child, CLEANUP_TIMEOUT);
+        let done = crate::cli::wait_bounded(&mut self.child, CLEANUP_TIMEOUT);
         if done.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -1,16 +1,14 @@
 //! `pullwatch targets` against the real containerd: the registries of its images, of the config
 //! files and of `--registry`, each route checked against the files it was read from.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use pullwatch::runtime::RuntimeClient;
 use serde_json::{Value, json};
-use support::cli::{Pullwatch, parse_json_lines};
-use support::containerd::Containerd;
-use support::registry::Registry;
+use testkit::cli::{Pullwatch, parse_json_lines};
+use testkit::containerd::Containerd;
+use testkit::registry::Registry;
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::watchdog::Watchdog;
+use crate::watchdog::Watchdog;
 
 /// Directory of the lock files that hand out /30 indexes.
 const LOCK_DIR: &str = "/tmp/pullwatch-test-netns";
@@ -117,10 +117,10 @@ impl Netns {
     }
 
     /// Runs `program args…` inside the namespace (bounded) and returns its output.
-    pub fn exec(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> super::cli::Output {
+    pub fn exec(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> crate::cli::Output {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]).args(args);
-        super::cli::run_bounded(&mut cmd, stdin, TOOL_TIMEOUT)
+        crate::cli::run_bounded(&mut cmd, stdin, TOOL_TIMEOUT)
             .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}", self.name))
     }
 
@@ -169,14 +169,14 @@ fn ruleset() -> String {
 }
 
 fn ip(args: &[&str]) {
-    super::run_tool("ip", args, None, TOOL_TIMEOUT);
+    crate::run_tool("ip", args, None, TOOL_TIMEOUT);
 }
 
 /// Deletes a namespace and host veth if they exist (deleting the namespace also
 /// destroys the veth pair; the explicit delete covers a half-built pair).
 fn remove_leftovers(name: &str, host_veth: &str) {
     let quiet = |args: &[&str]| {
-        let _ = super::cli::run_bounded(Command::new("ip").args(args), None, TOOL_TIMEOUT);
+        let _ = crate::cli::run_bounded(Command::new("ip").args(args), None, TOOL_TIMEOUT);
     };
     quiet(&["netns", "delete", name]);
     quiet(&["link", "delete", host_veth]);
@@ -185,7 +185,7 @@ fn remove_leftovers(name: &str, host_veth: &str) {
 /// Claims a free /30 index with an exclusive lock file, reclaiming stale ones.
 fn claim_slot() -> (u32, PathBuf) {
     std::fs::create_dir_all(LOCK_DIR).unwrap_or_else(|e| panic!("create {LOCK_DIR}: {e}"));
-    let start = (super::entropy() % u64::from(SLOTS)) as u32;
+    let start = (crate::entropy() % u64::from(SLOTS)) as u32;
     for i in 0..SLOTS {
         let slot = (start + i) % SLOTS;
         let path = PathBuf::from(format!("{LOCK_DIR}/{slot}.lock"));

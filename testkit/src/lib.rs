@@ -3,13 +3,8 @@
 //!
 //! Every helper is bounded (each wait has a timeout and panics naming what did not come
 //! up), cleans up on `Drop`, and is safe to use from many test processes at once.
-//! Use it from an integration test with `mod support;`.
-
-// Each test binary compiles this whole harness but uses only part of it.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the shared harness"
-)]
+//! A dev-dependency of pullwatch (as `testkit`) for its integration tests (`tests/real/`), the
+//! footprint bench and the demo's fake cluster (`examples/demo_cluster.rs`).
 
 pub mod agent;
 pub mod certs;

@@ -1,8 +1,6 @@
-//! Proves the test harness in `tests/support/` works with real parts (DNS server,
+//! Proves the test harness (the `pullwatch-testkit` crate, `testkit/`) works with real parts (DNS server,
 //! registry, certificates, netns firewall, scripted server, process runner) before any
 //! pullwatch test relies on it. Nothing here runs pullwatch's own logic.
-
-mod support;
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -11,13 +9,13 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use support::certs::TlsFixtures;
-use support::dns::{Answer, DnsServer};
-use support::http::{Client, Trust};
-use support::image::{Image, Platform};
-use support::netns::Netns;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::certs::TlsFixtures;
+use testkit::dns::{Answer, DnsServer};
+use testkit::http::{Client, Trust};
+use testkit::image::{Image, Platform};
+use testkit::netns::Netns;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 fn dns_query(server: SocketAddr, name: &str, rtype: RecordType) -> std::io::Result<Message> {
     let mut msg = Message::query();
@@ -126,7 +124,7 @@ fn two_dns_servers_get_distinct_addresses() {
 fn tls_fixtures_produce_the_four_conditions() {
     let tls = TlsFixtures::for_host("registry.test");
     let ca = Trust::CaFile(tls.ca.cert_path().to_owned());
-    let serve = |leaf: &support::certs::Leaf| {
+    let serve = |leaf: &testkit::certs::Leaf| {
         ScriptedServer::builder()
             .route("GET", "/v2/", Response::registry_v2())
             .tls(&leaf.cert_path, &leaf.key_path)
@@ -189,7 +187,7 @@ fn registry_serves_v2_over_tls_with_basic_auth() {
     );
 
     // curl, as an independent client, agrees.
-    let curl = support::run_tool(
+    let curl = testkit::run_tool(
         "curl",
         &[
             "-sS",
@@ -377,7 +375,7 @@ fn netns_firewall_drops_resets_and_rejects_unreachable() {
     drop((reg, dns));
 
     // The runner can put a process inside the namespace.
-    let out = support::cli::Pullwatch::new()
+    let out = testkit::cli::Pullwatch::new()
         .in_netns(&ns)
         .arg("--help")
         .timeout(Duration::from_secs(20))
@@ -389,7 +387,7 @@ fn netns_firewall_drops_resets_and_rejects_unreachable() {
     );
 
     drop(ns);
-    let list = support::run_tool("ip", &["netns", "list"], None, Duration::from_secs(10));
+    let list = testkit::run_tool("ip", &["netns", "list"], None, Duration::from_secs(10));
     assert!(
         !list
             .lines()
@@ -439,7 +437,7 @@ fn scripted_server_answers_routes_and_records_requests() {
     );
 
     let proxy = ScriptedServer::refusing_proxy();
-    let out = support::cli::run_bounded(
+    let out = testkit::cli::run_bounded(
         std::process::Command::new("curl").args([
             "-sS",
             "-o",
@@ -462,7 +460,7 @@ fn scripted_server_answers_routes_and_records_requests() {
 #[test]
 fn process_runner_kills_what_outlives_its_timeout() {
     let started = Instant::now();
-    let err = support::cli::run_bounded(
+    let err = testkit::cli::run_bounded(
         std::process::Command::new("sleep").arg("30"),
         None,
         Duration::from_millis(300),
@@ -471,7 +469,7 @@ fn process_runner_kills_what_outlives_its_timeout() {
     assert_eq!(err.kind(), ErrorKind::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let out = support::cli::Pullwatch::new()
+    let out = testkit::cli::Pullwatch::new()
         .arg("--help")
         .env("HTTPS_PROXY", "http://127.0.0.1:9")
         .run();
@@ -483,11 +481,11 @@ fn process_runner_kills_what_outlives_its_timeout() {
 
     // A background run (as the agent will be) can be signalled and reaped.
     let dns = DnsServer::builder().silent("slow.test").start();
-    let mut running = support::cli::Pullwatch::new()
+    let mut running = testkit::cli::Pullwatch::new()
         .args(["--resolv-conf", dns.resolv_conf_str(), "--timeout", "30s"])
         .args(["diagnose", "slow.test/app:1"])
         .spawn();
-    support::wait_for("pullwatch to query DNS", Duration::from_secs(10), || {
+    testkit::wait_for("pullwatch to query DNS", Duration::from_secs(10), || {
         (dns.queries("slow.test") > 0).then_some(())
     });
     assert!(running.is_running(), "stderr: {}", running.stderr());
@@ -543,18 +541,18 @@ fn watchdogs_clean_up_after_a_killed_test_process() {
     let (ns_name, port) = ready.split_once(' ').expect("READY <netns> <port>");
     let port: u16 = port.parse().expect("port");
 
-    support::wait_for(
+    testkit::wait_for(
         "the killed process's netns to be deleted",
         Duration::from_secs(10),
         || {
-            let list = support::run_tool("ip", &["netns", "list"], None, Duration::from_secs(10));
+            let list = testkit::run_tool("ip", &["netns", "list"], None, Duration::from_secs(10));
             (!list
                 .lines()
                 .any(|l| l.split_whitespace().next() == Some(ns_name)))
             .then_some(())
         },
     );
-    support::wait_for(
+    testkit::wait_for(
         "the killed process's registry to stop listening",
         Duration::from_secs(10),
         || {

@@ -2,8 +2,6 @@
 //! reachable here, checks each message classifies to its reason, and keeps the texts in
 //! tests/fixtures/containerd_errors.json (`PULLWATCH_TEST_RECORD=1` rewrites it).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,13 +11,13 @@ use pullwatch::check;
 use pullwatch::reason::{Reason, classify_runtime_message};
 use pullwatch::runtime::{PullAuth, RuntimeClient, RuntimeError};
 use serde::{Deserialize, Serialize};
-use support::certs::TlsFixtures;
-use support::containerd::Containerd;
-use support::dns::DnsServer;
-use support::image::Image;
-use support::netns::Netns;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::certs::TlsFixtures;
+use testkit::containerd::Containerd;
+use testkit::dns::DnsServer;
+use testkit::image::Image;
+use testkit::netns::Netns;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 const FIXTURE: &str = "tests/fixtures/containerd_errors.json";
 /// Longer than containerd's own 30 s dial timeout, so its message is what comes back.
@@ -172,7 +170,7 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
     let ns = Netns::new();
     let tls = TlsFixtures::for_host("registry.test");
     let authed = basic_auth_registry(&tls);
-    let tls_server = |leaf: &support::certs::Leaf| {
+    let tls_server = |leaf: &testkit::certs::Leaf| {
         let registry = Registry::builder()
             .tls(&leaf.cert_path, &leaf.key_path)
             .start();

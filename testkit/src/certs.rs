@@ -174,7 +174,8 @@ pub struct TlsFixtures {
     pub wrong_name: Leaf,
     /// Valid now for the host name and 127.0.0.1, signed by an untrusted CA.
     pub unknown_ca: Leaf,
-    untrusted_ca: TestCa,
+    /// Kept (with its files) as long as the fixtures: the CA of `unknown_ca`.
+    _untrusted_ca: TestCa,
 }
 
 impl TlsFixtures {
@@ -190,7 +191,7 @@ impl TlsFixtures {
             wrong_name: ca.valid_leaf(&["other.invalid"]),
             unknown_ca: untrusted_ca.valid_leaf(&names),
             ca,
-            untrusted_ca,
+            _untrusted_ca: untrusted_ca,
         }
     }
 }

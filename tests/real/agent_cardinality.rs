@@ -2,12 +2,10 @@
 //! `--max-failing-series` are refused and counted, the series count does not grow round after
 //! round, memory stays small, and `promtool check metrics` finds nothing to lint.
 
-mod support;
-
 use std::time::Duration;
 
-use support::agent::{Agent, sample, samples};
-use support::dns::DnsServer;
+use testkit::agent::{Agent, sample, samples};
+use testkit::dns::DnsServer;
 
 const CANDIDATES: usize = 200;
 const MAX_REGISTRIES: usize = 10;
@@ -135,7 +133,7 @@ fn registries_and_failing_series_past_their_caps_are_refused_and_counted() {
     );
 
     // The exposition passes Prometheus's own lint.
-    let lint = support::run_tool(
+    let lint = testkit::run_tool(
         "promtool",
         &["check", "metrics"],
         Some(later.as_bytes()),

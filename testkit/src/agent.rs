@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::cli::{Output, Pullwatch, Running};
-use super::http::Client;
+use crate::cli::{Output, Pullwatch, Running};
+use crate::http::Client;
 
 /// The `--node-name` every test agent gets.
 pub const NODE: &str = "test-node";

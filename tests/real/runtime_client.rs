@@ -1,17 +1,15 @@
 //! The CRI client against the real containerd: every call, reconnecting after a restart, pull
 //! deadlines, and the runtime-path check that resolves remotely and downloads nothing.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use pullwatch::backoff::Backoff;
 use pullwatch::check::{self, CheckKind};
 use pullwatch::reason::Reason;
 use pullwatch::runtime::{RuntimeClient, RuntimeError, RuntimeKind};
-use support::containerd::Containerd;
-use support::registry::Registry;
-use support::scripted::{Response, ScriptedServer};
+use testkit::containerd::Containerd;
+use testkit::registry::Registry;
+use testkit::scripted::{Response, ScriptedServer};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
