@@ -1,7 +1,7 @@
 //! `pullwatch agent` in the background for tests: `--listen` on a free 127.0.0.1 port, the API
 //! socket in a tempdir, node name [`NODE`]; its HTTP endpoints read with the harness client.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,10 +40,7 @@ impl Agent {
         let mut last_stderr = String::new();
         // The free port can be taken before the agent binds it: then it exits 64 naming --listen.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("bind 127.0.0.1:0")
-                .port();
+            let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut command = Pullwatch::new();
             for (key, value) in env {

@@ -3,7 +3,7 @@
 //! Killed on drop (or by a watchdog if the test process dies first).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,10 +69,7 @@ impl Prometheus {
         let mut last_log = String::new();
         // The free port can be taken before Prometheus binds it: then try another.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("bind 127.0.0.1:0")
-                .port();
+            let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let log = std::fs::File::create(&log_path).expect("create prometheus.log");
             let child = Command::new(BINARY)

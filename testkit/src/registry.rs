@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use crate::http::{Client, Trust};
 use crate::image::{self, Image, Platform, Pushed};
+use crate::ports::free_port;
 use crate::watchdog::{Watchdog, end_child};
 
 const BINARY: &str = "/usr/bin/docker-registry";
@@ -157,14 +158,6 @@ impl RegistryBuilder {
         }
         yaml
     }
-}
-
-/// A port that was free a moment ago on `ip`.
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
-        .port()
 }
 
 /// Waits until the registry logged that it listens on `addr` and the port accepts TCP,

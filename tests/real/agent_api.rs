@@ -91,10 +91,7 @@ fn diagnose_through_the_agent_matches_the_local_run() {
     let untrusted = Registry::builder()
         .tls(&tls.unknown_ca.cert_path, &tls.unknown_ca.key_path)
         .start();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let closed_port = testkit::ports::closed_port();
     let dns = DnsServer::builder().a(HOST, Ipv4Addr::LOCALHOST).start();
     let global = [
         "--resolv-conf",

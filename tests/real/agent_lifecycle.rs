@@ -6,17 +6,11 @@ use std::time::{Duration, Instant};
 use testkit::agent::{Agent, sample};
 use testkit::cli::Pullwatch;
 use testkit::dns::DnsServer;
+use testkit::ports::closed_port;
 use testkit::scripted::{Response, ScriptedServer};
 
 /// The agent's grace period for draining its tasks.
 const GRACE: Duration = Duration::from_secs(10);
-
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 #[test]
 fn bad_configuration_exits_64_naming_the_flag() {

@@ -49,10 +49,7 @@ fn prometheus_sees_registries_up_broken_stopped_and_back() {
     let untrusted = Registry::builder()
         .tls(&tls.unknown_ca.cert_path, &tls.unknown_ca.key_path)
         .start();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let closed_port = testkit::ports::closed_port();
     let dns = DnsServer::builder().a(HOST, Ipv4Addr::LOCALHOST).start();
 
     let live = format!("{HOST}:{}", relay.port());

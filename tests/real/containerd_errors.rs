@@ -16,6 +16,7 @@ use testkit::containerd::Containerd;
 use testkit::dns::DnsServer;
 use testkit::image::Image;
 use testkit::netns::Netns;
+use testkit::ports::closed_port;
 use testkit::registry::Registry;
 use testkit::scripted::{Response, ScriptedServer};
 
@@ -96,14 +97,6 @@ impl Scenario {
             )),
         }
     }
-}
-
-/// A port on 127.0.0.1 where nothing listens.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// A hosts.toml sending `registry` to `server` alone (the empty `[host]` table keeps
@@ -246,7 +239,7 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
     let main = Containerd::start();
     let c = client(&main);
     let proxied = Containerd::builder()
-        .env("HTTP_PROXY", &format!("http://127.0.0.1:{}", dead_port()))
+        .env("HTTP_PROXY", &format!("http://127.0.0.1:{}", closed_port()))
         .env("HTTPS_PROXY", &refusing_proxy.url())
         .start();
     let p = client(&proxied);
@@ -270,9 +263,9 @@ async fn containerd_pull_errors_are_recorded_and_classified() {
         single_server(&main, &registry.to_string(), &https(registry), ca);
     }
     // A plain-HTTP registry configured as HTTPS.
-    let http_on_tls = format!("127.0.0.1:{}", dead_port());
+    let http_on_tls = format!("127.0.0.1:{}", closed_port());
     single_server(&main, &http_on_tls, &https(plain.addr()), None);
-    let refused = format!("127.0.0.1:{}", dead_port());
+    let refused = format!("127.0.0.1:{}", closed_port());
     let timeout = ns.drop_addr().to_string();
     let unreachable = ns.unreachable_addr().to_string();
     single_server(&main, &timeout, &http(ns.drop_addr()), None);

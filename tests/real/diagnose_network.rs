@@ -9,6 +9,7 @@ use testkit::certs::TlsFixtures;
 use testkit::cli::Pullwatch;
 use testkit::dns::{DnsServer, DnsServerBuilder};
 use testkit::netns::Netns;
+use testkit::ports::closed_port;
 use testkit::registry::Registry;
 use testkit::scripted::{Response, ScriptedServer};
 
@@ -434,11 +435,7 @@ fn tcp_tries_at_most_four_addresses_per_family() {
 
 #[test]
 fn tcp_refused_on_loopback() {
-    // Bind then drop a listener: its port is free and nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = closed_port();
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let (code, report) = diagnose(&dns, None, &[], &image_at(port));
     assert_fails(code, &report, "tcp", "tcp_refused");
@@ -535,10 +532,7 @@ fn a_refusing_or_dead_proxy_is_a_proxy_error() {
     let dns = dns_with(|b| b.a(HOST, LOOPBACK));
     let image = image_at(registry.port());
     let refusing = ScriptedServer::refusing_proxy();
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let dead_port = closed_port();
     let cases = [
         (
             format!("http://127.0.0.1:{}", refusing.port()),

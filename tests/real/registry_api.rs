@@ -2,7 +2,7 @@
 //! its own), `--docker-config` credentials, manifests, rate limits, platforms and nearest tags.
 //! The real CNCF registry with htpasswd where it can; scripted servers for what it cannot produce.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use base64::Engine as _;
@@ -11,6 +11,7 @@ use testkit::certs::{Leaf, TlsFixtures};
 use testkit::cli::Pullwatch;
 use testkit::dns::DnsServer;
 use testkit::image::{Image, Platform};
+use testkit::ports::closed_port;
 use testkit::registry::Registry;
 use testkit::scripted::{Request, Response, ScriptedServer};
 
@@ -156,12 +157,6 @@ fn assert_fails(report: &Value, by: &str, reason: &str) {
     assert_eq!(failed["ok"], false, "{by} fails: {report}");
     assert_eq!(failed["reason"], reason, "{report}");
     assert!(!text(&report["fix"]).is_empty(), "a fix is given: {report}");
-}
-
-/// A port nothing listens on (bound, then closed).
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
 }
 
 /// `/v2/` as a registry that wants a Bearer token from `realm`.

@@ -10,16 +10,9 @@ use testkit::cli::Pullwatch;
 use testkit::containerd::Containerd;
 use testkit::http::Client;
 use testkit::netns::Netns;
+use testkit::ports::closed_port;
 use testkit::registry::Registry;
 use testkit::scripted::{Response, ScriptedServer};
-
-/// A port on 127.0.0.1 where nothing listens.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
 
 /// `pullwatch diagnose --output json [DIAGNOSE FLAGS] IMAGE` against `ctrd` and its certs.d.
 fn diagnose(ctrd: &Containerd, flags: &[&str], image: &str) -> (i32, Value) {
@@ -118,7 +111,7 @@ fn mirror_down_upstream_up_is_pullable_via_the_upstream_with_the_mirror_failure_
     let upstream = Registry::start();
     upstream.push_image("team/app", "1.0");
     let ctrd = Containerd::start();
-    let mirror = format!("127.0.0.1:{}", dead_port());
+    let mirror = format!("127.0.0.1:{}", closed_port());
     let hosts = ctrd.write_hosts_toml(
         &upstream.addr().to_string(),
         &format!(
@@ -171,7 +164,7 @@ fn mirror_up_is_pullable_via_the_mirror_and_the_runtime_uses_it() {
     let mirror = Registry::start();
     mirror.push_image("team/app", "1.0");
     let ctrd = Containerd::start();
-    let upstream = format!("127.0.0.1:{}", dead_port());
+    let upstream = format!("127.0.0.1:{}", closed_port());
     let hosts = ctrd.write_hosts_toml(
         &upstream,
         &format!(
@@ -241,7 +234,7 @@ fn a_mirror_with_its_own_api_root_is_asked_under_it_like_containerd_does() {
     ];
     for case in cases {
         let mirror = mirror_under(case.root, registry.addr());
-        let upstream = format!("127.0.0.1:{}", dead_port());
+        let upstream = format!("127.0.0.1:{}", closed_port());
         ctrd.write_hosts_toml(
             &upstream,
             &format!(
@@ -606,7 +599,7 @@ fn via_runtime_catches_what_only_the_runtime_sees() {
     let registry = Registry::builder().listen_ip(ns.host_ip()).start();
     registry.push_image("team/app", "1.0");
     let ctrd = Containerd::builder()
-        .env("HTTP_PROXY", &format!("http://127.0.0.1:{}", dead_port()))
+        .env("HTTP_PROXY", &format!("http://127.0.0.1:{}", closed_port()))
         .start();
     let name = registry.addr().to_string();
     ctrd.write_hosts_toml(&name, &format!("server = \"http://{name}\"\n[host]\n"));
@@ -681,7 +674,7 @@ fn cri_o_registries_conf_routes_mirrors_and_blocks() {
     mirror.push_image("team/app", "1.0");
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("registries.conf");
-    let upstream = format!("127.0.0.1:{}", dead_port());
+    let upstream = format!("127.0.0.1:{}", closed_port());
     std::fs::write(
         &conf,
         format!(
