@@ -3,8 +3,7 @@
 //! recorded; every pod request must carry `fieldSelector=spec.nodeName=<node>` (else a violation).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,10 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-/// Longest request head or body the server reads.
-const MAX_REQUEST: u64 = 1 << 20;
-/// A connection idle this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::server::{Exchange, HttpServer, Response};
+
 /// Bookmarks on an idle watch that asked for them, this often.
 const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 /// A watch without `timeoutSeconds` ends after this (the API server's default is 30-60 min).
@@ -32,11 +29,11 @@ pub struct Seen {
 
 /// A running fake API server; stops on drop.
 pub struct KubeApi {
-    addr: SocketAddr,
+    /// Dropped after `Drop::drop` has told the open watches to end.
+    _server: HttpServer,
     shared: Arc<Shared>,
     kubeconfig: PathBuf,
     _dir: TempDir,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -71,8 +68,20 @@ struct State {
 impl KubeApi {
     /// Serves the pods of every node but lets clients see only `node`'s; writes a kubeconfig for it.
     pub fn start(node: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("fake API server binds 127.0.0.1:0");
-        let addr = listener.local_addr().expect("fake API server address");
+        let shared = Arc::new(Shared {
+            node: node.to_string(),
+            state: Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let serving = Arc::clone(&shared);
+        let server = HttpServer::start("kube-api", Ipv4Addr::LOCALHOST, None, move |req, ex| {
+            serve(req, ex, &serving)
+        });
+        let addr = server.addr();
         let dir = tempfile::Builder::new()
             .prefix("pw-kube-")
             .tempdir()
@@ -87,26 +96,11 @@ impl KubeApi {
             ),
         )
         .expect("write kubeconfig");
-        let shared = Arc::new(Shared {
-            node: node.to_string(),
-            state: Mutex::new(State {
-                rv: 100,
-                ..State::default()
-            }),
-            changed: Condvar::new(),
-            stopping: AtomicBool::new(false),
-        });
-        let accept = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("kube-api-{addr}"))
-            .spawn(move || accept_loop(listener, accept))
-            .expect("spawn the fake API server");
         KubeApi {
-            addr,
+            _server: server,
             shared,
             kubeconfig,
             _dir: dir,
-            thread: Some(thread),
         }
     }
 
@@ -231,10 +225,6 @@ impl Drop for KubeApi {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -258,23 +248,7 @@ fn on_node(pod: &Value, node: &str) -> bool {
     pod["spec"]["nodeName"].as_str() == Some(node)
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-            let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
-            serve_connection(&stream, &shared);
-            let _ = stream.shutdown(Shutdown::Both);
-        });
-    }
-}
-
-/// A parsed request.
+/// A parsed request: the path and query percent-decoded.
 struct Request {
     method: String,
     path: String,
@@ -283,6 +257,25 @@ struct Request {
 }
 
 impl Request {
+    fn parse(request: &crate::server::Request) -> Self {
+        let target = &request.path;
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        Request {
+            method: request.method.clone(),
+            path: percent_decode(path),
+            query,
+            body: request.body.clone(),
+        }
+    }
+
     fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -292,21 +285,18 @@ impl Request {
 }
 
 /// One request per connection (every answer says `Connection: close`).
-fn serve_connection(stream: &TcpStream, shared: &Shared) {
-    let mut reader = BufReader::new(stream);
-    let Some((request, target)) = read_request(&mut reader) else {
-        return;
-    };
+fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: &Shared) {
+    exchange.close();
     shared.lock().requests.push(Seen {
         method: request.method.clone(),
-        target,
+        target: request.path.clone(),
     });
-    let mut out = stream;
+    let request = Request::parse(request);
     match route(&request, shared) {
         Answer::Json(status, body) => {
-            let _ = write_json(&mut out, status, &body);
+            let _ = exchange.respond(&Response::new(status).json(&body));
         }
-        Answer::Watch(from) => watch(&mut out, &request, from, shared),
+        Answer::Watch(from) => watch(exchange, &request, from, shared),
     }
 }
 
@@ -427,9 +417,9 @@ fn pods(request: &Request, shared: &Shared) -> Answer {
 
 /// Streams watch events after `from` as chunked JSON lines until the watch times out, is dropped,
 /// expires (410), or the client goes away.
-fn watch(out: &mut &TcpStream, request: &Request, from: u64, shared: &Shared) {
+fn watch(out: &mut Exchange<'_>, request: &Request, from: u64, shared: &Shared) {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    if out.write_all(head.as_bytes()).is_err() {
+    if out.write_raw(head.as_bytes()).is_err() {
         return;
     }
     let bookmarks = request.param("allowWatchBookmarks") == Some("true");
@@ -496,81 +486,14 @@ fn watch(out: &mut &TcpStream, request: &Request, from: u64, shared: &Shared) {
     state.open_watches -= 1;
     drop(state);
     if clean_end {
-        let _ = out.write_all(b"0\r\n\r\n");
-        let _ = out.flush();
-    } else {
-        // A dropped connection: no last chunk, the socket just closes.
-        let _ = out.shutdown(Shutdown::Both);
+        let _ = out.write_raw(b"0\r\n\r\n");
     }
+    // Else a dropped connection: no last chunk, the socket just closes (the server closes it).
 }
 
-fn write_chunk(out: &mut &TcpStream, event: &Value) -> std::io::Result<()> {
+fn write_chunk(out: &mut Exchange<'_>, event: &Value) -> std::io::Result<()> {
     let line = format!("{event}\n");
-    out.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())?;
-    out.flush()
-}
-
-fn write_json(out: &mut &TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
-    let body = body.to_string();
-    let phrase = match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        404 => "Not Found",
-        503 => "Service Unavailable",
-        _ => "Status",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    out.write_all(head.as_bytes())?;
-    out.write_all(body.as_bytes())?;
-    out.flush()
-}
-
-fn read_request(reader: &mut impl BufRead) -> Option<(Request, String)> {
-    let mut limited = reader.take(MAX_REQUEST);
-    let mut line = String::new();
-    limited.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next()?.to_owned(), parts.next()?.to_owned());
-    let mut length = 0u64;
-    loop {
-        let mut header = String::new();
-        if limited.read_line(&mut header).ok()? == 0 {
-            return None;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':')
-            && k.trim().eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().ok()?;
-        }
-    }
-    let mut body = Vec::new();
-    limited.take(length).read_to_end(&mut body).ok()?;
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let query = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    Some((
-        Request {
-            method,
-            path: percent_decode(path),
-            query,
-            body,
-        },
-        target,
-    ))
+    out.write_raw(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
 }
 
 fn percent_decode(text: &str) -> String {

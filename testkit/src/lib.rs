@@ -20,6 +20,7 @@ pub mod prometheus;
 pub mod registry;
 pub mod relay;
 pub mod scripted;
+pub mod server;
 pub mod watchdog;
 
 use std::sync::atomic::{AtomicU32, Ordering};
