@@ -510,13 +510,12 @@ fn watchdogs_clean_up_after_a_killed_test_process() {
     if std::env::var_os(HOLDER_ENV).is_some() {
         return hold_resources_until_killed();
     }
-    // The same test, re-run in a child process that plays the holder.
+    // The same test, re-run in a child process that plays the holder. Its name in the test
+    // binary is its module path without the crate: `harness_smoke::watchdogs_…`.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::watchdogs_clean_up_after_a_killed_test_process");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "watchdogs_clean_up_after_a_killed_test_process",
-            "--nocapture",
-        ])
+        .args(["--exact", &name, "--nocapture"])
         .env(HOLDER_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
