@@ -9,6 +9,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
+# a workspace member (the test harness): cargo reads its manifest even for the binary alone
+COPY testkit testkit
 ARG PULLWATCH_REVISION=unknown
 ENV PULLWATCH_REVISION=${PULLWATCH_REVISION}
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \

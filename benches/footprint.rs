@@ -3,16 +3,13 @@
 //! scaled to the defaults (64 registries every 30 s). Run with `cargo bench --bench footprint`;
 //! it prints numbers and asserts nothing (the README quotes them).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use support::agent::{Agent, sample, samples};
-use support::certs::TestCa;
-use support::dns::DnsServer;
-use support::scripted::{Response, ScriptedServer};
+use testkit::agent::{Agent, sample, samples};
+use testkit::certs::TestCa;
+use testkit::dns::DnsServer;
+use testkit::scripted::{Response, ScriptedServer};
 
 /// Registries watched at once (the default `--max-registries` is 64).
 const REGISTRIES: usize = 32;

@@ -8,21 +8,13 @@
 //! The kubelet's message has the real shape: containerd's text for a missing tag
 //! (tests/fixtures/containerd_errors.json, case `unknown_tag`) with IMAGE in it.
 
-// Only the fake API server of the test harness: the rest of it needs a test binary's environment.
-#[path = "../tests/support/kube_api.rs"]
-#[allow(
-    dead_code,
-    reason = "the demo uses part of the harness's fake API server"
-)]
-mod kube_api;
-
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kube_api::{KubeApi, kubelet_message, pod};
 use serde_json::Value;
+use testkit::kube_api::{KubeApi, kubelet_message, pod};
 
 const NODE: &str = "demo-node";
 const NAMESPACE: &str = "shop";

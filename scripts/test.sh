@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then formatting, lints, unit and integration
 # tests (real containerd, registry, DNS, nft/netns, Prometheus). Run as root (netns, nft, containerd).
+# The integration tests (tests/real/) are built only with the `real-parts` feature: always on here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,9 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-echo "==> cargo fmt --check"
-cargo fmt --check
+echo "==> cargo fmt --all --check"
+cargo fmt --all --check
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --workspace --features real-parts --locked -- -D warnings
 echo "==> cargo nextest run"
-cargo nextest run --locked --no-fail-fast "$@"
+cargo nextest run --workspace --features real-parts --locked --no-fail-fast "$@"

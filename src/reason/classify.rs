@@ -237,7 +237,7 @@ mod tests {
     use super::*;
 
     /// Where a message form comes from. Real containerd texts live in the fixture
-    /// (tests/fixtures/containerd_errors.json, checked by tests/containerd_errors.rs); the forms
+    /// (tests/fixtures/containerd_errors.json, checked by tests/real/containerd_errors.rs); the forms
     /// here were written after reading the named public sources, not recorded from a runtime.
     #[derive(Debug)]
     enum Origin {

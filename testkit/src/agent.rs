@@ -1,0 +1,187 @@
+//! `pullwatch agent` in the background for tests: `--listen` on a free 127.0.0.1 port, the API
+//! socket in a tempdir, node name [`NODE`]; its HTTP endpoints read with the harness client.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::cli::{Output, Pullwatch, Running};
+use crate::http::Client;
+
+/// The `--node-name` every test agent gets.
+pub const NODE: &str = "test-node";
+/// How long an agent may take to answer `/healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running agent; killed on drop.
+pub struct Agent {
+    running: Option<Running>,
+    addr: SocketAddr,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts `pullwatch GLOBAL… agent --listen … --api-socket … --node-name test-node AGENT…` and
+    /// waits until `/healthz` answers; panics with its stderr if it exits or never answers.
+    pub fn start(global: &[&str], agent: &[&str]) -> Self {
+        Self::start_with_env(global, agent, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables for the agent (e.g. `KUBECONFIG`).
+    pub fn start_with_env(global: &[&str], agent: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pw-agent-")
+            .tempdir()
+            .expect("agent tempdir");
+        let socket = dir.path().join("api/pullwatch.sock");
+        let mut last_stderr = String::new();
+        // The free port can be taken before the agent binds it: then it exits 64 naming --listen.
+        for _ in 0..5 {
+            let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut command = Pullwatch::new();
+            for (key, value) in env {
+                command = command.env(*key, *value);
+            }
+            let mut running = command
+                .args(global.iter().copied())
+                .arg("agent")
+                .args(["--listen", &addr.to_string()])
+                .args(["--api-socket", socket.to_str().expect("UTF-8 tempdir")])
+                .args(["--node-name", NODE])
+                .args(agent.iter().copied())
+                .spawn();
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if !running.is_running() {
+                    last_stderr = running.stderr();
+                    break;
+                }
+                if matches!(Client::http(addr).get("/healthz"), Ok(r) if r.status == 200) {
+                    return Agent {
+                        running: Some(running),
+                        addr,
+                        socket,
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "agent did not answer /healthz within {START_TIMEOUT:?}; stderr:\n{}",
+                    running.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !last_stderr.contains("--listen") {
+                break;
+            }
+        }
+        panic!("agent did not start; stderr:\n{last_stderr}");
+    }
+
+    /// Where it serves `/metrics`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its API socket as `diagnose --agent` takes it.
+    pub fn socket_url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// GET `path`: status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = Client::http(self.addr).get(path).unwrap_or_else(|e| {
+            panic!("GET {path} from the agent: {e}\nstderr:\n{}", self.stderr())
+        });
+        (response.status, response.text())
+    }
+
+    /// `/metrics`, which must answer 200.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        body
+    }
+
+    /// Polls `/metrics` until `accept` takes it, at most `timeout`; returns it and how long it took.
+    pub fn wait_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        accept: impl Fn(&str) -> bool,
+    ) -> (String, Duration) {
+        let start = Instant::now();
+        loop {
+            let text = self.metrics();
+            if accept(&text) {
+                return (text, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "after {timeout:?}, /metrics still lacks {what}:\n{text}\nstderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.running
+            .as_ref()
+            .map(Running::stderr)
+            .unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        if let Some(running) = &self.running {
+            running.signal(name);
+        }
+    }
+
+    /// Waits for it to exit by itself (after a signal), at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        self.running
+            .take()
+            .expect("the agent is running")
+            .wait(timeout)
+    }
+}
+
+/// Values of the samples of `name` in a Prometheus text exposition whose labels include `labels`.
+pub fn samples(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| {
+                    let pair = format!("{k}=\"{v}\"");
+                    rest.contains(&format!("{{{pair}")) || rest.contains(&format!(",{pair}"))
+                })
+                .then(|| value.parse().ok())?
+        })
+        .collect()
+}
+
+/// The one sample of `name` with `labels`, if exactly one exists.
+pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    match samples(exposition, name, labels).as_slice() {
+        [value] => Some(*value),
+        _ => None,
+    }
+}

@@ -1,0 +1,659 @@
+//! A small fake Kubernetes API server on 127.0.0.1:0 for the pod watch: pod list and watch with
+//! real-shaped JSON (resourceVersion, BOOKMARK, 410 Gone, dropped connections), Event POST/PATCH
+//! recorded; every pod request must carry `fieldSelector=spec.nodeName=<node>` (else a violation).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::server::{Exchange, HttpServer, Response};
+
+/// Bookmarks on an idle watch that asked for them, this often.
+const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
+/// A watch without `timeoutSeconds` ends after this (the API server's default is 30-60 min).
+const MAX_WATCH: Duration = Duration::from_secs(300);
+
+/// One request the server received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, percent-encoded as sent.
+    pub target: String,
+}
+
+/// A running fake API server; stops on drop.
+pub struct KubeApi {
+    /// Dropped after `Drop::drop` has told the open watches to end.
+    _server: HttpServer,
+    shared: Arc<Shared>,
+    kubeconfig: PathBuf,
+    _dir: TempDir,
+}
+
+struct Shared {
+    node: String,
+    state: Mutex<State>,
+    changed: Condvar,
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last resourceVersion handed out.
+    rv: u64,
+    pods: BTreeMap<(String, String), Value>,
+    /// Every change: (resourceVersion, watch event type, object).
+    history: Vec<(u64, &'static str, Value)>,
+    /// Watches from an older resourceVersion get 410 Gone (the history before it was compacted).
+    oldest_valid: u64,
+    /// Bumped to close every open watch without a word (a dropped connection).
+    drop_generation: u64,
+    /// Bumped to send every open watch a 410 Gone.
+    gone_generation: u64,
+    /// While set, pod requests get 503 (the API server is down).
+    failing: bool,
+    events: Vec<Value>,
+    patches: Vec<(String, Value)>,
+    violations: Vec<String>,
+    requests: Vec<Seen>,
+    open_watches: usize,
+}
+
+impl KubeApi {
+    /// Serves the pods of every node but lets clients see only `node`'s; writes a kubeconfig for it.
+    pub fn start(node: &str) -> Self {
+        let shared = Arc::new(Shared {
+            node: node.to_string(),
+            state: Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let serving = Arc::clone(&shared);
+        let server = HttpServer::start("kube-api", Ipv4Addr::LOCALHOST, None, move |req, ex| {
+            serve(req, ex, &serving)
+        });
+        let addr = server.addr();
+        let dir = tempfile::Builder::new()
+            .prefix("pw-kube-")
+            .tempdir()
+            .expect("kubeconfig tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+                 current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        KubeApi {
+            _server: server,
+            shared,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// A kubeconfig pointing at this server (for `KUBECONFIG`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn kubeconfig_str(&self) -> &str {
+        self.kubeconfig.to_str().expect("UTF-8 tempdir")
+    }
+
+    /// Creates or replaces a pod (its `metadata.resourceVersion` is set here); watchers see ADDED or MODIFIED.
+    pub fn apply_pod(&self, mut pod: Value) {
+        let key = pod_key(&pod);
+        let mut state = self.shared.lock();
+        state.rv += 1;
+        let rv = state.rv;
+        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let kind = if state.pods.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.pods.insert(key, pod.clone());
+        state.history.push((rv, kind, pod));
+        self.shared.changed.notify_all();
+    }
+
+    /// Deletes a pod; watchers see DELETED.
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let mut state = self.shared.lock();
+        let Some(mut pod) = state
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()))
+        else {
+            panic!("no pod {namespace}/{name} to delete");
+        };
+        state.rv += 1;
+        let rv = state.rv;
+        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        state.history.push((rv, "DELETED", pod));
+        self.shared.changed.notify_all();
+    }
+
+    /// Compacts the history: open watches get 410 Gone, and so does any watch resumed from an
+    /// older resourceVersion; a client must relist.
+    pub fn expire(&self) {
+        let mut state = self.shared.lock();
+        state.oldest_valid = state.rv;
+        state.gone_generation += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// Drops every open watch connection without ending the response.
+    pub fn drop_watches(&self) {
+        let mut state = self.shared.lock();
+        state.drop_generation += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// While `failing`, pod lists and watches get 503 (and open watches are dropped).
+    pub fn set_failing(&self, failing: bool) {
+        let mut state = self.shared.lock();
+        state.failing = failing;
+        if failing {
+            state.drop_generation += 1;
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// Event objects POSTed (events.k8s.io/v1), in order.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.lock().events.clone()
+    }
+
+    /// Event PATCHes: (event name, merge patch).
+    pub fn patches(&self) -> Vec<(String, Value)> {
+        self.shared.lock().patches.clone()
+    }
+
+    /// Requests that broke the rules (no node field selector, unknown paths), with why.
+    pub fn violations(&self) -> Vec<String> {
+        self.shared.lock().violations.clone()
+    }
+
+    /// Every request, in order.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Pod lists served (first list plus relists).
+    pub fn lists(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "GET" && r.target.contains("/pods") && !r.target.contains("watch=true")
+            })
+            .count()
+    }
+
+    /// Watches open now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.lock().open_watches
+    }
+
+    /// Polls until `ready` holds, at most `timeout`; panics naming `what` (with the requests seen).
+    pub fn wait(&self, what: &str, timeout: Duration, ready: impl Fn(&KubeApi) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !ready(self) {
+            assert!(
+                Instant::now() < deadline,
+                "fake API server: timed out after {timeout:?} waiting for {what}; requests: {:#?}",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn pod_key(pod: &Value) -> (String, String) {
+    let field = |name: &str| {
+        pod["metadata"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("pod without metadata.{name}: {pod}"))
+            .to_string()
+    };
+    (field("namespace"), field("name"))
+}
+
+fn on_node(pod: &Value, node: &str) -> bool {
+    pod["spec"]["nodeName"].as_str() == Some(node)
+}
+
+/// A parsed request: the path and query percent-decoded.
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn parse(request: &crate::server::Request) -> Self {
+        let target = &request.path;
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        Request {
+            method: request.method.clone(),
+            path: percent_decode(path),
+            query,
+            body: request.body.clone(),
+        }
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request per connection (every answer says `Connection: close`).
+fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: &Shared) {
+    exchange.close();
+    shared.lock().requests.push(Seen {
+        method: request.method.clone(),
+        target: request.path.clone(),
+    });
+    let request = Request::parse(request);
+    match route(&request, shared) {
+        Answer::Json(status, body) => {
+            let _ = exchange.respond(&Response::new(status).json(&body));
+        }
+        Answer::Watch(from) => watch(exchange, &request, from, shared),
+    }
+}
+
+enum Answer {
+    Json(u16, Value),
+    /// Stream watch events after this resourceVersion.
+    Watch(u64),
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Answer {
+    Answer::Json(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn route(request: &Request, shared: &Shared) -> Answer {
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    match (request.method.as_str(), segments.as_slice()) {
+        ("GET", ["api", "v1", "pods"]) => pods(request, shared),
+        (
+            "POST",
+            [
+                "apis",
+                "events.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "events",
+            ],
+        ) => {
+            let Ok(mut event) = serde_json::from_slice::<Value>(&request.body) else {
+                return status(400, "BadRequest", "the body is not JSON");
+            };
+            let mut state = shared.lock();
+            if event["metadata"]["namespace"].as_str() != Some(namespace) {
+                state.violations.push(format!(
+                    "Event posted to {namespace} for another namespace: {event}"
+                ));
+            }
+            state.rv += 1;
+            event["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.events.push(event.clone());
+            Answer::Json(201, event)
+        }
+        (
+            "PATCH",
+            [
+                "apis",
+                "events.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                "events",
+                name,
+            ],
+        ) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&request.body) else {
+                return status(400, "BadRequest", "the body is not JSON");
+            };
+            let mut state = shared.lock();
+            state.patches.push((name.to_string(), patch.clone()));
+            Answer::Json(200, patch)
+        }
+        _ => {
+            shared
+                .lock()
+                .violations
+                .push(format!("unexpected {} {}", request.method, request.path));
+            status(
+                404,
+                "NotFound",
+                "the fake API server serves pods and events only",
+            )
+        }
+    }
+}
+
+/// A pod list or watch: only ever for this node.
+fn pods(request: &Request, shared: &Shared) -> Answer {
+    let want = format!("spec.nodeName={}", shared.node);
+    let mut state = shared.lock();
+    if request.param("fieldSelector") != Some(want.as_str()) {
+        let why = format!(
+            "pod request without fieldSelector={want}: {:?}",
+            request.query
+        );
+        state.violations.push(why.clone());
+        return status(400, "BadRequest", &why);
+    }
+    if state.failing {
+        return status(
+            503,
+            "ServiceUnavailable",
+            "the API server is failing (test)",
+        );
+    }
+    if request.param("watch") == Some("true") {
+        let from = request
+            .param("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(state.rv);
+        return Answer::Watch(from);
+    }
+    let items: Vec<Value> = state
+        .pods
+        .values()
+        .filter(|p| on_node(p, &shared.node))
+        .cloned()
+        .collect();
+    Answer::Json(
+        200,
+        json!({"kind": "PodList", "apiVersion": "v1",
+               "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+    )
+}
+
+/// Streams watch events after `from` as chunked JSON lines until the watch times out, is dropped,
+/// expires (410), or the client goes away.
+fn watch(out: &mut Exchange<'_>, request: &Request, from: u64, shared: &Shared) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if out.write_raw(head.as_bytes()).is_err() {
+        return;
+    }
+    let bookmarks = request.param("allowWatchBookmarks") == Some("true");
+    let limit = request
+        .param("timeoutSeconds")
+        .and_then(|s| s.parse().ok())
+        .map_or(MAX_WATCH, Duration::from_secs);
+    let ends = Instant::now() + limit;
+    let mut state = shared.lock();
+    state.open_watches += 1;
+    let (drops, gones) = (state.drop_generation, state.gone_generation);
+    let mut sent = from;
+    let mut last_write = Instant::now();
+    let gone = |rv: u64, oldest: u64| {
+        json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": format!("too old resource version: {rv} ({oldest})"),
+            "reason": "Expired", "code": 410}})
+    };
+    let clean_end = loop {
+        if shared.stopping.load(Ordering::SeqCst) || state.drop_generation != drops {
+            break false;
+        }
+        if sent < state.oldest_valid || state.gone_generation != gones {
+            let event = gone(sent, state.oldest_valid);
+            drop(state);
+            let _ = write_chunk(out, &event);
+            state = shared.lock();
+            break true;
+        }
+        let pending: Vec<Value> = state
+            .history
+            .iter()
+            .filter(|(rv, _, pod)| *rv > sent && on_node(pod, &shared.node))
+            .map(|(_, kind, pod)| json!({"type": kind, "object": pod}))
+            .collect();
+        let newest = state.rv;
+        if !pending.is_empty() || (bookmarks && last_write.elapsed() >= BOOKMARK_EVERY) {
+            drop(state);
+            let mut events = pending;
+            if events.is_empty() {
+                events.push(
+                    json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": newest.to_string()}}}),
+                );
+            }
+            let written = events.iter().all(|e| write_chunk(out, e).is_ok());
+            state = shared.lock();
+            if !written {
+                break false;
+            }
+            sent = newest;
+            last_write = Instant::now();
+            continue;
+        }
+        if Instant::now() >= ends {
+            break true;
+        }
+        state = shared
+            .changed
+            .wait_timeout(state, Duration::from_millis(100))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    };
+    state.open_watches -= 1;
+    drop(state);
+    if clean_end {
+        let _ = out.write_raw(b"0\r\n\r\n");
+    }
+    // Else a dropped connection: no last chunk, the socket just closes (the server closes it).
+}
+
+fn write_chunk(out: &mut Exchange<'_>, event: &Value) -> std::io::Result<()> {
+    let line = format!("{event}\n");
+    out.write_raw(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A pod as the API server returns it, on `node`, built up container by container.
+pub struct PodBuilder {
+    pod: Value,
+}
+
+/// A pod `namespace/name` on `node` with the given UID; add containers and their states.
+pub fn pod(namespace: &str, name: &str, uid: &str, node: &str) -> PodBuilder {
+    PodBuilder {
+        pod: json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": namespace, "uid": uid,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": {"app": name}
+            },
+            "spec": {
+                "nodeName": node, "restartPolicy": "Always", "schedulerName": "default-scheduler",
+                "containers": []
+            },
+            "status": {"phase": "Pending", "qosClass": "BestEffort", "startTime": "2025-01-01T00:00:00Z"}
+        }),
+    }
+}
+
+impl PodBuilder {
+    /// A regular container waiting as the kubelet says: `reason` (ErrImagePull, …) and `message`.
+    pub fn waiting(self, container: &str, image: &str, reason: &str, message: &str) -> Self {
+        self.container(
+            "containers",
+            "containerStatuses",
+            container,
+            image,
+            json!({
+                "waiting": {"reason": reason, "message": message}
+            }),
+        )
+    }
+
+    /// An init container waiting as the kubelet says.
+    pub fn init_waiting(self, container: &str, image: &str, reason: &str, message: &str) -> Self {
+        self.container(
+            "initContainers",
+            "initContainerStatuses",
+            container,
+            image,
+            json!({
+                "waiting": {"reason": reason, "message": message}
+            }),
+        )
+    }
+
+    /// A regular container running.
+    pub fn running(self, container: &str, image: &str) -> Self {
+        self.container(
+            "containers",
+            "containerStatuses",
+            container,
+            image,
+            json!({
+                "running": {"startedAt": "2025-01-01T00:01:00Z"}
+            }),
+        )
+    }
+
+    fn container(
+        mut self,
+        list: &str,
+        statuses: &str,
+        name: &str,
+        image: &str,
+        state: Value,
+    ) -> Self {
+        let mut specs = self.pod["spec"][list]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        specs.push(json!({"name": name, "image": image, "imagePullPolicy": "IfNotPresent"}));
+        self.pod["spec"][list] = Value::Array(specs);
+        let running = state.get("running").is_some();
+        let mut list = self.pod["status"][statuses]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        list.push(json!({
+            "name": name, "image": image,
+            "imageID": if running { "docker.io/library/app@sha256:0000000000000000000000000000000000000000000000000000000000000000" } else { "" },
+            "ready": running, "restartCount": 0, "started": running, "state": state
+        }));
+        self.pod["status"][statuses] = Value::Array(list);
+        if running {
+            self.pod["status"]["phase"] = json!("Running");
+        }
+        self
+    }
+
+    pub fn build(self) -> Value {
+        self.pod
+    }
+}
+
+/// The message of case `name` of the containerd error corpus (tests/fixtures/containerd_errors.json)
+/// and its image, as the kubelet puts it in a container status: the CRI error as gRPC prints it,
+/// `rpc error: code = … desc = <containerd's message>` (NotFound for containerd's not-found errors).
+pub fn kubelet_message(case: &str) -> (String, String) {
+    // The corpus is pullwatch's own test fixture, next to this crate.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/containerd_errors.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let corpus: Value = serde_json::from_str(&text).expect("the corpus is JSON");
+    let found = corpus["cases"]
+        .as_array()
+        .and_then(|cases| cases.iter().find(|c| c["case"] == case))
+        .unwrap_or_else(|| panic!("no case {case:?} in {}", path.display()));
+    let message = found["message"].as_str().expect("a message").to_string();
+    let image = found["image"].as_str().expect("an image").to_string();
+    let code = if message.ends_with(": not found") {
+        "NotFound"
+    } else {
+        "Unknown"
+    };
+    (image, format!("rpc error: code = {code} desc = {message}"))
+}
+
+/// The kubelet's waiting message while it backs off (pkg/kubelet/images/image_manager.go).
+pub fn back_off_message(image: &str) -> String {
+    format!("Back-off pulling image \"{image}\"")
+}
