@@ -7,6 +7,8 @@ pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod diagnose;
+#[cfg(test)]
+mod docs_sync;
 pub mod http_client;
 pub mod kube;
 pub mod platform;
