@@ -8,6 +8,8 @@ pub mod config;
 pub mod credentials;
 pub mod diagnose;
 pub mod discovery;
+#[cfg(test)]
+mod docs_sync;
 pub mod http_client;
 pub mod platform;
 pub mod proxy;

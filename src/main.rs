@@ -420,3 +420,69 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// docs/flags.md against the command line, both ways: every long flag of every command (the
+    /// global ones under "Global flags") has a row with its `PULLWATCH_*` variable and default, and
+    /// every row is a flag.
+    #[test]
+    fn flags_md_documents_every_flag_with_its_env_var_and_default() {
+        let mut documented: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let mut section = "";
+        for line in include_str!("../docs/flags.md").lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                section = heading;
+            }
+            let cells: Vec<String> = line
+                .replace("\\|", "\u{0}")
+                .split('|')
+                .map(|c| c.trim().replace('\u{0}', "|"))
+                .collect();
+            let Some(flag) = cells.get(1).and_then(|c| c.strip_prefix("`--")) else {
+                continue;
+            };
+            let name: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let key = (section.to_string(), name.clone());
+            assert!(documented.insert(key, cells).is_none(), "--{name} twice");
+        }
+        let cli = Cli::command();
+        let commands = std::iter::once(("Global flags", &cli))
+            .chain(cli.get_subcommands().map(|c| (c.get_name(), c)));
+        let mut flags = BTreeSet::new();
+        for (section, command) in commands {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let key = (section.to_string(), long.to_string());
+                let Some(cells) = documented.get(&key) else {
+                    panic!("--{long} ({section}) is not in docs/flags.md");
+                };
+                let env = format!("PULLWATCH_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env.as_str()));
+                assert_eq!(cells[2], format!("`{env}`"), "--{long}: its variable");
+                // The platform's default is the build machine's: the row says so in words.
+                for default in arg
+                    .get_default_values()
+                    .iter()
+                    .filter(|_| long != "platform")
+                {
+                    let default = format!("`{}`", default.to_string_lossy());
+                    assert!(cells[3].contains(&default), "--{long}: default {default}");
+                }
+                flags.insert(key);
+            }
+        }
+        let extra: Vec<_> = documented.keys().filter(|k| !flags.contains(*k)).collect();
+        assert!(
+            extra.is_empty(),
+            "in docs/flags.md but not flags: {extra:?}"
+        );
+    }
+}
