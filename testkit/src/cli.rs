@@ -133,7 +133,7 @@ pub fn binary() -> &'static std::path::Path {
 
 /// A pullwatch invocation being assembled.
 ///
-/// ```ignore
+/// ```text
 /// let out = Pullwatch::new().args(["--resolv-conf", path]).arg("version").run();
 /// ```
 #[derive(Debug, Clone)]

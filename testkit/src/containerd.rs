@@ -150,7 +150,7 @@ impl<'a> ContainerdBuilder<'a> {
 
 /// A running containerd; killed on drop.
 ///
-/// ```ignore
+/// ```text
 /// let ctrd = Containerd::builder().sandbox_image("127.0.0.1:5000/pause:1").start();
 /// ctrd.write_hosts_toml("127.0.0.1:5000", "server = \"http://127.0.0.1:5000\"\n");
 /// pullwatch.args(["--runtime-endpoint", &ctrd.endpoint(), "--containerd-certs-dir", ctrd.certs_dir_str()]);

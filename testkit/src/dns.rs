@@ -196,7 +196,7 @@ impl DnsServerBuilder {
 
 /// A running DNS server; stops on drop.
 ///
-/// ```ignore
+/// ```text
 /// let dns = DnsServer::builder().a("registry.test", Ipv4Addr::LOCALHOST).servfail("broken.test").start();
 /// pullwatch.args(["--resolv-conf", dns.resolv_conf_str()]);
 /// assert_eq!(dns.queries("registry.test"), 2); // A and AAAA, no cache

@@ -27,7 +27,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A network namespace with a veth link to the host namespace.
 ///
-/// ```ignore
+/// ```text
 /// let ns = Netns::new();
 /// let err = TcpStream::connect_timeout(&ns.drop_addr(), Duration::from_secs(1)).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::TimedOut);

@@ -195,7 +195,7 @@ pub struct AccessLogEntry {
 
 /// A running registry; killed on drop.
 ///
-/// ```ignore
+/// ```text
 /// let tls = TlsFixtures::for_host("registry.test");
 /// let reg = Registry::builder().tls(&tls.valid.cert_path, &tls.valid.key_path).htpasswd("u", "p").start();
 /// let pushed = reg.push_image("team/app", "1.0");

@@ -116,7 +116,7 @@ impl Shared {
 
 /// A running scripted server; stops on drop (open connections are shut down).
 ///
-/// ```ignore
+/// ```text
 /// let srv = ScriptedServer::builder().route("GET", "/v2/", Response::new(503)).start();
 /// // … run pullwatch against srv.addr() …
 /// assert_eq!(srv.requests()[0].path, "/v2/");
