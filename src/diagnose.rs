@@ -52,6 +52,20 @@ pub struct PullSettings {
     pub tokens: TokenCache,
 }
 
+impl PullSettings {
+    /// The credentials for `image`, as the kubelet hands them to the runtime with a `PullImage`.
+    pub fn pull_auth(&self, image: &ImageRef) -> Option<PullAuth> {
+        let found = self
+            .credentials
+            .as_ref()?
+            .lookup(image.registry(), image.repository())?;
+        Some(PullAuth {
+            username: found.username.clone(),
+            password: found.password.expose().to_string(),
+        })
+    }
+}
+
 impl Default for PullSettings {
     /// Anonymous, this machine's platform.
     fn default() -> Self {
@@ -235,14 +249,9 @@ impl Diagnoser {
         pull_timeout: Duration,
     ) -> Report {
         let report = self.diagnose(input).await;
-        let auth = ImageRef::parse(&report.image).ok().and_then(|image| {
-            let credentials = self.pull.credentials.as_ref()?;
-            let found = credentials.lookup(image.registry(), image.repository())?;
-            Some(PullAuth {
-                username: found.username.clone(),
-                password: found.password.expose().to_string(),
-            })
-        });
+        let auth = ImageRef::parse(&report.image)
+            .ok()
+            .and_then(|image| self.pull.pull_auth(&image));
         let pull = check::runtime::check(runtime, &report.image, auth.as_ref(), pull_timeout);
         // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
         let ran = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;

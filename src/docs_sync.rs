@@ -370,8 +370,8 @@ fn report_md_lists_every_field_of_diagnose_json() {
 
 #[test]
 fn report_md_lists_every_field_of_the_status() {
-    use crate::agent::status::{RegistryStatus, Status};
     use crate::agent::status::PodFailure;
+    use crate::agent::status::{RegistryStatus, Status};
 
     const SECTION: &str = "## /api/v1/status";
     const REPORT_SECTION: &str = "## diagnose --output json";
@@ -380,25 +380,27 @@ fn report_md_lists_every_field_of_the_status() {
         node: "node-1".into(),
         ready: true,
         registries: vec![RegistryStatus {
-            registry: report.registry.clone(),
-            pullable: report.pullable,
-            reason: report.reason,
-            summary: report.summary.clone(),
-            fix: report.fix.clone(),
-            endpoints: report.endpoints.clone(),
+            report: crate::report::Report {
+                image: String::new(),
+                ..report.clone()
+            },
             checked_at: "2025-06-01T12:00:00.123Z".into(),
         }],
         failures: vec![PodFailure {
             namespace: "shop".into(),
             pod: "web".into(),
             container: "app".into(),
-            image: "nginx:1.277".into(),
-            registry: "docker.io".into(),
-            waiting_reason: "ErrImagePull".into(),
-            message: "not found".into(),
-            reason: Reason::ManifestUnknown,
-            attempts: 3,
-            since: "2025-06-01T11:58:00Z".into(),
+            failure: crate::agent::pods::failures::Failure {
+                kind: crate::agent::pods::failures::ContainerKind::Container,
+                image: "nginx:1.277".into(),
+                registry: "docker.io".into(),
+                waiting_reason: "ErrImagePull".into(),
+                message: "not found".into(),
+                reason: Reason::ManifestUnknown,
+                attempts: 3,
+                since: humantime::parse_rfc3339("2025-06-01T11:58:00Z").unwrap(),
+                reason_since: std::time::SystemTime::UNIX_EPOCH,
+            },
             diagnosis: Some(report),
         }],
     };

@@ -10,7 +10,9 @@ use crate::route::{Endpoint, Role};
 /// Everything `diagnose` found out about one image.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    /// The normalised reference (or the input, when it could not be parsed).
+    /// The normalised reference (or the input, when it could not be parsed); a registry's own
+    /// round (the agent's status) names none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
     pub registry: String,
     pub pullable: bool,

@@ -356,13 +356,14 @@ impl TryFrom<pb::Report> for Report {
 
 impl From<RegistryStatus> for pb::RegistryStatus {
     fn from(s: RegistryStatus) -> Self {
+        let report = s.report;
         pb::RegistryStatus {
-            endpoints: s.endpoints.iter().map(Into::into).collect(),
-            registry: s.registry,
-            pullable: s.pullable,
-            reason: s.reason.map(|r| r.as_str().to_string()),
-            summary: s.summary,
-            fix: s.fix,
+            endpoints: report.endpoints.iter().map(Into::into).collect(),
+            registry: report.registry,
+            pullable: report.pullable,
+            reason: report.reason.map(|r| r.as_str().to_string()),
+            summary: report.summary,
+            fix: report.fix,
             checked_at: s.checked_at,
         }
     }
@@ -386,13 +387,13 @@ impl From<PodFailure> for pb::PodFailure {
             namespace: f.namespace,
             pod: f.pod,
             container: f.container,
-            image: f.image,
-            registry: f.registry,
-            waiting_reason: f.waiting_reason,
-            message: f.message,
-            reason: f.reason.as_str().to_string(),
-            attempts: f.attempts,
-            since: f.since,
+            since: humantime::format_rfc3339_seconds(f.failure.since).to_string(),
+            image: f.failure.image,
+            registry: f.failure.registry,
+            waiting_reason: f.failure.waiting_reason,
+            message: f.failure.message,
+            reason: f.failure.reason.as_str().to_string(),
+            attempts: f.failure.attempts,
         }
     }
 }
@@ -468,13 +469,17 @@ mod tests {
             namespace: "ns".into(),
             pod: "web".into(),
             container: "app".into(),
-            image: "registry.test/app:1".into(),
-            registry: "registry.test".into(),
-            waiting_reason: "ErrImagePull".into(),
-            message: "m".into(),
-            reason: Reason::TlsExpired,
-            attempts: 1,
-            since: "2025-01-01T00:00:00Z".into(),
+            failure: crate::agent::pods::failures::Failure {
+                kind: crate::agent::pods::failures::ContainerKind::Container,
+                image: "registry.test/app:1".into(),
+                registry: "registry.test".into(),
+                waiting_reason: "ErrImagePull".into(),
+                message: "m".into(),
+                reason: Reason::TlsExpired,
+                attempts: 1,
+                since: humantime::parse_rfc3339("2025-01-01T00:00:00Z").unwrap(),
+                reason_since: std::time::SystemTime::UNIX_EPOCH,
+            },
             diagnosis: Some(sample()),
         }]);
         let status = serde_json::to_value(board.snapshot()).unwrap();

@@ -21,7 +21,7 @@ use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe, conclude};
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report, push_token_server};
 use crate::route::{Endpoint, Role, Route};
-use crate::runtime::{PullAuth, RuntimeClient};
+use crate::runtime::RuntimeClient;
 
 /// How often the supervisor loop wakes up (and beats) when nothing else happens.
 const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
@@ -543,16 +543,7 @@ impl Scheduler {
     /// The runtime's own pull of `canary` (by digest: it resolves remotely and downloads nothing),
     /// with the `--docker-config` credentials for it, as the kubelet passes imagePullSecrets.
     async fn runtime_check(&self, runtime: &RuntimeClient, canary: &ImageRef) -> CheckResult {
-        let auth = self
-            .diagnoser
-            .pull
-            .credentials
-            .as_ref()
-            .and_then(|keyring| keyring.lookup(canary.registry(), canary.repository()))
-            .map(|found| PullAuth {
-                username: found.username.clone(),
-                password: found.password.expose().to_string(),
-            });
+        let auth = self.diagnoser.pull.pull_auth(canary);
         let _permit = self.permits.acquire().await.ok();
         let pull_timeout = self.diagnoser.timeout * RUNTIME_CHECK_TIMEOUTS;
         let image = canary.to_string();
@@ -893,7 +884,7 @@ mod tests {
                 .snapshot()
                 .registries
                 .iter()
-                .all(|r| r.reason.is_none())
+                .all(|r| r.report.reason.is_none())
         );
         assert!(
             f.metrics

@@ -5,49 +5,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::reason::Reason;
-use crate::report::{EndpointReport, Report};
+use super::pods::failures::Failure;
+use crate::report::Report;
 
-/// The last round of one registry: its report, without an image, and when it finished.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The last round of one registry: its report (which names no image) and when it finished.
+#[derive(Clone, Debug, Serialize)]
 pub struct RegistryStatus {
-    pub registry: String,
-    pub pullable: bool,
-    pub reason: Option<Reason>,
-    pub summary: String,
-    pub fix: Option<String>,
-    pub endpoints: Vec<EndpointReport>,
+    #[serde(flatten)]
+    pub report: Report,
     /// RFC 3339.
     pub checked_at: String,
 }
 
 /// A container failing to pull, with this node's diagnosis of its image: `/api/v1/status`'s `failures`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PodFailure {
     pub namespace: String,
     pub pod: String,
     pub container: String,
-    /// As the pod spec writes it.
-    pub image: String,
-    pub registry: String,
-    /// The kubelet's: `ErrImagePull`, `ImagePullBackOff`, ….
-    pub waiting_reason: String,
-    /// The kubelet's message (capped).
-    pub message: String,
-    /// The reason the kubelet's message gives (or gave, before the back-off).
-    pub reason: Reason,
-    /// Failed attempts seen since it started failing.
-    pub attempts: u64,
-    /// RFC 3339: when pullwatch first saw it failing.
-    pub since: String,
+    #[serde(flatten)]
+    pub failure: Failure,
     /// This node's last diagnosis of the image (`diagnose --output json`'s object).
     pub diagnosis: Option<Report>,
 }
 
 /// The whole answer of `/api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub node: String,
     pub ready: bool,
@@ -107,21 +92,20 @@ impl StatusBoard {
     }
 
     /// Stores a registry's round.
-    pub fn record(&self, report: Report, at: SystemTime) {
+    pub fn record(&self, mut report: Report, at: SystemTime) {
+        // A registry's round is about the registry, whatever image it checked.
+        report.image.clear();
         let mut inner = self.write();
         if let Some(pending) = inner.pending.as_mut() {
             pending.remove(&report.registry);
         }
         let status = RegistryStatus {
-            registry: report.registry,
-            pullable: report.pullable,
-            reason: report.reason,
-            summary: report.summary,
-            fix: report.fix,
-            endpoints: report.endpoints,
+            report,
             checked_at: humantime::format_rfc3339_millis(at).to_string(),
         };
-        inner.registries.insert(status.registry.clone(), status);
+        inner
+            .registries
+            .insert(status.report.registry.clone(), status);
     }
 
     /// Drops a registry that is no longer watched.
@@ -172,6 +156,7 @@ impl StatusBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reason::Reason;
 
     fn report(registry: &str, pullable: bool) -> Report {
         Report {

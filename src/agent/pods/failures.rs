@@ -164,20 +164,33 @@ impl PodId {
     }
 }
 
-/// A container failing to get its image now, with what is known about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A container failing to get its image now, with what is known about it; serialized as the
+/// failure's fields of `/api/v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
+    #[serde(skip)]
     pub kind: ContainerKind,
+    /// As the pod spec writes it.
     pub image: String,
     pub registry: String,
+    /// The kubelet's: `ErrImagePull`, `ImagePullBackOff`, ….
     pub waiting_reason: String,
+    /// The kubelet's message (capped).
     pub message: String,
+    /// The reason the kubelet's message gives (or gave, before the back-off).
     pub reason: Reason,
     /// Failed attempts seen since it started failing.
     pub attempts: u64,
+    /// When pullwatch first saw it failing (RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339_seconds")]
     pub since: SystemTime,
     /// When `reason` took its current value: a diagnosis started before says nothing about it.
+    #[serde(skip)]
     pub reason_since: SystemTime,
+}
+
+fn rfc3339_seconds<S: serde::Serializer>(at: &SystemTime, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_str(&humantime::format_rfc3339_seconds(*at))
 }
 
 /// What one observation changed.

@@ -2,7 +2,7 @@
 //! checks of the image, and the combined diagnosis goes on the pod as an Event.
 
 mod events;
-mod failures;
+pub mod failures;
 mod series;
 mod watch;
 
@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::failures::{PodId, Tracker};
+use self::failures::{Failure, PodId, Tracker};
 use self::series::PodSeries;
 use self::watch::node_selector;
 use crate::agent::health::Liveness;
@@ -275,13 +275,7 @@ impl PodWatch {
                 namespace: id.namespace.clone(),
                 pod: id.name.clone(),
                 container: container.to_string(),
-                image: f.image.clone(),
-                registry: f.registry.clone(),
-                waiting_reason: f.waiting_reason.clone(),
-                message: f.message.clone(),
-                reason: f.reason,
-                attempts: f.attempts,
-                since: humantime::format_rfc3339_seconds(f.since).to_string(),
+                failure: Failure::clone(f),
                 diagnosis: books
                     .diagnosed
                     .get(&f.image)
