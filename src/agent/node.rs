@@ -119,7 +119,7 @@ impl NodeWatch {
     /// Records a refresh and returns the targets it makes: `--registry` first, then the
     /// registries of the runtime's config files, then those of the node's images.
     pub fn apply(&mut self, refresh: &Refresh) -> Vec<Target> {
-        self.metrics.record_runtime(refresh.up, &refresh.facts);
+        self.metrics.runtime().record(refresh.up, &refresh.facts);
         // A failed ListImages keeps what it found last, rather than dropping every registry.
         if let Some(held) = &refresh.held {
             self.held = Some(held.clone());

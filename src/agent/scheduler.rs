@@ -321,7 +321,7 @@ impl Scheduler {
                 };
                 tasks.running.remove(&registry);
                 lock(&self.triggers).remove(&registry);
-                self.metrics.forget_registry(&registry);
+                self.metrics.registries().forget_registry(&registry);
                 self.status.forget(&registry);
                 let backoff = self.settings.interval;
                 error!(
@@ -441,6 +441,7 @@ impl Scheduler {
                 };
                 heart.beat();
                 self.metrics
+                    .registries()
                     .set_runtime_check(&registry, result.ok, result.seconds);
                 if !result.ok {
                     warn!(
@@ -454,7 +455,7 @@ impl Scheduler {
                 timer.reschedule(started);
             }
         }
-        self.metrics.forget_registry(&registry);
+        self.metrics.registries().forget_registry(&registry);
         self.status.forget(&registry);
     }
 
@@ -500,8 +501,11 @@ impl Scheduler {
                 Some(api) => {
                     rate_limit = api.rate_limit.clone().or(rate_limit);
                     let token_server = api.token_server.map(|(server, server_probe)| {
-                        self.metrics
-                            .record_endpoint(&route.registry, &server, &server_probe);
+                        self.metrics.registries().record_endpoint(
+                            &route.registry,
+                            &server,
+                            &server_probe,
+                        );
                         (server, server_probe.checks)
                     });
                     later.insert(
@@ -516,8 +520,12 @@ impl Scheduler {
             }
             let after = later.get(&url);
             let after_checks = after.map(|l| l.checks.as_slice()).unwrap_or_default();
-            self.metrics
-                .record_endpoint_with(&route.registry, &endpoint, &probe, after_checks);
+            self.metrics.registries().record_endpoint_with(
+                &route.registry,
+                &endpoint,
+                &probe,
+                after_checks,
+            );
             endpoints.push(EndpointReport {
                 endpoint: url,
                 role: endpoint.role,
@@ -530,12 +538,16 @@ impl Scheduler {
         }
         if api.is_some() {
             self.metrics
+                .registries()
                 .set_ratelimit(&route.registry, rate_limit.as_ref());
         }
         let urls: Vec<String> = endpoints.iter().map(|e| e.endpoint.clone()).collect();
-        self.metrics.retain_endpoints(&route.registry, &urls);
+        self.metrics
+            .registries()
+            .retain_endpoints(&route.registry, &urls);
         let report = conclude(String::new(), route.registry.clone(), endpoints);
         self.metrics
+            .registries()
             .set_registry_up(&route.registry, registry_up(&report));
         report
     }

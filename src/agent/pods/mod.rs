@@ -68,7 +68,7 @@ pub async fn connect(metrics: Arc<Metrics>) -> Result<kube::Client, KubeError> {
     // The watcher retries with its own jittered backoff and says so; the client's retry of 429/503
     // (for minutes) would hide an API server outage from `pullwatch_kubernetes_watch_up`.
     config.default_retry = false;
-    let observe = watch::Observe::new(move || metrics.set_kubernetes_watch_up(true));
+    let observe = watch::Observe::new(move || metrics.pods().set_watch_up(true));
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&observe)
         .build())
@@ -134,7 +134,7 @@ impl PodWatch {
             posted: HashMap::new(),
             posts: JoinSet::new(),
         };
-        self.metrics.set_kubernetes_watch_up(false);
+        self.metrics.pods().set_watch_up(false);
         info!(
             node = self.node,
             selector = node_selector(&self.node),
@@ -154,7 +154,7 @@ impl PodWatch {
                     let touched = match item {
                         Ok(event) => self.apply(event, &mut tracker, &mut books),
                         Err(error) => {
-                            self.metrics.set_kubernetes_watch_up(false);
+                            self.metrics.pods().set_watch_up(false);
                             warn!(%error, "pod watch failed; retrying with backoff");
                             continue;
                         }
@@ -213,7 +213,7 @@ impl PodWatch {
                 }
             }
         };
-        self.metrics.set_kubernetes_watch_up(false);
+        self.metrics.pods().set_watch_up(false);
         outcome
     }
 
@@ -232,7 +232,7 @@ impl PodWatch {
             }
             watcher::Event::InitDone => {
                 tracker.relisted();
-                self.metrics.set_kubernetes_watch_up(true);
+                self.metrics.pods().set_watch_up(true);
                 return Vec::new();
             }
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => tracker.apply(&pod, now),

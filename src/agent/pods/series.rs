@@ -1,145 +1,49 @@
-//! The pod-failure series of the agent's metrics: which label sets exist, each holding a slot of the
-//! `--max-failing-series` budget; refusals counted once when they start, series removed on recovery.
+//! The pod watch's side of the pod-failure metrics: its pull attempts and failing containers as
+//! label sets of the metrics' pod part, which keeps them within the `--max-failing-series` budget.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::agent::metrics::{
-    CONTAINER_PULL_FAILING, CONTAINERS_WAITING_ON_PULL, IMAGE_PULL_FAILURES, Metrics,
-};
+use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels};
 use crate::reason::Reason;
 
 /// `pullwatch_container_pull_failing`'s labels: namespace, pod, container, registry, reason.
 pub type ContainerSeries = (String, String, String, String, Reason);
-/// `registry, reason`.
-type RegistryReason = (String, Reason);
 
-/// The label sets of the pod-failure metrics that exist, and those a full budget refused.
+/// Hands the pod watch's failures to the metrics.
 pub struct PodSeries {
     metrics: Arc<Metrics>,
-    counters: BTreeSet<RegistryReason>,
-    waiting: BTreeMap<RegistryReason, i64>,
-    containers: BTreeSet<ContainerSeries>,
-    refused_waiting: BTreeSet<RegistryReason>,
-    refused_containers: BTreeSet<ContainerSeries>,
 }
 
 impl PodSeries {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        PodSeries {
-            metrics,
-            counters: BTreeSet::new(),
-            waiting: BTreeMap::new(),
-            containers: BTreeSet::new(),
-            refused_waiting: BTreeSet::new(),
-            refused_containers: BTreeSet::new(),
-        }
+        PodSeries { metrics }
     }
 
     /// Counts one failed pull attempt.
     pub fn attempt(&mut self, registry: &str, reason: Reason) {
-        let key = (registry.to_string(), reason);
-        if !self.counters.contains(&key) {
-            if !self.metrics.take_counter_slot() {
-                self.metrics.series_dropped(IMAGE_PULL_FAILURES, 1);
-                return;
-            }
-            self.counters.insert(key);
-        }
         self.metrics
-            .image_pull_failures
-            .with_label_values(&[registry, reason.as_str()])
-            .inc();
+            .pods()
+            .count_attempt(&PullLabels::new(registry, reason));
     }
 
-    /// Makes the gauges say exactly `failing` (one entry per failing container): vanished series
-    /// go first and free their slots, then new ones take slots, the per-registry counts before
-    /// the per-container series.
+    /// Makes the gauges say exactly `failing` (one entry per failing container).
     pub fn set(&mut self, failing: &[ContainerSeries]) {
-        let mut counts: BTreeMap<RegistryReason, i64> = BTreeMap::new();
-        for (_, _, _, registry, reason) in failing {
-            *counts.entry((registry.clone(), *reason)).or_default() += 1;
-        }
-        let wanted: BTreeSet<&ContainerSeries> = failing.iter().collect();
-
-        let gone: Vec<RegistryReason> = self
-            .waiting
-            .keys()
-            .filter(|k| !counts.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.waiting.remove(&key);
-            let _ = self
-                .metrics
-                .containers_waiting_on_pull
-                .remove_label_values(&[&key.0, key.1.as_str()]);
-            self.metrics.release_failing_slot();
-        }
-        let gone: Vec<ContainerSeries> = self
-            .containers
+        let labels: Vec<ContainerLabels> = failing
             .iter()
-            .filter(|k| !wanted.contains(k))
-            .cloned()
+            .map(|(namespace, pod, container, registry, reason)| {
+                ContainerLabels::new(namespace, pod, container, registry, *reason)
+            })
             .collect();
-        for key in gone {
-            self.containers.remove(&key);
-            let _ = self
-                .metrics
-                .container_pull_failing
-                .remove_label_values(&container_labels(&key));
-            self.metrics.release_failing_slot();
-        }
-
-        let mut refused = BTreeSet::new();
-        for (key, count) in &counts {
-            if !self.waiting.contains_key(key) && !self.metrics.take_failing_slot() {
-                refused.insert(key.clone());
-                continue;
-            }
-            self.waiting.insert(key.clone(), *count);
-            self.metrics
-                .containers_waiting_on_pull
-                .with_label_values(&[&key.0, key.1.as_str()])
-                .set(*count);
-        }
-        let newly = refused.difference(&self.refused_waiting).count() as u64;
-        if newly > 0 {
-            self.metrics
-                .series_dropped(CONTAINERS_WAITING_ON_PULL, newly);
-        }
-        self.refused_waiting = refused;
-
-        let mut refused = BTreeSet::new();
-        for key in wanted {
-            if !self.containers.contains(key) {
-                if !self.metrics.take_failing_slot() {
-                    refused.insert(key.clone());
-                    continue;
-                }
-                self.containers.insert(key.clone());
-            }
-            self.metrics
-                .container_pull_failing
-                .with_label_values(&container_labels(key))
-                .set(1);
-        }
-        let newly = refused.difference(&self.refused_containers).count() as u64;
-        if newly > 0 {
-            self.metrics.series_dropped(CONTAINER_PULL_FAILING, newly);
-        }
-        self.refused_containers = refused;
+        self.metrics.pods().set_failing(&labels);
     }
-}
-
-fn container_labels(key: &ContainerSeries) -> [&str; 5] {
-    [&key.0, &key.1, &key.2, &key.3, key.4.as_str()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::metrics;
+    use crate::agent::metrics::{
+        self, CONTAINER_PULL_FAILING, CONTAINERS_WAITING_ON_PULL, IMAGE_PULL_FAILURES,
+    };
 
     fn series(pod: &str, registry: &str, reason: Reason) -> ContainerSeries {
         (
@@ -209,9 +113,9 @@ mod tests {
         assert!(lines(&metrics, CONTAINER_PULL_FAILING).is_empty());
         // Every slot came back.
         for _ in 0..4 {
-            assert!(metrics.take_failing_slot());
+            assert!(metrics.budget().take_current());
         }
-        assert!(!metrics.take_failing_slot());
+        assert!(!metrics.budget().take_current());
     }
 
     #[test]

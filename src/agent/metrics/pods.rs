@@ -1,0 +1,217 @@
+//! The pod watch's families (pull failures, containers waiting on a pull, the watch's own state)
+//! and the label sets they have, each holding a slot of the `--max-failing-series` budget.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{IntCounterVec, IntGaugeVec, Registry};
+
+use super::budget::Budget;
+use super::family::{Family, Labels, NoLabels};
+use super::{
+    CONTAINER_PULL_FAILING, CONTAINERS_WAITING_ON_PULL, IMAGE_PULL_FAILURES, KUBERNETES_WATCH_UP,
+};
+use crate::reason::Reason;
+
+/// `registry, reason`: the per-registry pull failure families.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PullLabels {
+    registry: String,
+    reason: Reason,
+}
+
+/// `namespace, pod, container, registry, reason`: `container_pull_failing`. The fields' order is
+/// the order the budget's slots are handed out in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerLabels {
+    namespace: String,
+    pod: String,
+    container: String,
+    registry: String,
+    reason: Reason,
+}
+
+impl PullLabels {
+    pub fn new(registry: &str, reason: Reason) -> Self {
+        PullLabels {
+            registry: registry.to_string(),
+            reason,
+        }
+    }
+}
+
+impl ContainerLabels {
+    pub fn new(
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        registry: &str,
+        reason: Reason,
+    ) -> Self {
+        ContainerLabels {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: container.to_string(),
+            registry: registry.to_string(),
+            reason,
+        }
+    }
+
+    /// The registry and reason the container's failure counts under.
+    fn pull(&self) -> PullLabels {
+        PullLabels::new(&self.registry, self.reason)
+    }
+}
+
+impl Labels for PullLabels {
+    type Static = PullLabels;
+    const NAMES: &'static [&'static str] = &["registry", "reason"];
+    fn values(&self) -> Vec<&str> {
+        vec![&self.registry, self.reason.as_str()]
+    }
+}
+
+impl Labels for ContainerLabels {
+    type Static = ContainerLabels;
+    const NAMES: &'static [&'static str] = &["namespace", "pod", "container", "registry", "reason"];
+    fn values(&self) -> Vec<&str> {
+        vec![
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            &self.registry,
+            self.reason.as_str(),
+        ]
+    }
+}
+
+/// The label sets of the pod-failure families that exist, and those a full budget refused.
+#[derive(Default)]
+struct PodBook {
+    counters: BTreeSet<PullLabels>,
+    waiting: BTreeMap<PullLabels, i64>,
+    containers: BTreeSet<ContainerLabels>,
+    refused_waiting: BTreeSet<PullLabels>,
+    refused_containers: BTreeSet<ContainerLabels>,
+}
+
+/// Every family the pod watch feeds.
+pub struct PodMetrics {
+    pull_failures: Family<IntCounterVec, PullLabels>,
+    waiting: Family<IntGaugeVec, PullLabels>,
+    failing: Family<IntGaugeVec, ContainerLabels>,
+    /// Its one series exists only while the pod watch runs.
+    watch_up: Family<IntGaugeVec, NoLabels>,
+    budget: Arc<Budget>,
+    /// Held briefly, never across `.await`.
+    book: Mutex<PodBook>,
+}
+
+impl PodMetrics {
+    pub(super) fn new(registry: &Registry, budget: Arc<Budget>) -> prometheus::Result<Self> {
+        Ok(PodMetrics {
+            pull_failures: Family::counter(
+                registry,
+                IMAGE_PULL_FAILURES,
+                "Failed image pulls the kubelet reported for pods on this node, each attempt once.",
+            )?,
+            waiting: Family::gauge(
+                registry,
+                CONTAINERS_WAITING_ON_PULL,
+                "Containers on this node waiting for an image the kubelet could not pull.",
+            )?,
+            failing: Family::gauge(
+                registry,
+                CONTAINER_PULL_FAILING,
+                "1 while this container waits for an image the kubelet could not pull (capped).",
+            )?,
+            watch_up: Family::gauge(
+                registry,
+                KUBERNETES_WATCH_UP,
+                "1 while the watch on this node's pods is established.",
+            )?,
+            budget,
+            book: Mutex::new(PodBook::default()),
+        })
+    }
+
+    /// Sets `kubernetes_watch_up`.
+    pub fn set_watch_up(&self, up: bool) {
+        self.watch_up.with(&NoLabels).set(i64::from(up));
+    }
+
+    /// Counts one failed pull attempt; a new label set takes a counter slot or is refused.
+    pub fn count_attempt(&self, labels: &PullLabels) {
+        let mut book = super::lock(&self.book);
+        if !book.counters.contains(labels) {
+            if !self.budget.take_history() {
+                self.budget.dropped(IMAGE_PULL_FAILURES, 1);
+                return;
+            }
+            book.counters.insert(labels.clone());
+        }
+        self.pull_failures.with(labels).inc();
+    }
+
+    /// Makes the gauges say exactly `failing` (one entry per failing container): vanished series
+    /// go first and free their slots, then new ones take slots, the per-registry counts before
+    /// the per-container series.
+    pub fn set_failing(&self, failing: &[ContainerLabels]) {
+        let mut counts: BTreeMap<PullLabels, i64> = BTreeMap::new();
+        for container in failing {
+            *counts.entry(container.pull()).or_default() += 1;
+        }
+        let wanted: BTreeSet<&ContainerLabels> = failing.iter().collect();
+        let mut guard = super::lock(&self.book);
+        let book = &mut *guard;
+
+        book.waiting.retain(|labels, _| {
+            let keep = counts.contains_key(labels);
+            if !keep {
+                self.waiting.remove(labels);
+                self.budget.release_current();
+            }
+            keep
+        });
+        book.containers.retain(|labels| {
+            let keep = wanted.contains(labels);
+            if !keep {
+                self.failing.remove(labels);
+                self.budget.release_current();
+            }
+            keep
+        });
+
+        let mut refused = BTreeSet::new();
+        for (labels, count) in counts {
+            if !book.waiting.contains_key(&labels) && !self.budget.take_current() {
+                refused.insert(labels);
+                continue;
+            }
+            self.waiting.with(&labels).set(count);
+            book.waiting.insert(labels, count);
+        }
+        self.budget.refused(
+            CONTAINERS_WAITING_ON_PULL,
+            refused,
+            &mut book.refused_waiting,
+        );
+
+        let mut refused = BTreeSet::new();
+        for labels in wanted {
+            if !book.containers.contains(labels) {
+                if !self.budget.take_current() {
+                    refused.insert(labels.clone());
+                    continue;
+                }
+                book.containers.insert(labels.clone());
+            }
+            self.failing.with(labels).set(1);
+        }
+        self.budget.refused(
+            CONTAINER_PULL_FAILING,
+            refused,
+            &mut book.refused_containers,
+        );
+    }
+}
