@@ -96,7 +96,7 @@ fn reasons_md_lists_every_reason_with_its_fix_and_messages() {
 fn every_series() -> crate::agent::metrics::Metrics {
     use std::time::Duration;
 
-    use crate::agent::metrics::{Metrics, RuntimeFacts};
+    use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels, RuntimeFacts};
     use crate::check::manifest::RateLimit;
     use crate::check::tls::{CertSummary, TlsOutcome};
     use crate::check::{CheckKind, CheckResult};
@@ -141,17 +141,23 @@ fn every_series() -> crate::agent::metrics::Metrics {
         http_status: Some(503),
         ..Probe::default()
     };
-    metrics.set_registry_up("r.example", false);
-    metrics.record_endpoint("r.example", &endpoint, &probe);
+    metrics.registries().set_registry_up("r.example", false);
+    metrics
+        .registries()
+        .record_endpoint("r.example", &endpoint, &probe);
     let limit = RateLimit {
         limit: Some(100),
         remaining: Some(76),
         window: Some(Duration::from_secs(21600)),
         source: None,
     };
-    metrics.set_ratelimit("r.example", Some(&limit));
-    metrics.set_runtime_check("r.example", true, 0.2);
-    metrics.record_runtime(
+    metrics
+        .registries()
+        .set_ratelimit("r.example", Some(&limit));
+    metrics
+        .registries()
+        .set_runtime_check("r.example", true, 0.2);
+    metrics.runtime().record(
         true,
         &RuntimeFacts {
             version: Some(RuntimeVersion {
@@ -173,20 +179,17 @@ fn every_series() -> crate::agent::metrics::Metrics {
             images: Some(3),
         },
     );
-    let failure = ["r.example", "manifest_unknown"];
     metrics
-        .image_pull_failures
-        .with_label_values(&failure)
-        .inc();
-    metrics
-        .containers_waiting_on_pull
-        .with_label_values(&failure)
-        .set(1);
-    metrics
-        .container_pull_failing
-        .with_label_values(&["ns", "pod", "app", "r.example", "manifest_unknown"])
-        .set(1);
-    metrics.set_kubernetes_watch_up(true);
+        .pods()
+        .count_attempt(&PullLabels::new("r.example", Reason::ManifestUnknown));
+    metrics.pods().set_failing(&[ContainerLabels::new(
+        "ns",
+        "pod",
+        "app",
+        "r.example",
+        Reason::ManifestUnknown,
+    )]);
+    metrics.pods().set_watch_up(true);
     metrics
 }
 
