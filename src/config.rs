@@ -15,7 +15,7 @@ use crate::proxy::ProxySettings;
 use crate::route::{RouteConfig, split_host_port};
 use crate::trust::Trust;
 
-/// Flags shared by `agent` and `diagnose` (DESIGN.md "Shared flags"); crictl's names where it has one.
+/// Flags shared by `agent` and `diagnose` (`docs/flags.md`, "Global flags"); crictl's names where it has one.
 #[derive(Args, Debug, Clone)]
 pub struct CommonFlags {
     /// Resolver configuration the dns check uses (the node's, as the runtime sees it).
@@ -103,7 +103,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where runtimes put their CRI socket, in the order they are looked for (DESIGN.md).
+/// Where runtimes put their CRI socket, in the order they are looked for (`docs/flags.md`).
 pub const RUNTIME_SOCKETS: [&str; 4] = [
     "/run/containerd/containerd.sock",
     "/run/k3s/containerd/containerd.sock",

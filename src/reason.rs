@@ -1,4 +1,4 @@
-//! The closed list of failure reasons (DESIGN.md "Reasons"): the `reason` label and JSON field.
+//! The closed list of failure reasons (documented in `docs/reasons.md`): the `reason` label and JSON field.
 //! Every failed check or pull is explained by exactly one of these, never by free text.
 
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in the order of DESIGN.md (dashboards and tests iterate over it).
+    /// Every reason, in the order of `docs/reasons.md` (dashboards and tests iterate over it).
     pub const ALL: [Reason; 29] = [
         Reason::InvalidReference,
         Reason::DnsNxdomain,

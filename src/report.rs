@@ -1,4 +1,4 @@
-//! The diagnosis of one image: the JSON object of DESIGN.md (one per line) and the text a person
+//! The diagnosis of one image: the JSON object of `docs/report.md` (one per line) and the text a person
 //! reads (one line per check with ✓/✗, duration and evidence, then `Cause:` and `Fix:`).
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The `agent` flags of DESIGN.md and their validation: flags and `PULLWATCH_*` variables become an
+//! The `agent` flags (`docs/flags.md`) and their validation: flags and `PULLWATCH_*` variables become an
 //! [`AgentConfig`] once at start-up; a bad value is an error naming the flag (exit 64).
 
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::{debug, warn};
 
 use super::metrics::{self, Metrics};
-use super::scheduler::Target;
+use super::scheduler::WatchedRegistry;
 use crate::route::{Route, RouteConfig};
 
 /// Turns candidate registries into the targets the scheduler follows.
@@ -39,7 +39,7 @@ impl Discovery {
         routes: &RouteConfig,
         canaries: &BTreeMap<String, String>,
         metrics: &Metrics,
-    ) -> Vec<Target> {
+    ) -> Vec<WatchedRegistry> {
         let mut seen = BTreeSet::new();
         let mut targets = Vec::new();
         let mut refused = BTreeSet::new();
@@ -70,7 +70,7 @@ impl Discovery {
                 debug!(registry, file = %file.display(), "blocked by the runtime's config: not watched");
                 continue;
             }
-            targets.push(Target {
+            targets.push(WatchedRegistry {
                 route: Route {
                     registry: registry.to_string(),
                     endpoints: configured.hosts.into_iter().map(|h| h.endpoint).collect(),

@@ -31,7 +31,7 @@ use self::metrics::Metrics;
 use self::node::NodeWatch;
 use self::pods::{KubeError, Mode as KubernetesMode, PodWatch};
 use self::scheduler::Scheduler;
-use self::scheduler::Target;
+use self::scheduler::WatchedRegistry;
 use self::status::StatusBoard;
 use crate::diagnose::Diagnoser;
 use crate::runtime::RuntimeClient;
@@ -91,11 +91,11 @@ pub struct Agent {
     liveness: Arc<Liveness>,
     node: NodeWatch,
     runtime_up: bool,
-    targets: watch::Receiver<Vec<Target>>,
+    targets: watch::Receiver<Vec<WatchedRegistry>>,
     /// The API server, when the pods of this node are watched.
     kubernetes: Option<::kube::Client>,
     /// Where the node watch publishes the routes it discovers.
-    discovered: watch::Sender<Vec<Target>>,
+    discovered: watch::Sender<Vec<WatchedRegistry>>,
 }
 
 impl Agent {

@@ -16,7 +16,7 @@ use super::config_watch::ConfigFiles;
 use super::discovery::Discovery;
 use super::health::Liveness;
 use super::metrics::{Metrics, RuntimeFacts};
-use super::scheduler::Target;
+use super::scheduler::WatchedRegistry;
 use crate::discovery;
 use crate::route::RouteConfig;
 use crate::runtime::{RuntimeClient, canary_for};
@@ -118,7 +118,7 @@ impl NodeWatch {
 
     /// Records a refresh and returns the targets it makes: `--registry` first, then the
     /// registries of the runtime's config files, then those of the node's images.
-    pub fn apply(&mut self, refresh: &Refresh) -> Vec<Target> {
+    pub fn apply(&mut self, refresh: &Refresh) -> Vec<WatchedRegistry> {
         self.metrics.runtime().record(refresh.up, &refresh.facts);
         // A failed ListImages keeps what it found last, rather than dropping every registry.
         if let Some(held) = &refresh.held {
@@ -138,7 +138,7 @@ impl NodeWatch {
     pub async fn run(
         mut self,
         was_up: bool,
-        targets: watch::Sender<Vec<Target>>,
+        targets: watch::Sender<Vec<WatchedRegistry>>,
         cancel: CancellationToken,
     ) {
         let heart = self.liveness.register("node watch", self.max_quiet);

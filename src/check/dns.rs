@@ -15,7 +15,7 @@ use super::{CheckError, Evidence};
 use crate::reason::Reason;
 use crate::text::short_duration;
 
-/// Addresses per family kept for the tcp check (DESIGN.md: up to 4 per family).
+/// Addresses per family kept for the tcp check (up to 4 per family, as `docs/` says).
 pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
 
 /// A resolver built from a resolv.conf file, with its cache turned off.

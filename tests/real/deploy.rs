@@ -1,4 +1,4 @@
-//! `deploy/` keeps DESIGN.md's promises: the alert rules pass real `promtool` unit tests,
+//! `deploy/` keeps the documented promises: the alert rules pass real `promtool` unit tests,
 //! the DaemonSet sees the node as the runtime does, RBAC is minimal, and every metric the
 //! alerts and the dashboard use is one the agent exports.
 

@@ -1,36 +1,35 @@
 //! When checks run: one task per watched registry, probing its route every `--interval` ±10 % with the
 //! first round spread out, auth + manifest every `--manifest-interval`, the runtime's pull of its
-//! canary every `--runtime-check-interval`; a cap on probes in flight; one endpoint never probed
+//! canary every `--runtime-check-interval`; a cap on probes in slot; one endpoint never probed
 //! twice at once (registries sharing a mirror share its fresh result); on-demand rounds, debounced.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use super::health::{Heart, Liveness};
+use super::health::Liveness;
 use super::metrics::Metrics;
 use super::status::StatusBoard;
 use crate::check::{self, CheckKind, CheckResult};
-use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe, conclude};
+use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe};
 use crate::reference::ImageRef;
-use crate::report::{EndpointReport, Report, push_token_server};
+use crate::report::Report;
 use crate::route::{Endpoint, Role, Route};
 use crate::runtime::RuntimeClient;
 
-/// How often the supervisor loop wakes up (and beats) when nothing else happens.
-const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
+mod registry_task;
+mod supervisor;
+
 /// The runtime check's pull may take this many check timeouts (by digest, nothing downloads).
 const RUNTIME_CHECK_TIMEOUTS: u32 = 4;
 
 /// A registry to watch: its route, and an image the node holds from it, by digest (the canary).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+pub struct WatchedRegistry {
     pub route: Route,
     pub canary: Option<String>,
 }
@@ -46,7 +45,7 @@ pub struct Settings {
     pub runtime_check_interval: Option<Duration>,
     /// The longest a loop may go without progress before `/healthz` fails.
     pub max_quiet: Duration,
-    /// Probes (one endpoint's chain each) in flight at once, over all registries.
+    /// Probes (one endpoint's chain each) in slot at once, over all registries.
     pub max_in_flight: usize,
     /// Each registry's first round starts at a random point within this (at most `interval`).
     pub first_round_spread: Duration,
@@ -66,61 +65,18 @@ pub struct Scheduler {
     permits: Semaphore,
     /// One slot per endpoint (URL and TLS settings): its lock serialises probes, its value is the
     /// last result. Held strongly by the registry tasks whose route has the endpoint.
-    flights: Mutex<HashMap<String, Weak<Flight>>>,
+    slots: Mutex<HashMap<String, Weak<ProbeSlot>>>,
     /// Wakes a registry's task for an on-demand round.
     triggers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
-/// An endpoint's probe slot: the last probe and when it finished.
-type Flight = tokio::sync::Mutex<Option<(Instant, Arc<Probe>)>>;
+/// An endpoint's probe slot: its lock serialises probes; it holds the last one.
+type ProbeSlot = tokio::sync::Mutex<Option<LastProbe>>;
 
-/// The supervisor's handle on a running registry task.
-struct Handle {
-    id: tokio::task::Id,
-    target: watch::Sender<Target>,
-    cancel: CancellationToken,
-}
-
-/// The supervisor's books.
-#[derive(Default)]
-struct Tasks {
-    set: JoinSet<()>,
-    running: HashMap<String, Handle>,
-    /// Cancelled tasks not yet finished: their registry is not restarted before they cleaned up.
-    stopping: HashMap<tokio::task::Id, String>,
-    desired: BTreeMap<String, Target>,
-    /// Tasks that ended unexpectedly (a panic): their registry restarts no sooner than this.
-    crashed: HashMap<String, Instant>,
-}
-
-/// The checks after `/v2/` of one endpoint, from the last manifest round: shown and exported
-/// until the next one, dropped as soon as the endpoint's connectivity fails.
-struct Later {
-    checks: Vec<CheckResult>,
-    /// The Bearer realm's host (role `auth`), with its dns/tcp/tls records.
-    token_server: Option<(Endpoint, Vec<CheckResult>)>,
-}
-
-/// A periodic job's clock: due every `every` ±10 %.
-struct Timer {
-    every: Duration,
-    next: Instant,
-}
-
-impl Timer {
-    /// The first run at a random point within `spread`.
-    fn first(every: Duration, spread: Duration) -> Self {
-        Timer {
-            every,
-            next: Instant::now() + spread.mul_f64(fastrand::f64()),
-        }
-    }
-
-    /// The next run one jittered period after `started`, and never sooner than a tenth of a period from now.
-    fn reschedule(&mut self, started: Instant) {
-        let period = self.every.mul_f64(0.9 + 0.2 * fastrand::f64());
-        self.next = (started + period).max(Instant::now() + self.every / 10);
-    }
+/// An endpoint's latest probe and when it finished.
+struct LastProbe {
+    at: Instant,
+    probe: Arc<Probe>,
 }
 
 impl Scheduler {
@@ -140,7 +96,7 @@ impl Scheduler {
             liveness,
             settings,
             runtime,
-            flights: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
         }
     }
@@ -179,377 +135,23 @@ impl Scheduler {
             Err(report) => return *report,
         };
         let platform = with_platform.then_some(&self.diagnoser.pull.platform);
-        let flights = self.flights_for(&routed.route);
+        let slots = self.slots_for(&routed.route);
         let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
-        for (endpoint, flight) in routed.route.endpoints.iter().zip(&flights) {
-            let mut last = flight.lock().await;
+        for (endpoint, slot) in routed.route.endpoints.iter().zip(&slots) {
+            let mut last = slot.lock().await;
             // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
             let _permit = self.permits.acquire().await.ok();
             let checked = self
                 .diagnoser
                 .check_endpoint(endpoint, &routed.image, platform, on_check)
                 .await;
-            *last = Some((Instant::now(), Arc::clone(&checked.probe)));
+            *last = Some(LastProbe {
+                at: Instant::now(),
+                probe: Arc::clone(&checked.probe),
+            });
             checked.add_to(&mut endpoints);
         }
         routed.conclude(endpoints)
-    }
-
-    /// Follows the discovered routes until `cancel`: starts a task per new registry, hands changed
-    /// routes to running ones, stops (and so removes the series of) vanished ones; then drains.
-    pub async fn run(
-        self: Arc<Self>,
-        mut targets: watch::Receiver<Vec<Target>>,
-        cancel: CancellationToken,
-    ) {
-        let heart = self.liveness.register("scheduler", self.settings.max_quiet);
-        let mut tasks = Tasks::default();
-        let mut tick = tokio::time::interval(SUPERVISOR_TICK);
-        let mut follow = true;
-        let mut changed = true;
-        loop {
-            if changed {
-                tasks.desired = targets
-                    .borrow_and_update()
-                    .iter()
-                    .map(|target| (target.route.registry.clone(), target.clone()))
-                    .collect();
-                self.apply(&mut tasks, &cancel);
-                changed = false;
-            }
-            heart.beat();
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                result = targets.changed(), if follow => match result {
-                    Ok(()) => changed = true,
-                    // Discovery ended: keep watching what it found last.
-                    Err(_) => follow = false,
-                },
-                Some(joined) = tasks.set.join_next_with_id() => self.reap(joined, &mut tasks, &cancel),
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    changed = tasks.crashed.values().any(|at| *at <= now);
-                }
-            }
-        }
-        // Every registry task holds a child of `cancel`: each stops and removes its series.
-        while tasks.set.join_next().await.is_some() {}
-        lock(&self.triggers).clear();
-    }
-
-    fn apply(self: &Arc<Self>, tasks: &mut Tasks, cancel: &CancellationToken) {
-        let gone: Vec<String> = tasks
-            .running
-            .keys()
-            .filter(|registry| !tasks.desired.contains_key(*registry))
-            .cloned()
-            .collect();
-        let now = Instant::now();
-        tasks
-            .crashed
-            .retain(|registry, at| tasks.desired.contains_key(registry) && *at > now);
-        for registry in gone {
-            if let Some(handle) = tasks.running.remove(&registry) {
-                info!(registry, "no longer discovered; stopping its checks");
-                handle.cancel.cancel();
-                lock(&self.triggers).remove(&registry);
-                tasks.stopping.insert(handle.id, registry);
-            }
-        }
-        let desired: Vec<Target> = tasks.desired.values().cloned().collect();
-        for target in desired {
-            if let Some(handle) = tasks.running.get(&target.route.registry) {
-                handle.target.send_if_modified(|current| {
-                    let modified = *current != target;
-                    if modified {
-                        *current = target.clone();
-                    }
-                    modified
-                });
-            } else if !tasks.stopping.values().any(|r| *r == target.route.registry)
-                && !tasks.crashed.contains_key(&target.route.registry)
-            {
-                self.spawn(target, tasks, cancel);
-            }
-        }
-    }
-
-    fn spawn(self: &Arc<Self>, target: Target, tasks: &mut Tasks, cancel: &CancellationToken) {
-        let registry = target.route.registry.clone();
-        let (target_tx, target_rx) = watch::channel(target);
-        let token = cancel.child_token();
-        let trigger = Arc::new(Notify::new());
-        lock(&self.triggers).insert(registry.clone(), Arc::clone(&trigger));
-        let task = Arc::clone(self).watch_registry(target_rx, trigger, token.clone());
-        let id = tasks.set.spawn(task).id();
-        tasks.running.insert(
-            registry,
-            Handle {
-                id,
-                target: target_tx,
-                cancel: token,
-            },
-        );
-    }
-
-    /// A registry task ended: a stopped one may make way for its successor; any other one failed.
-    fn reap(
-        self: &Arc<Self>,
-        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-        tasks: &mut Tasks,
-        cancel: &CancellationToken,
-    ) {
-        let (id, failure) = match joined {
-            Ok((id, ())) => (id, None),
-            Err(error) => (error.id(), Some(error)),
-        };
-        if cancel.is_cancelled() {
-            // Shutting down: tasks end because they were told to.
-            return;
-        }
-        let registry = match tasks.stopping.remove(&id) {
-            Some(registry) => registry,
-            None => {
-                let Some(registry) = tasks
-                    .running
-                    .iter()
-                    .find(|(_, handle)| handle.id == id)
-                    .map(|(registry, _)| registry.clone())
-                else {
-                    return;
-                };
-                tasks.running.remove(&registry);
-                lock(&self.triggers).remove(&registry);
-                self.metrics.registries().forget_registry(&registry);
-                self.status.forget(&registry);
-                let backoff = self.settings.interval;
-                error!(
-                    registry,
-                    ?failure,
-                    "registry task ended unexpectedly; restarting it in {}",
-                    humantime::format_duration(backoff)
-                );
-                // Restarted one interval later: a task that fails at once never spins.
-                tasks
-                    .crashed
-                    .insert(registry.clone(), Instant::now() + backoff);
-                registry
-            }
-        };
-        if !tasks.running.contains_key(&registry)
-            && !tasks.crashed.contains_key(&registry)
-            && let Some(target) = tasks.desired.get(&registry).cloned()
-        {
-            self.spawn(target, tasks, cancel);
-        }
-    }
-
-    /// One registry's loop: rounds on its timers or on demand, until cancelled; then its series go.
-    async fn watch_registry(
-        self: Arc<Self>,
-        mut target: watch::Receiver<Target>,
-        trigger: Arc<Notify>,
-        cancel: CancellationToken,
-    ) {
-        let registry = target.borrow().route.registry.clone();
-        let heart = self
-            .liveness
-            .register(format!("registry {registry}"), self.settings.max_quiet);
-        let spread = self.settings.first_round_spread.min(self.settings.interval);
-        let mut connectivity = Timer::first(self.settings.interval, spread);
-        // The first round checks everything; the others follow their own intervals.
-        let mut manifest = Timer {
-            every: self.settings.manifest_interval,
-            next: connectivity.next,
-        };
-        let mut runtime_check = self.settings.runtime_check_interval.map(|every| Timer {
-            every,
-            next: connectivity.next,
-        });
-        let mut flights = self.flights_for(&target.borrow().route);
-        let mut later: HashMap<String, Later> = HashMap::new();
-        let mut last_start: Option<Instant> = None;
-        let mut was_up: Option<bool> = None;
-        let mut fresh_wanted = false;
-        let mut follow = true;
-        loop {
-            heart.beat();
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(connectivity.next) => {}
-                _ = trigger.notified() => {
-                    fresh_wanted = true;
-                    let not_before = last_start.map(|s| s + self.settings.debounce);
-                    match not_before {
-                        Some(at) if at > Instant::now() => {
-                            connectivity.next = connectivity.next.min(at);
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                changed = target.changed(), if follow => {
-                    match changed {
-                        Ok(()) => {
-                            let current = target.borrow().route.clone();
-                            flights = self.flights_for(&current);
-                            later.clear();
-                            connectivity.next = Instant::now();
-                            manifest.next = connectivity.next;
-                        }
-                        Err(_) => follow = false,
-                    }
-                    continue;
-                }
-            }
-            let started = Instant::now();
-            last_start = Some(started);
-            let current = target.borrow_and_update().clone();
-            let force = std::mem::take(&mut fresh_wanted);
-            let canary = current
-                .canary
-                .as_deref()
-                .and_then(|c| ImageRef::parse(c).ok());
-            // An on-demand round checks the manifest too: it is asked because a pull failed.
-            let api = canary
-                .as_ref()
-                .filter(|_| force || started >= manifest.next);
-            let report = tokio::select! {
-                _ = cancel.cancelled() => break,
-                report = self.round(&current.route, &flights, force, api, &mut later, &heart) => report,
-            };
-            connectivity.reschedule(started);
-            if api.is_some() {
-                manifest.reschedule(started);
-            }
-            let up = registry_up(&report);
-            log_transition(&report, was_up, up);
-            if was_up == Some(false) && up && canary.is_some() {
-                // Back after an outage: the manifest's word is stale, ask it again soon.
-                manifest.next = manifest.next.min(Instant::now());
-            }
-            was_up = Some(up);
-            self.status.record(report, SystemTime::now());
-            if let (Some(timer), Some(canary), Some(runtime)) =
-                (runtime_check.as_mut(), &canary, &self.runtime)
-                && started >= timer.next
-            {
-                let result = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    result = self.runtime_check(runtime, canary) => result,
-                };
-                heart.beat();
-                self.metrics
-                    .registries()
-                    .set_runtime_check(&registry, result.ok, result.seconds);
-                if !result.ok {
-                    warn!(
-                        registry,
-                        canary = %canary,
-                        reason = result.reason.map(|r| r.as_str()).unwrap_or_default(),
-                        detail = result.detail,
-                        "the runtime cannot pull from this registry"
-                    );
-                }
-                timer.reschedule(started);
-            }
-        }
-        self.metrics.registries().forget_registry(&registry);
-        self.status.forget(&registry);
-    }
-
-    /// Probes every endpoint of the route at once (with auth and manifest of `api` when given),
-    /// records their metrics, and concludes.
-    async fn round(
-        self: &Arc<Self>,
-        route: &Route,
-        flights: &[Arc<Flight>],
-        force: bool,
-        api: Option<&ImageRef>,
-        later: &mut HashMap<String, Later>,
-        heart: &Heart,
-    ) -> Report {
-        let mut probes = JoinSet::new();
-        for (index, (endpoint, flight)) in route.endpoints.iter().zip(flights).enumerate() {
-            let this = Arc::clone(self);
-            let endpoint = endpoint.clone();
-            let flight = Arc::clone(flight);
-            let api = api.cloned();
-            probes.spawn(async move {
-                let (probe, api) = this.probe(&endpoint, &flight, force, api.as_ref()).await;
-                (index, endpoint, probe, api)
-            });
-        }
-        let mut done = Vec::with_capacity(route.endpoints.len());
-        while let Some(joined) = probes.join_next().await {
-            heart.beat();
-            match joined {
-                Ok(probed) => done.push(probed),
-                Err(error) => error!(registry = route.registry, %error, "probe task failed"),
-            }
-        }
-        done.sort_by_key(|(index, ..)| *index);
-        let mut endpoints: Vec<EndpointReport> = Vec::with_capacity(done.len());
-        let mut rate_limit = None;
-        for (_, endpoint, probe, api) in done {
-            let url = endpoint.url();
-            match api {
-                _ if probe.http.is_none() => {
-                    later.remove(&url);
-                }
-                Some(api) => {
-                    rate_limit = api.rate_limit.clone().or(rate_limit);
-                    let token_server = api.token_server.map(|(server, server_probe)| {
-                        self.metrics.registries().record_endpoint(
-                            &route.registry,
-                            &server,
-                            &server_probe,
-                        );
-                        (server, server_probe.checks)
-                    });
-                    later.insert(
-                        url.clone(),
-                        Later {
-                            checks: api.checks,
-                            token_server,
-                        },
-                    );
-                }
-                None => {}
-            }
-            let after = later.get(&url);
-            let after_checks = after.map(|l| l.checks.as_slice()).unwrap_or_default();
-            self.metrics.registries().record_endpoint_with(
-                &route.registry,
-                &endpoint,
-                &probe,
-                after_checks,
-            );
-            endpoints.push(EndpointReport {
-                endpoint: url,
-                role: endpoint.role,
-                source: endpoint.source.clone(),
-                checks: probe.checks.iter().chain(after_checks).cloned().collect(),
-            });
-            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref()) {
-                push_token_server(&mut endpoints, server, checks.clone());
-            }
-        }
-        if api.is_some() {
-            self.metrics
-                .registries()
-                .set_ratelimit(&route.registry, rate_limit.as_ref());
-        }
-        let urls: Vec<String> = endpoints.iter().map(|e| e.endpoint.clone()).collect();
-        self.metrics
-            .registries()
-            .retain_endpoints(&route.registry, &urls);
-        let report = conclude(String::new(), route.registry.clone(), endpoints);
-        self.metrics
-            .registries()
-            .set_registry_up(&route.registry, registry_up(&report));
-        report
     }
 
     /// The runtime's own pull of `canary` (by digest: it resolves remotely and downloads nothing),
@@ -576,14 +178,14 @@ impl Scheduler {
     async fn probe(
         &self,
         endpoint: &Endpoint,
-        flight: &Flight,
+        slot: &ProbeSlot,
         force: bool,
         api: Option<&ImageRef>,
     ) -> (Arc<Probe>, Option<ApiProbe>) {
-        let mut last = flight.lock().await;
+        let mut last = slot.lock().await;
         if !force
             && api.is_none()
-            && let Some((at, probe)) = last.as_ref()
+            && let Some(LastProbe { at, probe }) = last.as_ref()
             && at.elapsed() < self.settings.interval / 2
         {
             return (Arc::clone(probe), None);
@@ -607,24 +209,27 @@ impl Scheduler {
             }
         };
         let probe = Arc::new(probe);
-        *last = Some((Instant::now(), Arc::clone(&probe)));
+        *last = Some(LastProbe {
+            at: Instant::now(),
+            probe: Arc::clone(&probe),
+        });
         (probe, api)
     }
 
-    fn flights_for(&self, route: &Route) -> Vec<Arc<Flight>> {
-        let mut flights = lock(&self.flights);
-        flights.retain(|_, flight| flight.strong_count() > 0);
+    fn slots_for(&self, route: &Route) -> Vec<Arc<ProbeSlot>> {
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, slot| slot.strong_count() > 0);
         route
             .endpoints
             .iter()
             .map(|endpoint| {
                 let key = format!("{} {:?}", endpoint.url(), endpoint.tls);
-                match flights.get(&key).and_then(Weak::upgrade) {
-                    Some(flight) => flight,
+                match slots.get(&key).and_then(Weak::upgrade) {
+                    Some(slot) => slot,
                     None => {
-                        let flight = Arc::new(Flight::default());
-                        flights.insert(key, Arc::downgrade(&flight));
-                        flight
+                        let slot = Arc::new(ProbeSlot::default());
+                        slots.insert(key, Arc::downgrade(&slot));
+                        slot
                     }
                 }
             })
@@ -665,7 +270,11 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
 
+    use super::registry_task::Timer;
+    use super::supervisor::Tasks;
     use super::*;
     use crate::route::Scheme;
     use crate::trust::TlsOptions;
@@ -681,7 +290,7 @@ mod tests {
         fake_registry_counting(delay, Arc::default(), Arc::default()).await
     }
 
-    /// A [`fake_registry`] counting requests in flight in `now`, and the most in `most_at_once`,
+    /// A [`fake_registry`] counting requests in slot in `now`, and the most in `most_at_once`,
     /// which several servers may share.
     async fn fake_registry_counting(
         delay: Duration,
@@ -733,8 +342,8 @@ mod tests {
         }
     }
 
-    fn route(registry: &str, endpoints: Vec<Endpoint>) -> Target {
-        Target {
+    fn route(registry: &str, endpoints: Vec<Endpoint>) -> WatchedRegistry {
+        WatchedRegistry {
             route: Route {
                 registry: registry.into(),
                 endpoints,
@@ -847,7 +456,7 @@ mod tests {
             max_in_flight: 2,
             ..settings(Duration::from_secs(60))
         });
-        let routes: Vec<Target> = servers
+        let routes: Vec<WatchedRegistry> = servers
             .iter()
             .enumerate()
             .map(|(i, s)| route(&format!("r{i}.example"), vec![endpoint(s.port)]))
@@ -878,7 +487,7 @@ mod tests {
         let server = fake_registry(Duration::from_millis(300)).await;
         let f = fixture(settings(Duration::from_secs(60)));
         let shared = endpoint(server.port);
-        let routes: Vec<Target> = (0..4)
+        let routes: Vec<WatchedRegistry> = (0..4)
             .map(|i| route(&format!("r{i}.example"), vec![shared.clone()]))
             .collect();
         let (_tx, rx) = watch::channel(routes);

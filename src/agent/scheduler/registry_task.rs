@@ -1,0 +1,260 @@
+//! One registry's task: rounds of its route on jittered timers (connectivity every `--interval`,
+//! auth + manifest every `--manifest-interval`, the runtime's pull every
+//! `--runtime-check-interval`) or on demand, each endpoint through its probe slot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::super::health::Heart;
+use super::{ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up};
+use crate::check::CheckResult;
+use crate::diagnose::conclude;
+use crate::reference::ImageRef;
+use crate::report::{EndpointReport, Report, push_token_server};
+use crate::route::{Endpoint, Route};
+
+/// The checks after `/v2/` of one endpoint, from the last manifest round: shown and exported
+/// until the next one, dropped as soon as the endpoint's connectivity fails.
+struct ApiChecks {
+    checks: Vec<CheckResult>,
+    /// The Bearer realm's host (role `auth`), with its dns/tcp/tls records.
+    token_server: Option<(Endpoint, Vec<CheckResult>)>,
+}
+
+/// A periodic job's clock: due every `every` ±10 %.
+pub(super) struct Timer {
+    every: Duration,
+    pub(super) next: Instant,
+}
+
+impl Timer {
+    /// The first run at a random point within `spread`.
+    pub(super) fn first(every: Duration, spread: Duration) -> Self {
+        Timer {
+            every,
+            next: Instant::now() + spread.mul_f64(fastrand::f64()),
+        }
+    }
+
+    /// The next run one jittered period after `started`, and never sooner than a tenth of a period from now.
+    pub(super) fn reschedule(&mut self, started: Instant) {
+        let period = self.every.mul_f64(0.9 + 0.2 * fastrand::f64());
+        self.next = (started + period).max(Instant::now() + self.every / 10);
+    }
+}
+
+impl Scheduler {
+    /// One registry's loop: rounds on its timers or on demand, until cancelled; then its series go.
+    pub(super) async fn watch_registry(
+        self: Arc<Self>,
+        mut target: watch::Receiver<WatchedRegistry>,
+        trigger: Arc<Notify>,
+        cancel: CancellationToken,
+    ) {
+        let registry = target.borrow().route.registry.clone();
+        let heart = self
+            .liveness
+            .register(format!("registry {registry}"), self.settings.max_quiet);
+        let spread = self.settings.first_round_spread.min(self.settings.interval);
+        let mut connectivity = Timer::first(self.settings.interval, spread);
+        // The first round checks everything; the others follow their own intervals.
+        let mut manifest = Timer {
+            every: self.settings.manifest_interval,
+            next: connectivity.next,
+        };
+        let mut runtime_check = self.settings.runtime_check_interval.map(|every| Timer {
+            every,
+            next: connectivity.next,
+        });
+        let mut slots = self.slots_for(&target.borrow().route);
+        let mut api_checks: HashMap<String, ApiChecks> = HashMap::new();
+        let mut last_start: Option<Instant> = None;
+        let mut was_up: Option<bool> = None;
+        let mut fresh_wanted = false;
+        let mut follow = true;
+        loop {
+            heart.beat();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(connectivity.next) => {}
+                _ = trigger.notified() => {
+                    fresh_wanted = true;
+                    let not_before = last_start.map(|s| s + self.settings.debounce);
+                    match not_before {
+                        Some(at) if at > Instant::now() => {
+                            connectivity.next = connectivity.next.min(at);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                changed = target.changed(), if follow => {
+                    match changed {
+                        Ok(()) => {
+                            let current = target.borrow().route.clone();
+                            slots = self.slots_for(&current);
+                            api_checks.clear();
+                            connectivity.next = Instant::now();
+                            manifest.next = connectivity.next;
+                        }
+                        Err(_) => follow = false,
+                    }
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            last_start = Some(started);
+            let current = target.borrow_and_update().clone();
+            let force = std::mem::take(&mut fresh_wanted);
+            let canary = current
+                .canary
+                .as_deref()
+                .and_then(|c| ImageRef::parse(c).ok());
+            // An on-demand round checks the manifest too: it is asked because a pull failed.
+            let api = canary
+                .as_ref()
+                .filter(|_| force || started >= manifest.next);
+            let report = tokio::select! {
+                _ = cancel.cancelled() => break,
+                report = self.round(&current.route, &slots, force, api, &mut api_checks, &heart) => report,
+            };
+            connectivity.reschedule(started);
+            if api.is_some() {
+                manifest.reschedule(started);
+            }
+            let up = registry_up(&report);
+            log_transition(&report, was_up, up);
+            if was_up == Some(false) && up && canary.is_some() {
+                // Back after an outage: the manifest's word is stale, ask it again soon.
+                manifest.next = manifest.next.min(Instant::now());
+            }
+            was_up = Some(up);
+            self.status.record(report, SystemTime::now());
+            if let (Some(timer), Some(canary), Some(runtime)) =
+                (runtime_check.as_mut(), &canary, &self.runtime)
+                && started >= timer.next
+            {
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    result = self.runtime_check(runtime, canary) => result,
+                };
+                heart.beat();
+                self.metrics
+                    .registries()
+                    .set_runtime_check(&registry, result.ok, result.seconds);
+                if !result.ok {
+                    warn!(
+                        registry,
+                        canary = %canary,
+                        reason = result.reason.map(|r| r.as_str()).unwrap_or_default(),
+                        detail = result.detail,
+                        "the runtime cannot pull from this registry"
+                    );
+                }
+                timer.reschedule(started);
+            }
+        }
+        self.metrics.registries().forget_registry(&registry);
+        self.status.forget(&registry);
+    }
+
+    /// Probes every endpoint of the route at once (with auth and manifest of `api` when given),
+    /// records their metrics, and concludes.
+    async fn round(
+        self: &Arc<Self>,
+        route: &Route,
+        slots: &[Arc<ProbeSlot>],
+        force: bool,
+        api: Option<&ImageRef>,
+        api_checks: &mut HashMap<String, ApiChecks>,
+        heart: &Heart,
+    ) -> Report {
+        let mut probes = JoinSet::new();
+        for (index, (endpoint, slot)) in route.endpoints.iter().zip(slots).enumerate() {
+            let this = Arc::clone(self);
+            let endpoint = endpoint.clone();
+            let slot = Arc::clone(slot);
+            let api = api.cloned();
+            probes.spawn(async move {
+                let (probe, api) = this.probe(&endpoint, &slot, force, api.as_ref()).await;
+                (index, endpoint, probe, api)
+            });
+        }
+        let mut done = Vec::with_capacity(route.endpoints.len());
+        while let Some(joined) = probes.join_next().await {
+            heart.beat();
+            match joined {
+                Ok(probed) => done.push(probed),
+                Err(error) => error!(registry = route.registry, %error, "probe task failed"),
+            }
+        }
+        done.sort_by_key(|(index, ..)| *index);
+        let mut endpoints: Vec<EndpointReport> = Vec::with_capacity(done.len());
+        let mut rate_limit = None;
+        for (_, endpoint, probe, api) in done {
+            let url = endpoint.url();
+            match api {
+                _ if probe.http.is_none() => {
+                    api_checks.remove(&url);
+                }
+                Some(api) => {
+                    rate_limit = api.rate_limit.clone().or(rate_limit);
+                    let token_server = api.token_server.map(|(server, server_probe)| {
+                        self.metrics.registries().record_endpoint(
+                            &route.registry,
+                            &server,
+                            &server_probe,
+                        );
+                        (server, server_probe.checks)
+                    });
+                    api_checks.insert(
+                        url.clone(),
+                        ApiChecks {
+                            checks: api.checks,
+                            token_server,
+                        },
+                    );
+                }
+                None => {}
+            }
+            let after = api_checks.get(&url);
+            let after_checks = after.map(|l| l.checks.as_slice()).unwrap_or_default();
+            self.metrics.registries().record_endpoint_with(
+                &route.registry,
+                &endpoint,
+                &probe,
+                after_checks,
+            );
+            endpoints.push(EndpointReport {
+                endpoint: url,
+                role: endpoint.role,
+                source: endpoint.source.clone(),
+                checks: probe.checks.iter().chain(after_checks).cloned().collect(),
+            });
+            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref()) {
+                push_token_server(&mut endpoints, server, checks.clone());
+            }
+        }
+        if api.is_some() {
+            self.metrics
+                .registries()
+                .set_ratelimit(&route.registry, rate_limit.as_ref());
+        }
+        let urls: Vec<String> = endpoints.iter().map(|e| e.endpoint.clone()).collect();
+        self.metrics
+            .registries()
+            .retain_endpoints(&route.registry, &urls);
+        let report = conclude(String::new(), route.registry.clone(), endpoints);
+        self.metrics
+            .registries()
+            .set_registry_up(&route.registry, registry_up(&report));
+        report
+    }
+}
