@@ -369,6 +369,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runtime_kinds() {
+        for (name, want) in [
+            ("containerd", RuntimeKind::Containerd),
+            ("cri-o", RuntimeKind::CriO),
+            ("docker", RuntimeKind::Docker),
+            ("kata", RuntimeKind::Other),
+        ] {
+            assert_eq!(RuntimeKind::from_name(name), want, "{name}");
+        }
+    }
+
+    #[test]
     fn default_routes() {
         struct Case {
             registry: &'static str,

@@ -1,8 +1,6 @@
 //! The CRI client: the node's container runtime (containerd, CRI-O, cri-dockerd) over its unix
 //! socket with `k8s-cri`; every call bounded, a dead socket a reported state, reconnects backed off.
 
-use std::collections::HashMap;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,12 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde::Serialize;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+mod canary;
+mod socket;
+
+pub use self::canary::{canary_for, sandbox_canary, sandbox_image_from_info};
+pub use self::socket::{EndpointError, Located, locate, parse_endpoint};
 
 use crate::backoff::Backoff;
 use crate::reason::{Reason, classify_runtime_message};
@@ -29,63 +33,6 @@ pub const RECONNECT_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(250),
     max: Duration::from_secs(30),
 };
-
-/// A `--runtime-endpoint` value that is not a unix socket.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("--runtime-endpoint {value:?}: {problem}")]
-pub struct EndpointError {
-    pub value: String,
-    pub problem: &'static str,
-}
-
-/// Parses crictl's endpoint form: `unix:///run/containerd/containerd.sock` (a bare absolute path
-/// is accepted too, as crictl does).
-pub fn parse_endpoint(value: &str) -> Result<PathBuf, EndpointError> {
-    let fail = |problem| EndpointError {
-        value: value.to_string(),
-        problem,
-    };
-    let path = match value.split_once("://") {
-        Some(("unix", path)) => path,
-        Some(_) => return Err(fail("only unix:// sockets are supported")),
-        None => value,
-    };
-    if !path.starts_with('/') {
-        return Err(fail("expected unix:///absolute/path.sock"));
-    }
-    Ok(PathBuf::from(path))
-}
-
-/// Where the runtime's socket is and how it was found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Located {
-    pub socket: PathBuf,
-    /// Found by probing the well-known paths rather than named by `--runtime-endpoint`.
-    pub auto_detected: bool,
-}
-
-/// The socket named by `--runtime-endpoint`, else the first of `candidates` that exists as a
-/// socket; `None` when there is none (no runtime: a warning, not an error).
-pub fn locate(flag: Option<&str>, candidates: &[&str]) -> Result<Option<Located>, EndpointError> {
-    if let Some(value) = flag {
-        return Ok(Some(Located {
-            socket: parse_endpoint(value)?,
-            auto_detected: false,
-        }));
-    }
-    Ok(candidates
-        .iter()
-        .map(Path::new)
-        .find(|path| {
-            std::fs::metadata(path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false)
-        })
-        .map(|path| Located {
-            socket: path.to_path_buf(),
-            auto_detected: true,
-        }))
-}
 
 /// A CRI call that did not succeed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -603,213 +550,9 @@ fn transport_message(status: &tonic::Status) -> String {
     }
 }
 
-/// The sandbox (pause) image from `Status{verbose}` info: containerd puts its CRI config there as
-/// JSON under `config` (`sandboxImage` in 1.x, `pinnedImages.sandbox` in 2.x).
-pub fn sandbox_image_from_info(info: &HashMap<String, String>) -> Option<String> {
-    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
-    let image = config
-        .get("sandboxImage")
-        .or_else(|| config.pointer("/pinnedImages/sandbox"))?
-        .as_str()?;
-    (!image.is_empty()).then(|| image.to_string())
-}
-
-/// The by-digest reference to pull for the runtime check of `registry`: the sandbox image when it
-/// comes from there, else the first image the node holds from it; `None` when it holds none.
-pub fn canary_for(
-    images: &[NodeImage],
-    sandbox_image: Option<&str>,
-    registry: &str,
-) -> Option<String> {
-    let from_registry = |digest: &&String| {
-        crate::reference::ImageRef::parse(digest).is_ok_and(|r| r.registry() == registry)
-    };
-    let sandbox = sandbox_image.and_then(|name| {
-        images
-            .iter()
-            .find(|i| i.repo_tags.iter().any(|t| same_image(t, name)))
-            .and_then(|i| i.repo_digests.iter().find(from_registry))
-    });
-    sandbox
-        .or_else(|| {
-            images
-                .iter()
-                .find_map(|i| i.repo_digests.iter().find(from_registry))
-        })
-        .cloned()
-}
-
-/// The by-digest reference of the sandbox image, when the node holds it.
-pub fn sandbox_canary(images: &[NodeImage], sandbox_image: &str) -> Option<String> {
-    images
-        .iter()
-        .find(|i| i.repo_tags.iter().any(|t| same_image(t, sandbox_image)))
-        .and_then(|i| i.repo_digests.first())
-        .cloned()
-}
-
-/// Two spellings of one reference (`pause:3.9` vs `docker.io/library/pause:3.9`).
-fn same_image(a: &str, b: &str) -> bool {
-    use crate::reference::ImageRef;
-    match (ImageRef::parse(a), ImageRef::parse(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints() {
-        struct Case {
-            input: &'static str,
-            want: Result<&'static str, &'static str>,
-        }
-        let cases = [
-            Case {
-                input: "unix:///run/containerd/containerd.sock",
-                want: Ok("/run/containerd/containerd.sock"),
-            },
-            Case {
-                input: "/var/run/crio/crio.sock",
-                want: Ok("/var/run/crio/crio.sock"),
-            },
-            Case {
-                input: "tcp://10.0.0.1:1234",
-                want: Err("only unix:// sockets are supported"),
-            },
-            Case {
-                input: "unix://relative.sock",
-                want: Err("expected unix:///absolute/path.sock"),
-            },
-            Case {
-                input: "containerd.sock",
-                want: Err("expected unix:///absolute/path.sock"),
-            },
-        ];
-        for case in cases {
-            let got = parse_endpoint(case.input);
-            match case.want {
-                Ok(path) => assert_eq!(got, Ok(PathBuf::from(path)), "{}", case.input),
-                Err(problem) => {
-                    let error = got.expect_err(case.input);
-                    assert_eq!(error.problem, problem, "{}", case.input);
-                    assert!(error.to_string().contains(case.input));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn auto_detect_takes_the_first_existing_socket_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let not_a_socket = dir.path().join("file.sock");
-        std::fs::write(&not_a_socket, "").unwrap();
-        let socket = dir.path().join("crio.sock");
-        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let later = dir.path().join("later.sock");
-        let _later = std::os::unix::net::UnixListener::bind(&later).unwrap();
-        let missing = dir.path().join("containerd.sock");
-        let candidates = [
-            missing.to_str().unwrap(),
-            not_a_socket.to_str().unwrap(),
-            socket.to_str().unwrap(),
-            later.to_str().unwrap(),
-        ];
-        assert_eq!(
-            locate(None, &candidates).unwrap(),
-            Some(Located {
-                socket: socket.clone(),
-                auto_detected: true
-            })
-        );
-        assert_eq!(locate(None, &candidates[..2]).unwrap(), None);
-        let flagged = locate(Some("unix:///x/y.sock"), &candidates)
-            .unwrap()
-            .unwrap();
-        assert_eq!(flagged.socket, PathBuf::from("/x/y.sock"));
-        assert!(!flagged.auto_detected);
-    }
-
-    #[test]
-    fn runtime_kinds() {
-        for (name, want) in [
-            ("containerd", RuntimeKind::Containerd),
-            ("cri-o", RuntimeKind::CriO),
-            ("docker", RuntimeKind::Docker),
-            ("kata", RuntimeKind::Other),
-        ] {
-            assert_eq!(RuntimeKind::from_name(name), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn sandbox_image_from_verbose_info() {
-        let info = |config: &str| HashMap::from([("config".to_string(), config.to_string())]);
-        let cases = [
-            (
-                info(r#"{"sandboxImage":"registry.k8s.io/pause:3.9","x":1}"#),
-                Some("registry.k8s.io/pause:3.9"),
-            ),
-            (
-                info(r#"{"pinnedImages":{"sandbox":"registry.k8s.io/pause:3.10"}}"#),
-                Some("registry.k8s.io/pause:3.10"),
-            ),
-            (info(r#"{"sandboxImage":""}"#), None),
-            (info("not json"), None),
-            (HashMap::new(), None),
-        ];
-        for (info, want) in cases {
-            assert_eq!(sandbox_image_from_info(&info).as_deref(), want, "{info:?}");
-        }
-    }
-
-    fn image(tag: &str, digest: &str) -> NodeImage {
-        NodeImage {
-            id: format!("sha256:{}", "0".repeat(64)),
-            repo_tags: vec![tag.to_string()],
-            repo_digests: vec![digest.to_string()],
-            size: 1,
-            pinned: false,
-        }
-    }
-
-    #[test]
-    fn canary_prefers_the_sandbox_image_of_the_registry() {
-        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-        let images = vec![
-            image("ghcr.io/org/app:1", &format!("ghcr.io/org/app@{}", d('a'))),
-            image(
-                "registry.k8s.io/pause:3.9",
-                &format!("registry.k8s.io/pause@{}", d('b')),
-            ),
-            image(
-                "registry.k8s.io/coredns:1",
-                &format!("registry.k8s.io/coredns@{}", d('c')),
-            ),
-        ];
-        let pause = Some("registry.k8s.io/pause:3.9");
-        assert_eq!(
-            canary_for(&images, pause, "registry.k8s.io"),
-            Some(format!("registry.k8s.io/pause@{}", d('b')))
-        );
-        assert_eq!(
-            canary_for(&images, None, "registry.k8s.io"),
-            Some(format!("registry.k8s.io/pause@{}", d('b')))
-        );
-        assert_eq!(
-            canary_for(&images, pause, "ghcr.io"),
-            Some(format!("ghcr.io/org/app@{}", d('a')))
-        );
-        assert_eq!(canary_for(&images, pause, "quay.io"), None);
-        assert_eq!(
-            sandbox_canary(&images, "registry.k8s.io/pause:3.9"),
-            Some(format!("registry.k8s.io/pause@{}", d('b')))
-        );
-        assert_eq!(sandbox_canary(&images, "pause:3.9"), None);
-    }
 
     #[tokio::test]
     async fn a_missing_socket_is_a_reported_state_and_backs_off() {
