@@ -1,0 +1,262 @@
+//! Runs the chain for one image along its route: for every endpoint dns → tcp → tls → http → auth →
+//! manifest, each step only when the ones before it passed, and turns the results into a [`Report`].
+
+mod chain;
+mod registry_api;
+mod verdict;
+
+pub use registry_api::ApiProbe;
+pub use verdict::{conclude, with_runtime_check};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::check::auth::TokenCache;
+use crate::check::dns::{DnsOutcome, DnsResolver};
+use crate::check::http::HttpOutcome;
+use crate::check::tcp::TcpOutcome;
+use crate::check::tls::TlsOutcome;
+use crate::check::{self, CheckKind, CheckResult};
+use crate::credentials::Keyring;
+use crate::platform::Platform;
+use crate::proxy::ProxySettings;
+use crate::reference::ImageRef;
+use crate::report::{EndpointReport, Report, push_token_server};
+use crate::route::{Endpoint, Route, RouteConfig};
+use crate::runtime::{PullAuth, RuntimeClient};
+use crate::trust::Trust;
+use verdict::{blocked, invalid_reference};
+
+/// What the checks need from the node, built once at start-up.
+pub struct Diagnoser {
+    pub resolver: DnsResolver,
+    pub trust: Trust,
+    pub proxies: ProxySettings,
+    /// Per check.
+    pub timeout: Duration,
+    /// Where routes come from (the runtime's registry config); see [`RouteConfig::resolve`].
+    pub routes: RouteConfig,
+    /// How this node pulls: credentials, platform, tokens (the auth and manifest checks).
+    pub pull: PullSettings,
+}
+
+/// What the auth and manifest checks need beyond the network settings.
+#[derive(Debug)]
+pub struct PullSettings {
+    /// `--docker-config`: credentials matched per image; `None` means anonymous pulls.
+    pub credentials: Option<Keyring>,
+    /// The node's platform, looked for in image indexes (`--platform`).
+    pub platform: Platform,
+    /// Pull tokens, each dropped when it expires.
+    pub tokens: TokenCache,
+}
+
+impl PullSettings {
+    /// The credentials for `image`, as the kubelet hands them to the runtime with a `PullImage`.
+    pub fn pull_auth(&self, image: &ImageRef) -> Option<PullAuth> {
+        let found = self
+            .credentials
+            .as_ref()?
+            .lookup(image.registry(), image.repository())?;
+        Some(PullAuth {
+            username: found.username.clone(),
+            password: found.password.expose().to_string(),
+        })
+    }
+}
+
+impl Default for PullSettings {
+    /// Anonymous, this machine's platform.
+    fn default() -> Self {
+        PullSettings {
+            credentials: None,
+            platform: Platform::host(),
+            tokens: TokenCache::default(),
+        }
+    }
+}
+
+/// The results of probing one endpoint: the records, plus the outcomes the agent's metrics read.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub checks: Vec<CheckResult>,
+    pub dns: Option<DnsOutcome>,
+    pub tcp: Option<TcpOutcome>,
+    pub tls: Option<TlsOutcome>,
+    pub http: Option<HttpOutcome>,
+    /// The `/v2/` status whenever the server answered, passing or not (a 503 is evidence too).
+    pub http_status: Option<u16>,
+}
+
+/// What dns → tcp → tls leave for the HTTP steps: a client that talks to the endpoint only
+/// through the address the tcp check reached (or the proxy).
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub client: reqwest::Client,
+    pub proxied: bool,
+}
+
+impl Probe {
+    fn failed(&self) -> bool {
+        self.checks.iter().any(|c| !c.ok)
+    }
+}
+
+/// Sees each check record the moment it is made (the agent's `Diagnose` API streams them).
+pub type OnCheck<'a> = &'a (dyn Fn(&Endpoint, &CheckResult) + Sync);
+
+/// An image and the route to check it along: what [`Diagnoser::route_image`] found.
+#[derive(Debug)]
+pub struct RoutedImage {
+    pub image: ImageRef,
+    pub route: Route,
+    /// Malformed runtime config met on the way (the route fell back past it).
+    problems: Vec<String>,
+}
+
+impl RoutedImage {
+    /// The report of the endpoints checked along the route.
+    pub fn conclude(self, endpoints: Vec<EndpointReport>) -> Report {
+        let mut report = conclude(self.image.to_string(), self.route.registry, endpoints);
+        if !self.problems.is_empty() {
+            report.summary = format!(
+                "{}; runtime registry config not used as written: {}",
+                report.summary,
+                self.problems.join("; ")
+            );
+        }
+        report
+    }
+}
+
+/// One endpoint's part of a diagnosis: its report, the token server it sent the client to, and
+/// its connectivity probe (which the agent keeps as the endpoint's latest).
+pub struct CheckedEndpoint {
+    pub report: EndpointReport,
+    pub token_server: Option<(Endpoint, Probe)>,
+    pub probe: Arc<Probe>,
+}
+
+impl CheckedEndpoint {
+    /// Appends the endpoint's report, then its token server's unless one is there already.
+    pub fn add_to(self, endpoints: &mut Vec<EndpointReport>) {
+        endpoints.push(self.report);
+        if let Some((server, probe)) = self.token_server {
+            push_token_server(endpoints, &server, probe.checks);
+        }
+    }
+}
+
+impl Diagnoser {
+    /// Diagnoses one image as typed by a person or a pod spec.
+    pub async fn diagnose(&self, input: &str) -> Report {
+        self.diagnose_observed(input, &|_, _| {}).await
+    }
+
+    /// [`Diagnoser::diagnose`], telling `on_check` about every check as it completes. Endpoints
+    /// are checked one after another, as the runtime tries them; an image index is fetched to
+    /// check the node's platform.
+    pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
+        let routed = match self.route_image(input) {
+            Ok(plan) => plan,
+            Err(report) => return *report,
+        };
+        let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
+        for endpoint in &routed.route.endpoints {
+            let checked = self
+                .check_endpoint(endpoint, &routed.image, Some(&self.pull.platform), on_check)
+                .await;
+            checked.add_to(&mut endpoints);
+        }
+        routed.conclude(endpoints)
+    }
+
+    /// Parses `input` and finds its route; a report instead when there is nothing to probe
+    /// (an invalid reference, a blocked registry).
+    pub fn route_image(&self, input: &str) -> Result<RoutedImage, Box<Report>> {
+        let image = ImageRef::parse(input)
+            .map_err(|error| Box::new(invalid_reference(input, "", error.to_string())))?;
+        let configured = self
+            .routes
+            .resolve(image.registry(), Some(image.repository()))
+            .map_err(|error| {
+                Box::new(invalid_reference(
+                    &image.to_string(),
+                    image.registry(),
+                    error.to_string(),
+                ))
+            })?;
+        for problem in &configured.problems {
+            tracing::warn!(%problem, registry = image.registry(), "runtime registry config not used as written");
+        }
+        if let Some(file) = &configured.blocked_by {
+            return Err(Box::new(blocked(
+                &image.to_string(),
+                image.registry(),
+                file,
+            )));
+        }
+        // The runtime resolves a tag only through hosts that may resolve; a digest through any
+        // that may pull.
+        let route = configured.route_for(image.digest().is_some());
+        let problems = configured.problems.iter().map(|p| p.to_string()).collect();
+        Ok(RoutedImage {
+            image,
+            route,
+            problems,
+        })
+    }
+
+    /// The whole chain for `image` on one endpoint of its route: dns → … → `/v2/`, then auth and
+    /// manifest (an index fetched for `platform` when given; a HEAD only without).
+    pub async fn check_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        image: &ImageRef,
+        platform: Option<&Platform>,
+        on_check: OnCheck<'_>,
+    ) -> CheckedEndpoint {
+        let (probe, link) = self.probe_linked(endpoint, on_check).await;
+        let mut checks = probe.checks.clone();
+        let mut token_server = None;
+        if let (Some(http), Some(link)) = (&probe.http, &link) {
+            let api = self
+                .registry_api(endpoint, link, http, image, platform, on_check)
+                .await;
+            checks.extend(api.checks);
+            token_server = api.token_server;
+        }
+        CheckedEndpoint {
+            report: EndpointReport {
+                endpoint: endpoint.url(),
+                role: endpoint.role,
+                source: endpoint.source.clone(),
+                checks,
+            },
+            token_server,
+            probe: Arc::new(probe),
+        }
+    }
+
+    /// `diagnose --via-runtime`: the chain, then a real CRI `PullImage` by the node's runtime
+    /// (with the `--docker-config` credentials, as the kubelet passes imagePullSecrets), whose
+    /// verdict decides. `pull_timeout` bounds the pull, which may download the whole image.
+    pub async fn diagnose_via_runtime(
+        &self,
+        input: &str,
+        runtime: &RuntimeClient,
+        pull_timeout: Duration,
+    ) -> Report {
+        let report = self.diagnose(input).await;
+        let auth = ImageRef::parse(&report.image)
+            .ok()
+            .and_then(|image| self.pull.pull_auth(&image));
+        let pull = check::runtime::check(runtime, &report.image, auth.as_ref(), pull_timeout);
+        // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
+        let ran = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;
+        with_runtime_check(report, ran.record)
+    }
+}
+
+/// How much longer than the pull's own timeout the `runtime` check waits.
+const RUNTIME_GRACE: Duration = Duration::from_secs(5);
