@@ -432,17 +432,17 @@ fn report_md_lists_every_field_of_the_status() {
 #[test]
 fn report_md_lists_every_field_of_targets_json() {
     use crate::route::Role;
-    use crate::targets::{Target, TargetEndpoint};
+    use crate::targets::{ListedEndpoint, ListedRegistry};
 
     const SECTION: &str = "## targets --output json";
     // Every optional field set.
-    let target = Target {
+    let target = ListedRegistry {
         registry: "example.com".into(),
         sources: vec!["runtime images (2)".into()],
         config: "cri-o",
         runtime: Some("cri-o 1.30.0".into()),
         blocked_by: Some("/etc/containers/registries.conf".into()),
-        endpoints: vec![TargetEndpoint {
+        endpoints: vec![ListedEndpoint {
             endpoint: "https://internal.example".into(),
             role: Role::Mirror,
             source: "/etc/containers/registries.conf:12".into(),

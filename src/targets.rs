@@ -9,7 +9,7 @@ use crate::runtime::NodeImage;
 
 /// One registry and its route.
 #[derive(Clone, Debug, Serialize)]
-pub struct Target {
+pub struct ListedRegistry {
     pub registry: String,
     /// Why it is listed: `runtime images (N)`, a config file or directory, `--registry`.
     pub sources: Vec<String>,
@@ -20,7 +20,7 @@ pub struct Target {
     pub runtime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<String>,
-    pub endpoints: Vec<TargetEndpoint>,
+    pub endpoints: Vec<ListedEndpoint>,
     /// Config files that could not be used as written (`file:line: why`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -28,7 +28,7 @@ pub struct Target {
 
 /// One endpoint of a route, with its settings and their origin.
 #[derive(Clone, Debug, Serialize)]
-pub struct TargetEndpoint {
+pub struct ListedEndpoint {
     pub endpoint: String,
     pub role: crate::route::Role,
     /// The file it comes from (or `default`), with the line when known.
@@ -44,14 +44,14 @@ pub struct TargetEndpoint {
     pub skip_verify: bool,
 }
 
-impl TargetEndpoint {
+impl ListedEndpoint {
     fn from_host(host: &RouteHost) -> Self {
         let e = &host.endpoint;
         let source = match host.line {
             Some(line) if e.source != "default" => format!("{}:{line}", e.source),
             _ => e.source.clone(),
         };
-        TargetEndpoint {
+        ListedEndpoint {
             endpoint: e.url(),
             role: e.role,
             source,
@@ -78,8 +78,8 @@ impl TargetEndpoint {
 
 /// Everything `targets` found, and the problems met on the way.
 #[derive(Clone, Debug, Default)]
-pub struct Targets {
-    pub targets: Vec<Target>,
+pub struct Listing {
+    pub targets: Vec<ListedRegistry>,
     /// Problems not tied to one registry (an unreadable config directory, a bad name).
     pub problems: Vec<String>,
 }
@@ -91,7 +91,7 @@ pub fn collect(
     images: &[NodeImage],
     flagged: &[String],
     runtime: Option<&str>,
-) -> Targets {
+) -> Listing {
     let (mut candidates, config_problems) =
         discovery::candidates(routes, &discovery::image_registries(images), flagged);
     candidates.sort_by(|a, b| a.registry.cmp(&b.registry));
@@ -106,7 +106,7 @@ pub fn collect(
             Err(error) => problems.push(format!("{}: {error}", sources.join(", "))),
         }
     }
-    Targets { targets, problems }
+    Listing { targets, problems }
 }
 
 fn target(
@@ -114,19 +114,19 @@ fn target(
     sources: Vec<String>,
     route: ConfiguredRoute,
     runtime: Option<&str>,
-) -> Target {
-    Target {
+) -> ListedRegistry {
+    ListedRegistry {
         registry,
         sources,
         config: route.kind.as_str(),
         runtime: runtime.map(str::to_string),
         blocked_by: route.blocked_by.map(|p| p.display().to_string()),
-        endpoints: route.hosts.iter().map(TargetEndpoint::from_host).collect(),
+        endpoints: route.hosts.iter().map(ListedEndpoint::from_host).collect(),
         problems: route.problems.iter().map(|p| p.to_string()).collect(),
     }
 }
 
-impl Targets {
+impl Listing {
     /// One JSON object per registry, one per line.
     pub fn to_json_lines(&self) -> String {
         self.targets

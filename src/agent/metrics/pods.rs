@@ -87,7 +87,7 @@ impl Labels for ContainerLabels {
 
 /// The label sets of the pod-failure families that exist, and those a full budget refused.
 #[derive(Default)]
-struct PodBook {
+struct ExportedPodSeries {
     counters: BTreeSet<PullLabels>,
     waiting: BTreeMap<PullLabels, i64>,
     containers: BTreeSet<ContainerLabels>,
@@ -104,7 +104,7 @@ pub struct PodMetrics {
     watch_up: Family<IntGaugeVec, NoLabels>,
     budget: Arc<Budget>,
     /// Held briefly, never across `.await`.
-    book: Mutex<PodBook>,
+    exported: Mutex<ExportedPodSeries>,
 }
 
 impl PodMetrics {
@@ -131,7 +131,7 @@ impl PodMetrics {
                 "1 while the watch on this node's pods is established.",
             )?,
             budget,
-            book: Mutex::new(PodBook::default()),
+            exported: Mutex::new(ExportedPodSeries::default()),
         })
     }
 
@@ -142,13 +142,13 @@ impl PodMetrics {
 
     /// Counts one failed pull attempt; a new label set takes a counter slot or is refused.
     pub fn count_attempt(&self, labels: &PullLabels) {
-        let mut book = super::lock(&self.book);
-        if !book.counters.contains(labels) {
+        let mut exported = super::lock(&self.exported);
+        if !exported.counters.contains(labels) {
             if !self.budget.take_history() {
                 self.budget.dropped(IMAGE_PULL_FAILURES, 1);
                 return;
             }
-            book.counters.insert(labels.clone());
+            exported.counters.insert(labels.clone());
         }
         self.pull_failures.with(labels).inc();
     }
@@ -162,10 +162,10 @@ impl PodMetrics {
             *counts.entry(container.pull()).or_default() += 1;
         }
         let wanted: BTreeSet<&ContainerLabels> = failing.iter().collect();
-        let mut guard = super::lock(&self.book);
-        let book = &mut *guard;
+        let mut guard = super::lock(&self.exported);
+        let exported = &mut *guard;
 
-        book.waiting.retain(|labels, _| {
+        exported.waiting.retain(|labels, _| {
             let keep = counts.contains_key(labels);
             if !keep {
                 self.waiting.remove(labels);
@@ -173,7 +173,7 @@ impl PodMetrics {
             }
             keep
         });
-        book.containers.retain(|labels| {
+        exported.containers.retain(|labels| {
             let keep = wanted.contains(labels);
             if !keep {
                 self.failing.remove(labels);
@@ -184,34 +184,34 @@ impl PodMetrics {
 
         let mut refused = BTreeSet::new();
         for (labels, count) in counts {
-            if !book.waiting.contains_key(&labels) && !self.budget.take_current() {
+            if !exported.waiting.contains_key(&labels) && !self.budget.take_current() {
                 refused.insert(labels);
                 continue;
             }
             self.waiting.with(&labels).set(count);
-            book.waiting.insert(labels, count);
+            exported.waiting.insert(labels, count);
         }
         self.budget.refused(
             CONTAINERS_WAITING_ON_PULL,
             refused,
-            &mut book.refused_waiting,
+            &mut exported.refused_waiting,
         );
 
         let mut refused = BTreeSet::new();
         for labels in wanted {
-            if !book.containers.contains(labels) {
+            if !exported.containers.contains(labels) {
                 if !self.budget.take_current() {
                     refused.insert(labels.clone());
                     continue;
                 }
-                book.containers.insert(labels.clone());
+                exported.containers.insert(labels.clone());
             }
             self.failing.with(labels).set(1);
         }
         self.budget.refused(
             CONTAINER_PULL_FAILING,
             refused,
-            &mut book.refused_containers,
+            &mut exported.refused_containers,
         );
     }
 }

@@ -103,20 +103,40 @@ pub struct PodWatch {
 }
 
 /// A container, by pod UID and name.
-type ContainerKey = (String, String);
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ContainerKey {
+    uid: String,
+    container: String,
+}
 
-/// The loop's state besides the tracker.
-struct Books {
+/// This node's diagnosis of an image, and when it started (a diagnosis started before a failure's
+/// reason changed says nothing about it).
+struct Diagnosis {
+    image: String,
+    started: SystemTime,
+    report: Arc<Report>,
+}
+
+/// How posting a container's Event for `reason` ended.
+struct Posted {
+    key: ContainerKey,
+    reason: Reason,
+    result: Result<(), String>,
+}
+
+/// What the loop does about the failures the tracker holds: their series, the diagnoses of their
+/// images, and their Events.
+struct FollowUps {
     series: PodSeries,
-    /// Each image's last diagnosis and when it started.
-    diagnosed: HashMap<String, (SystemTime, Arc<Report>)>,
+    /// Each image's last diagnosis.
+    diagnosed: HashMap<String, Diagnosis>,
     /// Diagnoses running, and the image of each.
-    diagnoses: JoinSet<(String, SystemTime, Report)>,
-    in_flight: HashMap<tokio::task::Id, String>,
+    diagnoses: JoinSet<Diagnosis>,
+    running: HashMap<tokio::task::Id, String>,
     permits: Arc<Semaphore>,
     /// The reason each container's Event was posted (or is being posted) for.
     posted: HashMap<ContainerKey, Reason>,
-    posts: JoinSet<(ContainerKey, Reason, Result<(), String>)>,
+    posts: JoinSet<Posted>,
 }
 
 impl PodWatch {
@@ -125,11 +145,11 @@ impl PodWatch {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), String> {
         let mut pods = Box::pin(watch::pods_on_node(self.client.clone(), &self.node));
         let mut tracker = Tracker::default();
-        let mut books = Books {
+        let mut follow_ups = FollowUps {
             series: PodSeries::new(Arc::clone(&self.metrics)),
             diagnosed: HashMap::new(),
             diagnoses: JoinSet::new(),
-            in_flight: HashMap::new(),
+            running: HashMap::new(),
             permits: Arc::new(Semaphore::new(MAX_DIAGNOSES)),
             posted: HashMap::new(),
             posts: JoinSet::new(),
@@ -152,14 +172,14 @@ impl PodWatch {
                         break Err("the pod watch ended".to_string());
                     };
                     let touched = match item {
-                        Ok(event) => self.apply(event, &mut tracker, &mut books),
+                        Ok(event) => self.apply(event, &mut tracker, &mut follow_ups),
                         Err(error) => {
                             self.metrics.pods().set_watch_up(false);
                             warn!(%error, "pod watch failed; retrying with backoff");
                             continue;
                         }
                     };
-                    self.publish(&tracker, &mut books);
+                    self.publish(&tracker, &mut follow_ups);
                     for (pod, container) in touched {
                         if let Some((_, failure)) = tracker.get(&pod.uid, &container) {
                             info!(
@@ -173,23 +193,24 @@ impl PodWatch {
                                 "image pull failing"
                             );
                         }
-                        self.follow_up(&tracker, &mut books, &pod, &container);
+                        self.follow_up(&tracker, &mut follow_ups, &pod, &container);
                     }
                 }
-                Some(joined) = books.diagnoses.join_next_with_id() => {
-                    let (image, started, report) = match joined {
+                Some(joined) = follow_ups.diagnoses.join_next_with_id() => {
+                    let diagnosis = match joined {
                         Ok((id, done)) => {
-                            books.in_flight.remove(&id);
+                            follow_ups.running.remove(&id);
                             done
                         }
                         Err(error) => {
-                            let image = books.in_flight.remove(&error.id());
+                            let image = follow_ups.running.remove(&error.id());
                             warn!(image, %error, "a pod image diagnosis failed");
                             continue;
                         }
                     };
-                    debug!(image, reason = report.reason.map(Reason::as_str), "pod image diagnosed");
-                    books.diagnosed.insert(image.clone(), (started, Arc::new(report)));
+                    let image = diagnosis.image.clone();
+                    debug!(image, reason = diagnosis.report.reason.map(Reason::as_str), "pod image diagnosed");
+                    follow_ups.diagnosed.insert(image.clone(), diagnosis);
                     let waiting: Vec<(PodId, String)> = tracker
                         .failures()
                         .into_iter()
@@ -198,16 +219,16 @@ impl PodWatch {
                         .collect();
                     // A container whose reason changed while this ran gets a diagnosis of its own.
                     for (pod, container) in waiting {
-                        self.follow_up(&tracker, &mut books, &pod, &container);
+                        self.follow_up(&tracker, &mut follow_ups, &pod, &container);
                     }
-                    self.publish(&tracker, &mut books);
+                    self.publish(&tracker, &mut follow_ups);
                 }
-                Some(joined) = books.posts.join_next() => {
-                    let Ok((key, reason, result)) = joined else { continue };
+                Some(joined) = follow_ups.posts.join_next() => {
+                    let Ok(Posted { key, reason, result }) = joined else { continue };
                     if let Err(error) = result {
                         warn!(%error, reason = reason.as_str(), "cannot post the diagnosis Event");
-                        if books.posted.get(&key) == Some(&reason) {
-                            books.posted.remove(&key);
+                        if follow_ups.posted.get(&key) == Some(&reason) {
+                            follow_ups.posted.remove(&key);
                         }
                     }
                 }
@@ -222,7 +243,7 @@ impl PodWatch {
         &self,
         event: watcher::Event<k8s_openapi::api::core::v1::Pod>,
         tracker: &mut Tracker,
-        books: &mut Books,
+        follow_ups: &mut FollowUps,
     ) -> Vec<(PodId, String)> {
         let now = SystemTime::now();
         let changes = match event {
@@ -242,13 +263,13 @@ impl PodWatch {
             }
         };
         for (registry, reason) in &changes.attempts {
-            books.series.attempt(registry, *reason);
+            follow_ups.series.attempt(registry, *reason);
         }
         changes.touched
     }
 
-    /// Makes the gauges, the status and the Event books match the tracker.
-    fn publish(&self, tracker: &Tracker, books: &mut Books) {
+    /// Makes the gauges, the status and the follow-ups match the tracker.
+    fn publish(&self, tracker: &Tracker, follow_ups: &mut FollowUps) {
         let failures = tracker.failures();
         let series: Vec<series::ContainerSeries> = failures
             .iter()
@@ -262,12 +283,12 @@ impl PodWatch {
                 )
             })
             .collect();
-        books.series.set(&series);
-        books
+        follow_ups.series.set(&series);
+        follow_ups
             .posted
-            .retain(|(uid, container), _| tracker.get(uid, container).is_some());
-        books.diagnosed.retain(|image, (started, _)| {
-            young(*started) || failures.iter().any(|f| &f.2.image == image)
+            .retain(|key, _| tracker.get(&key.uid, &key.container).is_some());
+        follow_ups.diagnosed.retain(|image, diagnosis| {
+            young(diagnosis.started) || failures.iter().any(|f| &f.2.image == image)
         });
         let status = failures
             .iter()
@@ -276,10 +297,10 @@ impl PodWatch {
                 pod: id.name.clone(),
                 container: container.to_string(),
                 failure: Failure::clone(f),
-                diagnosis: books
+                diagnosis: follow_ups
                     .diagnosed
                     .get(&f.image)
-                    .map(|(_, report)| Report::clone(report)),
+                    .map(|diagnosis| Report::clone(&diagnosis.report)),
             })
             .collect();
         self.status.set_pod_failures(status);
@@ -287,53 +308,72 @@ impl PodWatch {
 
     /// A container started failing or failed again: check its registry and image from here (unless
     /// a fresh diagnosis exists), and post its Event once the diagnosis is there.
-    fn follow_up(&self, tracker: &Tracker, books: &mut Books, pod: &PodId, container: &str) {
+    fn follow_up(
+        &self,
+        tracker: &Tracker,
+        follow_ups: &mut FollowUps,
+        pod: &PodId,
+        container: &str,
+    ) {
         let Some((_, failure)) = tracker.get(&pod.uid, container) else {
             return;
         };
-        let fresh = books
+        let fresh = follow_ups
             .diagnosed
             .get(&failure.image)
-            .is_some_and(|(started, _)| *started >= failure.reason_since && young(*started));
+            .is_some_and(|d| d.started >= failure.reason_since && young(d.started));
         if fresh {
-            self.post_if_new(tracker, books, &pod.uid, container);
-        } else if !books.in_flight.values().any(|i| *i == failure.image) {
+            self.post_if_new(tracker, follow_ups, &pod.uid, container);
+        } else if !follow_ups.running.values().any(|i| *i == failure.image) {
             let image = failure.image.clone();
             let scheduler = Arc::clone(&self.scheduler);
-            let permits = Arc::clone(&books.permits);
+            let permits = Arc::clone(&follow_ups.permits);
             // The registry's own round too, so its metrics tell at once whether all is down.
             self.scheduler.check_now(&failure.registry);
-            let task = books.diagnoses.spawn(async move {
+            let task = follow_ups.diagnoses.spawn(async move {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
                 let started = SystemTime::now();
-                let report = scheduler.diagnose_image(&image).await;
-                (image, started, report)
+                let report = Arc::new(scheduler.diagnose_image(&image).await);
+                Diagnosis {
+                    image,
+                    started,
+                    report,
+                }
             });
-            books.in_flight.insert(task.id(), failure.image.clone());
+            follow_ups.running.insert(task.id(), failure.image.clone());
         }
     }
 
     /// Posts the container's Event unless one was posted for its current reason.
-    fn post_if_new(&self, tracker: &Tracker, books: &mut Books, uid: &str, container: &str) {
+    fn post_if_new(
+        &self,
+        tracker: &Tracker,
+        follow_ups: &mut FollowUps,
+        uid: &str,
+        container: &str,
+    ) {
         if !self.post_events {
             return;
         }
         let Some((pod, failure)) = tracker.get(uid, container) else {
             return;
         };
-        let Some((_, report)) = books
+        let Some(Diagnosis { report, .. }) = follow_ups
             .diagnosed
             .get(&failure.image)
-            .filter(|(started, _)| *started >= failure.reason_since)
+            .filter(|d| d.started >= failure.reason_since)
         else {
             return;
         };
-        let key = (uid.to_string(), container.to_string());
-        if books.posted.get(&key) == Some(&failure.reason) {
+        let key = ContainerKey {
+            uid: uid.to_string(),
+            container: container.to_string(),
+        };
+        if follow_ups.posted.get(&key) == Some(&failure.reason) {
             return;
         }
-        books.posted.insert(key.clone(), failure.reason);
+        follow_ups.posted.insert(key.clone(), failure.reason);
         let note = events::note(&self.node, container, failure, report);
         info!(
             namespace = pod.namespace,
@@ -351,7 +391,7 @@ impl PodWatch {
         );
         let container = container.to_string();
         let reason = failure.reason;
-        books.posts.spawn(async move {
+        follow_ups.posts.spawn(async move {
             let posted = tokio::time::timeout(
                 POST_TIMEOUT,
                 events::post(client, &node, &pod, kind, &container, note),
@@ -362,7 +402,11 @@ impl PodWatch {
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(_) => Err(format!("no answer within {}s", POST_TIMEOUT.as_secs())),
             };
-            (key, reason, result)
+            Posted {
+                key,
+                reason,
+                result,
+            }
         });
     }
 }
