@@ -92,107 +92,6 @@ fn reasons_md_lists_every_reason_with_its_fix_and_messages() {
     }
 }
 
-/// Every metric, with at least one series each, built as the agent builds them.
-fn every_series() -> crate::agent::metrics::Metrics {
-    use std::time::Duration;
-
-    use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels, RuntimeFacts};
-    use crate::check::manifest::RateLimit;
-    use crate::check::tls::{CertSummary, TlsOutcome};
-    use crate::check::{CheckKind, CheckResult};
-    use crate::diagnose::Probe;
-    use crate::route::{Endpoint, Role, Scheme};
-    use crate::runtime::{Condition, ImageFs, RuntimeVersion};
-
-    let metrics = Metrics::new("node-1", "0.1.0", "abc", 10).unwrap();
-    let endpoint = Endpoint {
-        scheme: Scheme::Https,
-        host: "r.example".into(),
-        port: 443,
-        role: Role::Upstream,
-        source: "default".into(),
-        tls: Default::default(),
-        api_path: "/v2".into(),
-        repository: None,
-        namespace_query: false,
-    };
-    // A failed http check after a handshake: every per-endpoint metric has a series.
-    let probe = Probe {
-        checks: vec![CheckResult {
-            check: CheckKind::Http,
-            ok: false,
-            seconds: 0.1,
-            detail: String::new(),
-            reason: Some(Reason::RegistryUnavailable),
-        }],
-        tls: Some(TlsOutcome {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_128_GCM_SHA256".into(),
-            alpn: None,
-            verified: true,
-            chain: vec![CertSummary {
-                subject: "CN=r".into(),
-                issuer: "CN=ca".into(),
-                sans: vec![],
-                not_before: 0,
-                not_after: 2_000_000_000,
-            }],
-        }),
-        http_status: Some(503),
-        ..Probe::default()
-    };
-    metrics.registries().set_registry_up("r.example", false);
-    metrics
-        .registries()
-        .record_endpoint("r.example", &endpoint, &probe);
-    let limit = RateLimit {
-        limit: Some(100),
-        remaining: Some(76),
-        window: Some(Duration::from_secs(21600)),
-        source: None,
-    };
-    metrics
-        .registries()
-        .set_ratelimit("r.example", Some(&limit));
-    metrics
-        .registries()
-        .set_runtime_check("r.example", true, 0.2);
-    metrics.runtime().record(
-        true,
-        &RuntimeFacts {
-            version: Some(RuntimeVersion {
-                runtime_name: "containerd".into(),
-                runtime_version: "1.6.20".into(),
-                runtime_api_version: "v1".into(),
-            }),
-            conditions: vec![Condition {
-                kind: "RuntimeReady".into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            }],
-            image_fs: vec![ImageFs {
-                mountpoint: "/var/lib/containerd".into(),
-                used_bytes: 1,
-                inodes_used: 1,
-            }],
-            images: Some(3),
-        },
-    );
-    metrics
-        .pods()
-        .count_attempt(&PullLabels::new("r.example", Reason::ManifestUnknown));
-    metrics.pods().set_failing(&[ContainerLabels::new(
-        "ns",
-        "pod",
-        "app",
-        "r.example",
-        Reason::ManifestUnknown,
-    )]);
-    metrics.pods().set_watch_up(true);
-    metrics
-}
-
 #[test]
 fn metrics_md_lists_every_metric_with_its_type_and_labels() {
     let documented = by_name(rows(METRICS, "## Metrics"));
@@ -208,7 +107,9 @@ fn metrics_md_lists_every_metric_with_its_type_and_labels() {
         .collect();
 
     // From the exposition: `# TYPE name kind`, and the label names of each name's samples.
-    let text = every_series().encode().unwrap();
+    let text = crate::agent::metrics::every_family_filled()
+        .encode()
+        .unwrap();
     let mut kinds: BTreeMap<&str, &str> = BTreeMap::new();
     let mut labels: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for line in text.lines() {
