@@ -102,6 +102,13 @@ impl Probe {
     }
 }
 
+/// A Bearer realm's host, probed as an endpoint of its own (role `auth`).
+#[derive(Debug)]
+pub struct TokenServerProbe {
+    pub endpoint: Endpoint,
+    pub probe: Probe,
+}
+
 /// Sees each check record the moment it is made (the agent's `Diagnose` API streams them).
 pub type OnCheck<'a> = &'a (dyn Fn(&Endpoint, &CheckResult) + Sync);
 
@@ -133,7 +140,7 @@ impl RoutedImage {
 /// its connectivity probe (which the agent keeps as the endpoint's latest).
 pub struct CheckedEndpoint {
     pub report: EndpointReport,
-    pub token_server: Option<(Endpoint, Probe)>,
+    pub token_server: Option<TokenServerProbe>,
     pub probe: Arc<Probe>,
 }
 
@@ -141,8 +148,8 @@ impl CheckedEndpoint {
     /// Appends the endpoint's report, then its token server's unless one is there already.
     pub fn add_to(self, endpoints: &mut Vec<EndpointReport>) {
         endpoints.push(self.report);
-        if let Some((server, probe)) = self.token_server {
-            push_token_server(endpoints, &server, probe.checks);
+        if let Some(server) = self.token_server {
+            push_token_server(endpoints, &server.endpoint, server.probe.checks);
         }
     }
 }

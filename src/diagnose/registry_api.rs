@@ -3,7 +3,7 @@
 
 use reqwest::Url;
 
-use super::{Diagnoser, Link, OnCheck, Probe};
+use super::{Diagnoser, Link, OnCheck, Probe, TokenServerProbe};
 use crate::check::auth::{self, AuthFailed, AuthOutcome, AuthTarget, Plan, TokenServer};
 use crate::check::http::HttpOutcome;
 use crate::check::manifest::{self, ManifestOutcome, RateLimit};
@@ -22,7 +22,7 @@ pub struct ApiProbe {
     /// `auth`, then `manifest` when auth passed.
     pub checks: Vec<CheckResult>,
     /// The Bearer realm's host, when it is not the endpoint itself, with its dns/tcp/tls records.
-    pub token_server: Option<(Endpoint, Probe)>,
+    pub token_server: Option<TokenServerProbe>,
     pub auth: Option<AuthOutcome>,
     pub manifest: Option<ManifestOutcome>,
     /// From the manifest HEAD, whether it succeeded or not (a 429 carries one too).
@@ -78,14 +78,19 @@ impl Diagnoser {
         {
             let mut probe = Probe::default();
             token_link = self.reach(&server, &mut probe, on_check).await;
-            api.token_server = Some((server, probe));
+            api.token_server = Some(TokenServerProbe {
+                endpoint: server,
+                probe,
+            });
         }
         let token_server = match (&token_link, &api.token_server) {
             (Some(link), _) => TokenServer::Reached {
                 client: &link.client,
                 proxied: link.proxied,
             },
-            (None, Some((server, probe))) => TokenServer::Unreachable(unreachable(server, probe)),
+            (None, Some(server)) => {
+                TokenServer::Unreachable(unreachable(&server.endpoint, &server.probe))
+            }
             (None, None) => TokenServer::Unreachable(AuthFailed::new(
                 Reason::Unknown,
                 "the token server could not be reached".into(),

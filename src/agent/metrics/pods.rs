@@ -215,3 +215,91 @@ impl PodMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::metrics::{
+        self, CONTAINER_PULL_FAILING, CONTAINERS_WAITING_ON_PULL, IMAGE_PULL_FAILURES, Metrics,
+    };
+
+    fn series(pod: &str, registry: &str, reason: Reason) -> ContainerLabels {
+        ContainerLabels::new("ns", pod, "app", registry, reason)
+    }
+
+    fn lines(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn dropped(metrics: &Metrics, metric: &str) -> String {
+        lines(metrics, metrics::SERIES_DROPPED)
+            .into_iter()
+            .find(|l| l.contains(&format!("metric=\"{metric}\"")))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+            .unwrap()
+    }
+
+    #[test]
+    fn gauges_follow_the_failures_within_the_budget() {
+        let metrics = Metrics::new("n", "v", "r", 4).unwrap();
+        let pods = metrics.pods();
+        let a = series("a", "missing.test", Reason::DnsNxdomain);
+        let b = series("b", "missing.test", Reason::DnsNxdomain);
+        let c = series("c", "other.test", Reason::TcpRefused);
+        pods.set_failing(&[a.clone(), b.clone()]);
+        let waiting = lines(&metrics, CONTAINERS_WAITING_ON_PULL);
+        assert_eq!(waiting.len(), 1);
+        assert!(waiting[0].ends_with(" 2"), "{waiting:?}");
+        assert_eq!(lines(&metrics, CONTAINER_PULL_FAILING).len(), 2);
+
+        // Budget 4: a, b and their registry take 3; c's registry takes the last, c is refused.
+        pods.set_failing(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(lines(&metrics, CONTAINERS_WAITING_ON_PULL).len(), 2);
+        assert_eq!(lines(&metrics, CONTAINER_PULL_FAILING).len(), 2);
+        assert_eq!(dropped(&metrics, CONTAINER_PULL_FAILING), "1");
+        // Refused again on the next update: counted when it started, not again.
+        pods.set_failing(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(dropped(&metrics, CONTAINER_PULL_FAILING), "1");
+
+        // a recovers: its slot goes to c.
+        pods.set_failing(&[b.clone(), c.clone()]);
+        let failing = lines(&metrics, CONTAINER_PULL_FAILING);
+        assert_eq!(failing.len(), 2);
+        assert!(
+            failing.iter().any(|l| l.contains("pod=\"c\"")),
+            "{failing:?}"
+        );
+        assert!(
+            !failing.iter().any(|l| l.contains("pod=\"a\"")),
+            "{failing:?}"
+        );
+
+        pods.set_failing(&[]);
+        assert!(lines(&metrics, CONTAINERS_WAITING_ON_PULL).is_empty());
+        assert!(lines(&metrics, CONTAINER_PULL_FAILING).is_empty());
+        // Every slot came back.
+        for _ in 0..4 {
+            assert!(metrics.budget().take_current());
+        }
+        assert!(!metrics.budget().take_current());
+    }
+
+    #[test]
+    fn attempts_are_counted_per_registry_and_reason() {
+        let metrics = Metrics::new("n", "v", "r", 1).unwrap();
+        let pods = metrics.pods();
+        pods.count_attempt(&PullLabels::new("missing.test", Reason::DnsNxdomain));
+        pods.count_attempt(&PullLabels::new("missing.test", Reason::DnsNxdomain));
+        pods.count_attempt(&PullLabels::new("other.test", Reason::TcpRefused));
+        let counters = lines(&metrics, IMAGE_PULL_FAILURES);
+        assert_eq!(counters.len(), 1, "{counters:?}");
+        assert!(counters[0].contains("reason=\"dns_nxdomain\"") && counters[0].ends_with(" 2"));
+        assert_eq!(dropped(&metrics, IMAGE_PULL_FAILURES), "1");
+    }
+}

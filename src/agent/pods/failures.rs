@@ -196,10 +196,32 @@ fn rfc3339_seconds<S: serde::Serializer>(at: &SystemTime, out: S) -> Result<S::O
 /// What one observation changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// A failed attempt each, `(registry, reason)`.
-    pub attempts: Vec<(String, Reason)>,
+    /// A failed attempt each.
+    pub attempts: Vec<Attempt>,
     /// Containers that started failing, failed again, or changed reason: their image wants checking.
-    pub touched: Vec<(PodId, String)>,
+    pub touched: Vec<ContainerRef>,
+}
+
+/// One failed pull attempt: where it pulled from and why it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub registry: String,
+    pub reason: Reason,
+}
+
+/// One container of one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub pod: PodId,
+    pub container: String,
+}
+
+/// A container failing now, as [`Tracker::failures`] lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct FailingContainer<'a> {
+    pub pod: &'a PodId,
+    pub container: &'a str,
+    pub failure: &'a Failure,
 }
 
 /// The failing containers of every pod on the node, updated from watch events.
@@ -231,14 +253,16 @@ impl Tracker {
             let failure = next_state(previous, &waiting, now);
             let attempt = is_attempt(previous, &waiting);
             if attempt {
-                changes
-                    .attempts
-                    .push((failure.registry.clone(), failure.reason));
+                changes.attempts.push(Attempt {
+                    registry: failure.registry.clone(),
+                    reason: failure.reason,
+                });
             }
             if attempt || previous.is_none_or(|p| p.reason != failure.reason) {
-                changes
-                    .touched
-                    .push((id.clone(), waiting.container.clone()));
+                changes.touched.push(ContainerRef {
+                    pod: id.clone(),
+                    container: waiting.container.clone(),
+                });
             }
             after.insert(waiting.container, failure);
         }
@@ -268,13 +292,21 @@ impl Tracker {
     }
 
     /// Every failing container now, ordered by namespace, pod, container.
-    pub fn failures(&self) -> Vec<(&PodId, &str, &Failure)> {
-        let mut all: Vec<(&PodId, &str, &Failure)> = self
+    pub fn failures(&self) -> Vec<FailingContainer<'_>> {
+        let mut all: Vec<FailingContainer<'_>> = self
             .pods
             .values()
-            .flat_map(|(id, failures)| failures.iter().map(move |(c, f)| (id, c.as_str(), f)))
+            .flat_map(|(pod, failures)| {
+                failures
+                    .iter()
+                    .map(move |(container, failure)| FailingContainer {
+                        pod,
+                        container,
+                        failure,
+                    })
+            })
             .collect();
-        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all.sort_by(|a, b| (a.pod, a.container).cmp(&(b.pod, b.container)));
         all
     }
 
@@ -575,14 +607,14 @@ mod tests {
                 changes
                     .attempts
                     .iter()
-                    .all(|(r, why)| r == "missing.test" && *why == reason)
+                    .all(|a| a.registry == "missing.test" && a.reason == reason)
             );
             total += attempts as u64;
             let failures = tracker.failures();
             assert_eq!(failures.len(), 1, "step {i}");
-            assert_eq!(failures[0].2.reason, reason, "step {i}");
-            assert_eq!(failures[0].2.attempts, total, "step {i}");
-            assert_eq!(failures[0].2.since, now);
+            assert_eq!(failures[0].failure.reason, reason, "step {i}");
+            assert_eq!(failures[0].failure.attempts, total, "step {i}");
+            assert_eq!(failures[0].failure.since, now);
         }
         // The reason changed at step 4 (to tcp_refused) and stayed through the back-off.
         assert_eq!(tracker.get("u1", "app").unwrap().1.reason_since, step(4));
@@ -622,7 +654,7 @@ mod tests {
         let left: Vec<&str> = tracker
             .failures()
             .iter()
-            .map(|f| f.0.uid.as_str())
+            .map(|f| f.pod.uid.as_str())
             .collect();
         assert_eq!(left, ["d"]);
         // A relist that repeats d's status counts nothing new.

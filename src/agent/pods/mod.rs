@@ -3,7 +3,6 @@
 
 mod events;
 pub mod failures;
-mod series;
 mod watch;
 
 use std::collections::HashMap;
@@ -18,11 +17,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::failures::{Failure, PodId, Tracker};
-use self::series::PodSeries;
+use self::failures::{ContainerRef, Failure, PodId, Tracker};
 use self::watch::node_selector;
 use crate::agent::health::Liveness;
-use crate::agent::metrics::Metrics;
+use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels};
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::{PodFailure, StatusBoard};
 use crate::reason::Reason;
@@ -124,10 +122,9 @@ struct Posted {
     result: Result<(), String>,
 }
 
-/// What the loop does about the failures the tracker holds: their series, the diagnoses of their
-/// images, and their Events.
+/// What the loop does about the failures the tracker holds besides their series: the diagnoses of
+/// their images, and their Events.
 struct FollowUps {
-    series: PodSeries,
     /// Each image's last diagnosis.
     diagnosed: HashMap<String, Diagnosis>,
     /// Diagnoses running, and the image of each.
@@ -146,7 +143,6 @@ impl PodWatch {
         let mut pods = Box::pin(watch::pods_on_node(self.client.clone(), &self.node));
         let mut tracker = Tracker::default();
         let mut follow_ups = FollowUps {
-            series: PodSeries::new(Arc::clone(&self.metrics)),
             diagnosed: HashMap::new(),
             diagnoses: JoinSet::new(),
             running: HashMap::new(),
@@ -172,7 +168,7 @@ impl PodWatch {
                         break Err("the pod watch ended".to_string());
                     };
                     let touched = match item {
-                        Ok(event) => self.apply(event, &mut tracker, &mut follow_ups),
+                        Ok(event) => self.apply(event, &mut tracker),
                         Err(error) => {
                             self.metrics.pods().set_watch_up(false);
                             warn!(%error, "pod watch failed; retrying with backoff");
@@ -180,7 +176,7 @@ impl PodWatch {
                         }
                     };
                     self.publish(&tracker, &mut follow_ups);
-                    for (pod, container) in touched {
+                    for ContainerRef { pod, container } in touched {
                         if let Some((_, failure)) = tracker.get(&pod.uid, &container) {
                             info!(
                                 namespace = pod.namespace,
@@ -211,14 +207,17 @@ impl PodWatch {
                     let image = diagnosis.image.clone();
                     debug!(image, reason = diagnosis.report.reason.map(Reason::as_str), "pod image diagnosed");
                     follow_ups.diagnosed.insert(image.clone(), diagnosis);
-                    let waiting: Vec<(PodId, String)> = tracker
+                    let waiting: Vec<ContainerRef> = tracker
                         .failures()
                         .into_iter()
-                        .filter(|(_, _, f)| f.image == image)
-                        .map(|(id, c, _)| (id.clone(), c.to_string()))
+                        .filter(|f| f.failure.image == image)
+                        .map(|f| ContainerRef {
+                            pod: f.pod.clone(),
+                            container: f.container.to_string(),
+                        })
                         .collect();
                     // A container whose reason changed while this ran gets a diagnosis of its own.
-                    for (pod, container) in waiting {
+                    for ContainerRef { pod, container } in waiting {
                         self.follow_up(&tracker, &mut follow_ups, &pod, &container);
                     }
                     self.publish(&tracker, &mut follow_ups);
@@ -243,8 +242,7 @@ impl PodWatch {
         &self,
         event: watcher::Event<k8s_openapi::api::core::v1::Pod>,
         tracker: &mut Tracker,
-        follow_ups: &mut FollowUps,
-    ) -> Vec<(PodId, String)> {
+    ) -> Vec<ContainerRef> {
         let now = SystemTime::now();
         let changes = match event {
             watcher::Event::Init => {
@@ -262,8 +260,10 @@ impl PodWatch {
                 return Vec::new();
             }
         };
-        for (registry, reason) in &changes.attempts {
-            follow_ups.series.attempt(registry, *reason);
+        for attempt in &changes.attempts {
+            self.metrics
+                .pods()
+                .count_attempt(&PullLabels::new(&attempt.registry, attempt.reason));
         }
         changes.touched
     }
@@ -271,35 +271,35 @@ impl PodWatch {
     /// Makes the gauges, the status and the follow-ups match the tracker.
     fn publish(&self, tracker: &Tracker, follow_ups: &mut FollowUps) {
         let failures = tracker.failures();
-        let series: Vec<series::ContainerSeries> = failures
+        let failing: Vec<ContainerLabels> = failures
             .iter()
-            .map(|(id, container, f)| {
-                (
-                    id.namespace.clone(),
-                    id.name.clone(),
-                    container.to_string(),
-                    f.registry.clone(),
-                    f.reason,
+            .map(|f| {
+                ContainerLabels::new(
+                    &f.pod.namespace,
+                    &f.pod.name,
+                    f.container,
+                    &f.failure.registry,
+                    f.failure.reason,
                 )
             })
             .collect();
-        follow_ups.series.set(&series);
+        self.metrics.pods().set_failing(&failing);
         follow_ups
             .posted
             .retain(|key, _| tracker.get(&key.uid, &key.container).is_some());
         follow_ups.diagnosed.retain(|image, diagnosis| {
-            young(diagnosis.started) || failures.iter().any(|f| &f.2.image == image)
+            young(diagnosis.started) || failures.iter().any(|f| &f.failure.image == image)
         });
         let status = failures
             .iter()
-            .map(|(id, container, f)| PodFailure {
-                namespace: id.namespace.clone(),
-                pod: id.name.clone(),
-                container: container.to_string(),
-                failure: Failure::clone(f),
+            .map(|f| PodFailure {
+                namespace: f.pod.namespace.clone(),
+                pod: f.pod.name.clone(),
+                container: f.container.to_string(),
+                failure: Failure::clone(f.failure),
                 diagnosis: follow_ups
                     .diagnosed
-                    .get(&f.image)
+                    .get(&f.failure.image)
                     .map(|diagnosis| Report::clone(&diagnosis.report)),
             })
             .collect();

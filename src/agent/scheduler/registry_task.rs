@@ -25,7 +25,13 @@ use crate::route::{Endpoint, Route};
 struct ApiChecks {
     checks: Vec<CheckResult>,
     /// The Bearer realm's host (role `auth`), with its dns/tcp/tls records.
-    token_server: Option<(Endpoint, Vec<CheckResult>)>,
+    token_server: Option<TokenServerChecks>,
+}
+
+/// A token server's dns/tcp/tls records from the last manifest round.
+struct TokenServerChecks {
+    endpoint: Endpoint,
+    checks: Vec<CheckResult>,
 }
 
 /// A periodic job's clock: due every `every` ±10 %.
@@ -206,13 +212,16 @@ impl Scheduler {
                 }
                 Some(api) => {
                     rate_limit = api.rate_limit.clone().or(rate_limit);
-                    let token_server = api.token_server.map(|(server, server_probe)| {
+                    let token_server = api.token_server.map(|server| {
                         self.metrics.registries().record_endpoint(
                             &route.registry,
-                            &server,
-                            &server_probe,
+                            &server.endpoint,
+                            &server.probe,
                         );
-                        (server, server_probe.checks)
+                        TokenServerChecks {
+                            endpoint: server.endpoint,
+                            checks: server.probe.checks,
+                        }
                     });
                     api_checks.insert(
                         url.clone(),
@@ -238,8 +247,8 @@ impl Scheduler {
                 source: endpoint.source.clone(),
                 checks: probe.checks.iter().chain(after_checks).cloned().collect(),
             });
-            if let Some((server, checks)) = after.and_then(|l| l.token_server.as_ref()) {
-                push_token_server(&mut endpoints, server, checks.clone());
+            if let Some(server) = after.and_then(|l| l.token_server.as_ref()) {
+                push_token_server(&mut endpoints, &server.endpoint, server.checks.clone());
             }
         }
         if api.is_some() {
