@@ -156,7 +156,7 @@ impl CommonFlags {
         let credentials = self
             .docker_config
             .as_deref()
-            .map(Keyring::load)
+            .map(|path| Keyring::load(&format!("--docker-config {}", path.display()), path))
             .transpose()
             .map_err(|e| ConfigError(e.to_string()))?;
         Ok(Diagnoser {

@@ -1,51 +1,21 @@
-//! Registry credentials from `--docker-config` (`.dockerconfigjson` / `config.json`, or the legacy
-//! `.dockercfg` map), matched to an image the way the kubelet's keyring matches keys.
-//!
-//! Secrets stay in [`Secret`]: no `Display`, a redacting `Debug`, and error messages that name keys
-//! and fields but never a value.
+//! Docker config credentials (`.dockerconfigjson` / `config.json`, or the legacy `.dockercfg`
+//! map), matched to an image the way the kubelet's keyring matches keys. Error messages name keys
+//! and fields, never a value.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use super::{Credential, Secret};
 use crate::route::DOCKER_HUB;
 
-/// A password, `auth` value or token: readable only through [`Secret::expose`], never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value, for putting on the wire (an `Authorization` header) and nowhere else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// One username/password pair and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credential {
-    pub username: String,
-    pub password: Secret,
-    /// The key of `auths` it came from, as written in the file (evidence for people).
-    pub key: String,
-}
-
-/// Why `--docker-config` cannot be used: names the file and the problem, never a secret.
+/// Why a docker config cannot be used: names where it came from (`--docker-config FILE`, a pull
+/// secret) and the problem, never a secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("--docker-config {path}: {problem}")]
+#[error("{origin}: {problem}")]
 pub struct CredentialsError {
-    pub path: String,
+    pub origin: String,
     pub problem: String,
 }
 
@@ -59,10 +29,12 @@ struct Pattern {
     path: String,
 }
 
-/// The credentials of one docker config file, in the kubelet's lookup order.
+/// The credentials of one docker config (a file, a pull secret, a provider's answer), in the
+/// kubelet's lookup order.
 #[derive(Clone, Debug)]
 pub struct Keyring {
-    path: PathBuf,
+    /// Where it came from, for errors and evidence: `--docker-config FILE`, `secret ns/name`.
+    origin: String,
     /// Reverse-sorted by key, so more specific paths come first (as the kubelet's index).
     entries: Vec<(Pattern, Credential)>,
 }
@@ -71,19 +43,20 @@ pub struct Keyring {
 const DEFAULT_REGISTRY_KEY: &str = "index.docker.io";
 
 impl Keyring {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+    /// Reads and parses the file at `path`, named `origin` in errors (`--docker-config FILE`).
+    pub fn load(origin: &str, path: &Path) -> Result<Self, CredentialsError> {
         let text = std::fs::read_to_string(path).map_err(|e| CredentialsError {
-            path: path.display().to_string(),
+            origin: origin.to_string(),
             problem: format!("cannot read: {e}"),
         })?;
-        Self::parse(path, &text)
+        Self::parse(origin, &text)
     }
 
-    /// Parses the text of a docker config file; `path` only names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, CredentialsError> {
+    /// Parses the text of a docker config (`config.json` / `.dockerconfigjson`, or the legacy
+    /// `.dockercfg` map); `origin` names it in errors and warnings.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, CredentialsError> {
         let fail = |problem: String| CredentialsError {
-            path: path.display().to_string(),
+            origin: origin.to_string(),
             problem,
         };
         // Parsed into a Value first: serde_json's syntax errors name a position, never content,
@@ -101,7 +74,7 @@ impl Keyring {
         };
         if top.contains_key("credsStore") || top.contains_key("credHelpers") {
             tracing::warn!(
-                path = %path.display(),
+                origin,
                 "credential helpers (credsStore/credHelpers) are not used by the kubelet nor by pullwatch; only \"auths\" counts"
             );
         }
@@ -123,20 +96,20 @@ impl Keyring {
                     },
                 )),
                 None => {
-                    tracing::warn!(path = %path.display(), key = %key, "entry has no auth nor username/password; ignored")
+                    tracing::warn!(origin, key = %key, "entry has no auth nor username/password; ignored")
                 }
             }
         }
         entries.sort_by(|a, b| b.0.key.cmp(&a.0.key));
         Ok(Keyring {
-            path: path.to_path_buf(),
+            origin: origin.to_string(),
             entries,
         })
     }
 
-    /// The file the credentials came from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the credentials came from (`--docker-config FILE`, `secret ns/name`).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The credential the kubelet would send first for `registry/repository` (a normalised
@@ -284,7 +257,7 @@ mod tests {
     }
 
     fn keyring(json: &str) -> Keyring {
-        Keyring::parse(Path::new("/etc/config.json"), json).unwrap_or_else(|e| panic!("{e}"))
+        Keyring::parse("--docker-config /etc/config.json", json).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -516,7 +489,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let error = Keyring::parse(Path::new("/etc/config.json"), &case.input)
+            let error = Keyring::parse("--docker-config /etc/config.json", &case.input)
                 .expect_err(&case.input)
                 .to_string();
             assert!(
@@ -529,9 +502,12 @@ mod tests {
                 "{error}"
             );
         }
-        let missing = Keyring::load(Path::new("/nonexistent/config.json"))
-            .unwrap_err()
-            .to_string();
+        let missing = Keyring::load(
+            "--docker-config /nonexistent/config.json",
+            Path::new("/nonexistent/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             missing.contains("/nonexistent/config.json: cannot read"),
             "{missing}"
