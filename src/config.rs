@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::check::auth::TokenCache;
 use crate::check::dns::DnsResolver;
-use crate::credentials::Keyring;
+use crate::credentials::NodeCredentials;
 use crate::diagnose::{Diagnoser, PullSettings};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
@@ -45,14 +45,26 @@ pub struct CommonFlags {
     )]
     pub insecure_registries: Vec<String>,
 
-    /// Registry credentials in .dockerconfigjson / config.json form (e.g. the kubelet's config.json).
+    /// Registry credentials in .dockerconfigjson / config.json form; repeatable. Default: the
+    /// kubelet's own config.json (or .dockercfg) under --kubelet-root-dir, when present.
     #[arg(
         long,
         global = true,
         env = "PULLWATCH_DOCKER_CONFIG",
-        value_name = "FILE"
+        value_name = "FILE",
+        value_delimiter = ','
     )]
-    pub docker_config: Option<PathBuf>,
+    pub docker_config: Vec<PathBuf>,
+
+    /// The kubelet's root directory (its --root-dir), where it keeps its own docker config.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_KUBELET_ROOT_DIR",
+        default_value = "/var/lib/kubelet",
+        value_name = "DIR"
+    )]
+    pub kubelet_root_dir: PathBuf,
 
     /// The node's platform (os/arch[/variant]), looked for in multi-platform images; default: this machine's.
     #[arg(long, global = true, env = "PULLWATCH_PLATFORM", default_value_t = Platform::host())]
@@ -153,11 +165,7 @@ impl CommonFlags {
         }
         let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError(e.to_string()))?;
-        let credentials = self
-            .docker_config
-            .as_deref()
-            .map(|path| Keyring::load(&format!("--docker-config {}", path.display()), path))
-            .transpose()
+        let credentials = NodeCredentials::load(&self.docker_config, &self.kubelet_root_dir)
             .map_err(|e| ConfigError(e.to_string()))?;
         Ok(Diagnoser {
             resolver,

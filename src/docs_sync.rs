@@ -288,6 +288,9 @@ fn report_md_lists_every_field_of_the_status() {
                 image: String::new(),
                 ..report.clone()
             },
+            unverified: Some(
+                "unverified: no credentials (looked in /var/lib/kubelet/config.json)".into(),
+            ),
             checked_at: "2025-06-01T12:00:00.123Z".into(),
         }],
         failures: vec![PodFailure {

@@ -26,6 +26,7 @@ pub enum Reason {
     NotARegistry,
     RegistryUnavailable,
     AuthRequired,
+    CredentialsUnavailable,
     AuthFailed,
     Forbidden,
     RepositoryUnknown,
@@ -43,7 +44,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of `docs/reasons.md` (dashboards and tests iterate over it).
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::InvalidReference,
         Reason::DnsNxdomain,
         Reason::DnsServfail,
@@ -60,6 +61,7 @@ impl Reason {
         Reason::NotARegistry,
         Reason::RegistryUnavailable,
         Reason::AuthRequired,
+        Reason::CredentialsUnavailable,
         Reason::AuthFailed,
         Reason::Forbidden,
         Reason::RepositoryUnknown,
@@ -94,6 +96,7 @@ impl Reason {
             Reason::NotARegistry => "not_a_registry",
             Reason::RegistryUnavailable => "registry_unavailable",
             Reason::AuthRequired => "auth_required",
+            Reason::CredentialsUnavailable => "credentials_unavailable",
             Reason::AuthFailed => "auth_failed",
             Reason::Forbidden => "forbidden",
             Reason::RepositoryUnknown => "repository_unknown",
@@ -130,6 +133,7 @@ impl Reason {
             Reason::NotARegistry => format!("{endpoint} answers but is not a registry API (/v2/): check the host name, port and any load balancer path routing"),
             Reason::RegistryUnavailable => format!("{registry} is failing on its side (5xx): check the registry's health or status page, then retry"),
             Reason::AuthRequired => format!("create an imagePullSecret for {registry} and reference it from the pod (or the service account)"),
+            Reason::CredentialsUnavailable => format!("a credential source the kubelet uses for {registry} failed (see the evidence): fix the credential provider plugin or its config, or the referenced pull secret (present, of type kubernetes.io/dockerconfigjson, well-formed)"),
             Reason::AuthFailed => format!("the credentials for {registry} were rejected: update the imagePullSecret's username/password or token"),
             Reason::Forbidden => format!("the credentials for {registry} lack pull permission on this repository: grant it"),
             Reason::RepositoryUnknown => format!("the repository does not exist in {registry}: check the image name (and its organisation prefix)"),

@@ -20,6 +20,7 @@ use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
 use crate::agent::status::PodFailure;
 use crate::check::CheckResult;
+use crate::credentials::ImageCredentials;
 use crate::report::{EndpointReport, Report};
 use crate::route::Endpoint;
 use crate::text::error_chain;
@@ -175,7 +176,7 @@ impl Pullwatch for Api {
                 };
                 let report = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    report = scheduler.diagnose_observed(&image, true, &on_check) => report,
+                    report = scheduler.diagnose_observed(&image, true, ImageCredentials::default(), &on_check) => report,
                 };
                 if events
                     .send(Ok(event(Event::Report((&report).into()))))
@@ -464,7 +465,7 @@ mod tests {
         );
 
         let board = StatusBoard::new("n");
-        board.record(sample(), std::time::SystemTime::now());
+        board.record(sample(), None, std::time::SystemTime::now());
         board.set_pod_failures(vec![PodFailure {
             namespace: "ns".into(),
             pod: "web".into(),

@@ -151,6 +151,7 @@ mod tests {
                 fix: None,
                 endpoints: vec![],
             },
+            None,
             SystemTime::now(),
         );
         assert_eq!(call(&e, "GET", "/readyz").await.0, StatusCode::OK);

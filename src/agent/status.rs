@@ -15,6 +15,11 @@ use crate::report::Report;
 pub struct RegistryStatus {
     #[serde(flatten)]
     pub report: Report,
+    /// "unverified: no credentials (looked in …)": the manifest was refused while pullwatch held
+    /// no credentials for it, so the registry counts as up (the node may hold credentials
+    /// pullwatch cannot see).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
     /// RFC 3339.
     pub checked_at: String,
 }
@@ -92,7 +97,7 @@ impl StatusBoard {
     }
 
     /// Stores a registry's round.
-    pub fn record(&self, mut report: Report, at: SystemTime) {
+    pub fn record(&self, mut report: Report, unverified: Option<String>, at: SystemTime) {
         // A registry's round is about the registry, whatever image it checked.
         report.image.clear();
         let mut inner = self.write();
@@ -101,6 +106,7 @@ impl StatusBoard {
         }
         let status = RegistryStatus {
             report,
+            unverified,
             checked_at: humantime::format_rfc3339_millis(at).to_string(),
         };
         inner
@@ -181,14 +187,14 @@ mod tests {
                 pending: vec!["a".into(), "b".into(), "c".into()]
             })
         );
-        board.record(report("a", false), SystemTime::now());
+        board.record(report("a", false), None, SystemTime::now());
         board.forget("c");
         assert!(board.readiness().is_err());
-        board.record(report("b", true), SystemTime::now());
+        board.record(report("b", true), None, SystemTime::now());
         assert_eq!(board.readiness(), Ok(()));
         // A later discovery does not take readiness back, nor does a failing registry.
         board.discovered(["d"]);
-        board.record(report("a", true), SystemTime::now());
+        board.record(report("a", true), None, SystemTime::now());
         assert_eq!(board.readiness(), Ok(()));
 
         let status = board.snapshot();

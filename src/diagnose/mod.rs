@@ -17,7 +17,7 @@ use crate::check::http::HttpOutcome;
 use crate::check::tcp::TcpOutcome;
 use crate::check::tls::TlsOutcome;
 use crate::check::{self, CheckKind, CheckResult};
-use crate::credentials::Keyring;
+use crate::credentials::{ImageCredentials, NodeCredentials, Offered};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
 use crate::reference::ImageRef;
@@ -43,37 +43,33 @@ pub struct Diagnoser {
 /// What the auth and manifest checks need beyond the network settings.
 #[derive(Debug)]
 pub struct PullSettings {
-    /// `--docker-config`: credentials matched per image; `None` means anonymous pulls.
-    pub credentials: Option<Keyring>,
+    /// The node's credentials (docker configs), matched per image as the kubelet does.
+    pub credentials: NodeCredentials,
     /// The node's platform, looked for in image indexes (`--platform`).
     pub platform: Platform,
     /// Pull tokens, each dropped when it expires.
     pub tokens: TokenCache,
 }
 
-impl PullSettings {
-    /// The credentials for `image`, as the kubelet hands them to the runtime with a `PullImage`.
-    pub fn pull_auth(&self, image: &ImageRef) -> Option<PullAuth> {
-        let found = self
-            .credentials
-            .as_ref()?
-            .lookup(image.registry(), image.repository())?;
-        Some(PullAuth {
-            username: found.username.clone(),
-            password: found.password.expose().to_string(),
-        })
-    }
-}
-
 impl Default for PullSettings {
     /// Anonymous, this machine's platform.
     fn default() -> Self {
         PullSettings {
-            credentials: None,
+            credentials: NodeCredentials::default(),
             platform: Platform::host(),
             tokens: TokenCache::default(),
         }
     }
+}
+
+/// The credential to hand the runtime with a `PullImage`, as the kubelet does: the one the
+/// registry accepted, else the first the kubelet would try.
+pub fn pull_auth(answered: Option<&Offered>, credentials: &ImageCredentials) -> Option<PullAuth> {
+    let offered = answered.or(credentials.first())?;
+    Some(PullAuth {
+        username: offered.credential.username.clone(),
+        password: offered.credential.password.expose().to_string(),
+    })
 }
 
 /// The results of probing one endpoint: the records, plus the outcomes the agent's metrics read.
@@ -142,6 +138,8 @@ pub struct CheckedEndpoint {
     pub report: EndpointReport,
     pub token_server: Option<TokenServerProbe>,
     pub probe: Arc<Probe>,
+    /// The credential the registry accepted here (the manifest check passed with it).
+    pub answered: Option<Offered>,
 }
 
 impl CheckedEndpoint {
@@ -164,18 +162,37 @@ impl Diagnoser {
     /// are checked one after another, as the runtime tries them; an image index is fetched to
     /// check the node's platform.
     pub async fn diagnose_observed(&self, input: &str, on_check: OnCheck<'_>) -> Report {
+        self.diagnose_answered(input, on_check).await.0
+    }
+
+    /// [`Diagnoser::diagnose_observed`], also returning the credentials for the runtime's pull.
+    async fn diagnose_answered(
+        &self,
+        input: &str,
+        on_check: OnCheck<'_>,
+    ) -> (Report, Option<PullAuth>) {
         let routed = match self.route_image(input) {
-            Ok(plan) => plan,
-            Err(report) => return *report,
+            Ok(routed) => routed,
+            Err(report) => return (*report, None),
         };
+        let credentials = self.pull.credentials.lookup(&routed.image).await;
         let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
+        let mut answered = None;
         for endpoint in &routed.route.endpoints {
             let checked = self
-                .check_endpoint(endpoint, &routed.image, Some(&self.pull.platform), on_check)
+                .check_endpoint(
+                    endpoint,
+                    &routed.image,
+                    &credentials,
+                    Some(&self.pull.platform),
+                    on_check,
+                )
                 .await;
+            answered = answered.or(checked.answered.clone());
             checked.add_to(&mut endpoints);
         }
-        routed.conclude(endpoints)
+        let auth = pull_auth(answered.as_ref(), &credentials);
+        (routed.conclude(endpoints), auth)
     }
 
     /// Parses `input` and finds its route; a report instead when there is nothing to probe
@@ -220,18 +237,21 @@ impl Diagnoser {
         &self,
         endpoint: &Endpoint,
         image: &ImageRef,
+        credentials: &ImageCredentials,
         platform: Option<&Platform>,
         on_check: OnCheck<'_>,
     ) -> CheckedEndpoint {
         let (probe, link) = self.probe_linked(endpoint, on_check).await;
         let mut checks = probe.checks.clone();
         let mut token_server = None;
+        let mut answered = None;
         if let (Some(http), Some(link)) = (&probe.http, &link) {
             let api = self
-                .registry_api(endpoint, link, http, image, platform, on_check)
+                .registry_api(endpoint, link, http, image, credentials, platform, on_check)
                 .await;
             checks.extend(api.checks);
             token_server = api.token_server;
+            answered = api.manifest.is_some().then_some(api.credential).flatten();
         }
         CheckedEndpoint {
             report: EndpointReport {
@@ -242,11 +262,12 @@ impl Diagnoser {
             },
             token_server,
             probe: Arc::new(probe),
+            answered,
         }
     }
 
     /// `diagnose --via-runtime`: the chain, then a real CRI `PullImage` by the node's runtime
-    /// (with the `--docker-config` credentials, as the kubelet passes imagePullSecrets), whose
+    /// (with the credentials the registry accepted, as the kubelet hands them over), whose
     /// verdict decides. `pull_timeout` bounds the pull, which may download the whole image.
     pub async fn diagnose_via_runtime(
         &self,
@@ -254,10 +275,7 @@ impl Diagnoser {
         runtime: &RuntimeClient,
         pull_timeout: Duration,
     ) -> Report {
-        let report = self.diagnose(input).await;
-        let auth = ImageRef::parse(&report.image)
-            .ok()
-            .and_then(|image| self.pull.pull_auth(&image));
+        let (report, auth) = self.diagnose_answered(input, &|_, _| {}).await;
         let pull = check::runtime::check(runtime, &report.image, auth.as_ref(), pull_timeout);
         // The client gives up at `pull_timeout`; the outer bound only catches a hang past it.
         let ran = check::run(CheckKind::Runtime, pull_timeout + RUNTIME_GRACE, pull).await;

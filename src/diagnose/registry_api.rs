@@ -8,6 +8,7 @@ use crate::check::auth::{self, AuthFailed, AuthOutcome, AuthTarget, Plan, TokenS
 use crate::check::http::HttpOutcome;
 use crate::check::manifest::{self, ManifestOutcome, RateLimit};
 use crate::check::{self, CheckKind, CheckResult};
+use crate::credentials::{ImageCredentials, Offered, Source, SourceFailure};
 use crate::platform::Platform;
 use crate::reason::Reason;
 use crate::reference::ImageRef;
@@ -15,6 +16,8 @@ use crate::route::{Endpoint, Role, Scheme};
 
 /// The manifest check may list tags and read an index after its HEAD: this many check timeouts.
 const MANIFEST_TIMEOUTS: u32 = 3;
+/// Credentials tried at most for one image on one endpoint (each is a token fetch and a HEAD).
+const MAX_CREDENTIALS_TRIED: usize = 4;
 
 /// The records and outcomes of the auth and manifest checks of one endpoint.
 #[derive(Debug, Default)]
@@ -27,30 +30,31 @@ pub struct ApiProbe {
     pub manifest: Option<ManifestOutcome>,
     /// From the manifest HEAD, whether it succeeded or not (a 429 carries one too).
     pub rate_limit: Option<RateLimit>,
+    /// Where the credentials used came from (`Source::None`: anonymous).
+    pub source: Source,
+    /// The credential used, for the runtime's own pull (never printed).
+    pub credential: Option<Offered>,
 }
 
 impl Diagnoser {
-    /// Runs auth → manifest for `image` on an endpoint whose `/v2/` answered `http`. With
-    /// `platform`, an index is fetched (one GET, which Docker Hub counts as a pull) and must hold it.
+    /// Runs auth → manifest for `image` on an endpoint whose `/v2/` answered `http`, with each
+    /// credential `credentials` offers in the kubelet's order until one is accepted (anonymous
+    /// when none). With `platform`, an index is fetched (one GET, which Docker Hub counts as a
+    /// pull) and must hold it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the chain's context, each from another layer"
+    )]
     pub async fn registry_api(
         &self,
         endpoint: &Endpoint,
         link: &Link,
         http: &HttpOutcome,
         image: &ImageRef,
+        credentials: &ImageCredentials,
         platform: Option<&Platform>,
         on_check: OnCheck<'_>,
     ) -> ApiProbe {
-        let mut api = ApiProbe::default();
-        let record = |api: &mut ApiProbe, result: CheckResult| {
-            on_check(endpoint, &result);
-            api.checks.push(result);
-        };
-        let credential = self
-            .pull
-            .credentials
-            .as_ref()
-            .and_then(|keyring| keyring.lookup(image.registry(), image.repository()));
         let base_url = endpoint.url();
         // The endpoint's API root and the repository as the runtime asks it there.
         let repository = endpoint.repository.as_deref().unwrap_or(image.repository());
@@ -72,18 +76,76 @@ impl Diagnoser {
         }
 
         // A Bearer realm elsewhere is an endpoint of its own: reach it before asking it for a token.
+        let mut token_server = None;
         let mut token_link = Some(link.clone());
         if let Ok(Plan::Bearer(bearer)) = &plan
             && let Some(server) = token_endpoint(&bearer.realm, endpoint)
         {
             let mut probe = Probe::default();
             token_link = self.reach(&server, &mut probe, on_check).await;
-            api.token_server = Some(TokenServerProbe {
+            token_server = Some(TokenServerProbe {
                 endpoint: server,
                 probe,
             });
         }
-        let token_server = match (&token_link, &api.token_server) {
+
+        // The kubelet tries each credential it has for the image in turn; anonymous without any.
+        let candidates: Vec<Option<&Offered>> = if credentials.offered.is_empty() {
+            vec![None]
+        } else {
+            credentials
+                .offered
+                .iter()
+                .take(MAX_CREDENTIALS_TRIED)
+                .map(Some)
+                .collect()
+        };
+        let mut chosen: Option<ApiProbe> = None;
+        for offered in candidates {
+            let attempt = Attempt {
+                endpoint,
+                link,
+                token_link: token_link.as_ref(),
+                token_server: token_server.as_ref(),
+                target,
+                repository,
+                platform,
+            };
+            let api = self.attempt(&attempt, plan.clone(), offered).await;
+            let passed = api.manifest.is_some();
+            let refused = api.refused_credentials();
+            if passed || chosen.is_none() {
+                // A pass wins; otherwise the kubelet's first choice tells the story.
+                chosen = Some(api);
+            }
+            if passed || !refused {
+                break;
+            }
+        }
+        let mut api = chosen.unwrap_or_default();
+        if credentials.offered.is_empty() && api.refused_credentials() {
+            blame_failed_sources(&mut api, &credentials.failures);
+        }
+        for result in &api.checks {
+            on_check(endpoint, result);
+        }
+        api.token_server = token_server;
+        api
+    }
+
+    /// auth → manifest with one credential (or none): the records and outcomes of that try.
+    async fn attempt(
+        &self,
+        attempt: &Attempt<'_>,
+        plan: Result<Plan, AuthFailed>,
+        offered: Option<&Offered>,
+    ) -> ApiProbe {
+        let mut api = ApiProbe {
+            source: offered.map_or(Source::None, |o| o.source.clone()),
+            credential: offered.cloned(),
+            ..ApiProbe::default()
+        };
+        let token_server = match (attempt.token_link, attempt.token_server) {
             (Some(link), _) => TokenServer::Reached {
                 client: &link.client,
                 proxied: link.proxied,
@@ -96,13 +158,14 @@ impl Diagnoser {
                 "the token server could not be reached".into(),
             )),
         };
+        let link = attempt.link;
         let auth_target = AuthTarget {
             plan,
             client: &link.client,
             proxied: link.proxied,
-            api_url: endpoint.api_url(),
-            repository,
-            credential,
+            api_url: attempt.endpoint.api_url(),
+            repository: attempt.repository,
+            credential: offered.map(|o| &o.credential),
             token_server,
         };
         let (result, outcome) = check::run(
@@ -112,17 +175,17 @@ impl Diagnoser {
         )
         .await
         .split();
-        record(&mut api, result);
+        api.checks.push(with_source(result, &api.source));
         let Some(auth) = outcome else { return api };
 
         let options = manifest::Options {
-            platform,
+            platform: attempt.platform,
             list_budget: self.timeout,
         };
         let ran = check::run(
             CheckKind::Manifest,
             self.timeout * MANIFEST_TIMEOUTS,
-            manifest::check(&link.client, target, &auth, options, link.proxied),
+            manifest::check(&link.client, attempt.target, &auth, options, link.proxied),
         )
         .await;
         // A 429 carries the quota too: the failure's rate limit is evidence as much as a pass's.
@@ -136,7 +199,7 @@ impl Diagnoser {
         {
             self.pull.tokens.forget(authorization);
         }
-        record(&mut api, result);
+        api.checks.push(result);
         api.rate_limit = match &manifest {
             Some(outcome) => outcome.rate_limit.clone(),
             None => failed_limit,
@@ -145,6 +208,56 @@ impl Diagnoser {
         api.auth = Some(auth);
         api
     }
+}
+
+/// What every credential's try shares: where to ask and how.
+struct Attempt<'a> {
+    endpoint: &'a Endpoint,
+    link: &'a Link,
+    token_link: Option<&'a Link>,
+    token_server: Option<&'a TokenServerProbe>,
+    target: manifest::ManifestTarget<'a>,
+    repository: &'a str,
+    platform: Option<&'a Platform>,
+}
+
+impl ApiProbe {
+    /// The registry refused the credentials sent (or their absence): another credential might do.
+    pub fn refused_credentials(&self) -> bool {
+        self.checks.iter().any(|c| {
+            matches!(
+                c.reason,
+                Some(Reason::AuthRequired | Reason::AuthFailed | Reason::Forbidden)
+            )
+        })
+    }
+}
+
+/// The auth check's evidence names the credentials it used, as every report must.
+fn with_source(mut result: CheckResult, source: &Source) -> CheckResult {
+    result.detail = format!("{} (credentials: {source})", result.detail);
+    result
+}
+
+/// Refused without credentials while a source the kubelet uses failed: the failed source is the
+/// cause (`credentials_unavailable`), as the pod would have had credentials from it.
+fn blame_failed_sources(api: &mut ApiProbe, failures: &[SourceFailure]) {
+    if failures.is_empty() {
+        return;
+    }
+    let Some(refused) = api.checks.iter_mut().find(|c| !c.ok) else {
+        return;
+    };
+    let causes: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{} failed: {}", f.source, f.message))
+        .collect();
+    refused.reason = Some(Reason::CredentialsUnavailable);
+    refused.detail = format!(
+        "{}; refused without credentials: {}",
+        causes.join("; "),
+        refused.detail
+    );
 }
 
 /// The realm's `scheme://host:port` as an endpoint with role `auth`, or `None` when it is the

@@ -97,6 +97,14 @@ const AFTER_DIAL_TIMEOUT: &[(Reason, &[&str])] = &[
         ],
     ),
     (
+        // The kubelet's Event when a referenced pull secret cannot be read.
+        Reason::CredentialsUnavailable,
+        &[
+            "failedtoretrieveimagepullsecret",
+            "unable to retrieve some image pull secrets",
+        ],
+    ),
+    (
         Reason::AuthFailed,
         &[
             "incorrect username or password",

@@ -224,6 +224,8 @@ impl Pullwatch {
             "PULLWATCH_REGISTRIES_CONF",
             no_config.join("registries.conf"),
         );
+        // Nor the host's kubelet credentials.
+        cmd.env("PULLWATCH_KUBELET_ROOT_DIR", no_config.join("kubelet"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

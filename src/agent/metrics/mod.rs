@@ -24,6 +24,7 @@ pub use self::registry::RegistryMetrics;
 pub use self::runtime::{RuntimeFacts, RuntimeMetrics};
 
 pub const REGISTRY_UP: &str = "pullwatch_registry_up";
+pub const REGISTRY_CREDENTIALS: &str = "pullwatch_registry_credentials";
 pub const ENDPOINT_UP: &str = "pullwatch_endpoint_up";
 pub const CHECK_SUCCESS: &str = "pullwatch_check_success";
 pub const CHECK_DURATION: &str = "pullwatch_check_duration_seconds";
@@ -197,6 +198,7 @@ pub(crate) fn every_family_filled() -> Metrics {
         ..Probe::default()
     };
     metrics.registries().set_registry_up("r.example", false);
+    metrics.registries().set_credentials("r.example", "none");
     metrics
         .registries()
         .record_endpoint("r.example", &endpoint, &probe);
@@ -419,6 +421,11 @@ mod tests {
 
         let want: &[(&str, &str, &[&str])] = &[
             ("pullwatch_registry_up", "gauge", &["registry"]),
+            (
+                "pullwatch_registry_credentials",
+                "gauge",
+                &["registry", "source"],
+            ),
             (
                 "pullwatch_endpoint_up",
                 "gauge",

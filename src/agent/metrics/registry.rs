@@ -10,8 +10,8 @@ use super::budget::Budget;
 use super::endpoint::{EndpointLabels, EndpointMetrics, EndpointSeries};
 use super::family::{Family, Labels};
 use super::{
-    RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_WINDOW, REGISTRY_UP, RUNTIME_CHECK_DURATION,
-    RUNTIME_CHECK_SUCCESS,
+    RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_WINDOW, REGISTRY_CREDENTIALS, REGISTRY_UP,
+    RUNTIME_CHECK_DURATION, RUNTIME_CHECK_SUCCESS,
 };
 use crate::check::CheckResult;
 use crate::check::manifest::RateLimit;
@@ -31,12 +31,28 @@ impl<'a> Labels for RegistryLabels<'a> {
     }
 }
 
+/// `registry`, `source`: where the credentials of the last manifest check came from.
+struct CredentialLabels<'a> {
+    registry: &'a str,
+    source: &'a str,
+}
+
+impl<'a> Labels for CredentialLabels<'a> {
+    type Static = CredentialLabels<'static>;
+    const NAMES: &'static [&'static str] = &["registry", "source"];
+    fn values(&self) -> Vec<&str> {
+        vec![self.registry, self.source]
+    }
+}
+
 /// The label sets one registry has now.
 #[derive(Default)]
 struct RegistrySeries {
     endpoints: BTreeMap<String, EndpointSeries>,
     ratelimit: bool,
     runtime_check: bool,
+    /// The `source` of `registry_credentials` now exported.
+    credentials: Option<&'static str>,
 }
 
 /// Every family about the watched registries and their endpoints.
@@ -47,6 +63,7 @@ pub struct RegistryMetrics {
     ratelimit_window: Family<IntGaugeVec, RegistryLabels<'static>>,
     runtime_check_success: Family<IntGaugeVec, RegistryLabels<'static>>,
     runtime_check_duration: Family<GaugeVec, RegistryLabels<'static>>,
+    credentials: Family<IntGaugeVec, CredentialLabels<'static>>,
     endpoints: EndpointMetrics,
     /// Which label sets exist, so they can be removed. Held briefly, never across `.await`.
     book: Mutex<BTreeMap<String, RegistrySeries>>,
@@ -84,6 +101,11 @@ impl RegistryMetrics {
                 registry,
                 RUNTIME_CHECK_DURATION,
                 "Duration of the last runtime check of this registry.",
+            )?,
+            credentials: Family::gauge(
+                registry,
+                REGISTRY_CREDENTIALS,
+                "1 for the credential source the last manifest check used: pull_secret, credential_provider, docker_config or none.",
             )?,
             endpoints: EndpointMetrics::new(registry, budget)?,
             book: Mutex::new(BTreeMap::new()),
@@ -123,6 +145,24 @@ impl RegistryMetrics {
         let labels = RegistryLabels { registry };
         self.runtime_check_success.with(&labels).set(i64::from(ok));
         self.runtime_check_duration.with(&labels).set(seconds);
+    }
+
+    /// Sets which credential source the registry's last manifest check used (one series per
+    /// registry: the previous source's goes).
+    pub fn set_credentials(&self, registry: &str, source: &'static str) {
+        let mut book = super::lock(&self.book);
+        let series = book.entry(registry.to_string()).or_default();
+        if let Some(before) = series.credentials.replace(source)
+            && before != source
+        {
+            self.credentials.remove(&CredentialLabels {
+                registry,
+                source: before,
+            });
+        }
+        self.credentials
+            .with(&CredentialLabels { registry, source })
+            .set(1);
     }
 
     /// Records one endpoint's last connectivity run.
@@ -168,6 +208,10 @@ impl RegistryMetrics {
         if gone.runtime_check {
             self.runtime_check_success.remove(&labels);
             self.runtime_check_duration.remove(&labels);
+        }
+        if let Some(source) = gone.credentials {
+            self.credentials
+                .remove(&CredentialLabels { registry, source });
         }
         for (url, series) in &gone.endpoints {
             self.endpoints.remove(registry, url, series);

@@ -23,6 +23,7 @@ use crate::agent::health::Liveness;
 use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels};
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::{PodFailure, StatusBoard};
+use crate::credentials::ImageCredentials;
 use crate::reason::Reason;
 use crate::report::Report;
 
@@ -334,7 +335,11 @@ impl PodWatch {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
                 let started = SystemTime::now();
-                let report = Arc::new(scheduler.diagnose_image(&image).await);
+                let report = Arc::new(
+                    scheduler
+                        .diagnose_image(&image, ImageCredentials::default())
+                        .await,
+                );
                 Diagnosis {
                     image,
                     started,

@@ -15,7 +15,8 @@ use super::health::Liveness;
 use super::metrics::Metrics;
 use super::status::StatusBoard;
 use crate::check::{self, CheckKind, CheckResult};
-use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe};
+use crate::credentials::{ImageCredentials, Offered};
+use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe, pull_auth};
 use crate::reference::ImageRef;
 use crate::report::Report;
 use crate::route::{Endpoint, Role, Route};
@@ -70,6 +71,13 @@ pub struct Scheduler {
     triggers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
+/// A round's auth + manifest checks: the canary and the node's credentials for it (looked up
+/// once per round, shared by the route's endpoints).
+struct ManifestRequest {
+    image: ImageRef,
+    credentials: ImageCredentials,
+}
+
 /// An endpoint's probe slot: its lock serialises probes; it holds the last one.
 type ProbeSlot = tokio::sync::Mutex<Option<LastProbe>>;
 
@@ -117,8 +125,9 @@ impl Scheduler {
     /// per-endpoint slots and probe cap as the rounds (never twice at once), then auth and a
     /// manifest HEAD of that exact image (no index GET: a HEAD spends no pull quota). The result
     /// is the image's own: it does not change the registry's metrics, which its round keeps.
-    pub async fn diagnose_image(&self, input: &str) -> Report {
-        self.diagnose_observed(input, false, &|_, _| {}).await
+    pub async fn diagnose_image(&self, input: &str, pod_credentials: ImageCredentials) -> Report {
+        self.diagnose_observed(input, false, pod_credentials, &|_, _| {})
+            .await
     }
 
     /// `diagnose` as a person asks it of the agent: [`Scheduler::diagnose_image`], with the
@@ -128,12 +137,21 @@ impl Scheduler {
         &self,
         input: &str,
         with_platform: bool,
+        pod_credentials: ImageCredentials,
         on_check: OnCheck<'_>,
     ) -> Report {
         let routed = match self.diagnoser.route_image(input) {
             Ok(plan) => plan,
             Err(report) => return *report,
         };
+        // A failing pod's own pull secrets come first, as the kubelet tries them first.
+        let credentials = self
+            .diagnoser
+            .pull
+            .credentials
+            .lookup(&routed.image)
+            .await
+            .after(pod_credentials);
         let platform = with_platform.then_some(&self.diagnoser.pull.platform);
         let slots = self.slots_for(&routed.route);
         let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
@@ -143,7 +161,7 @@ impl Scheduler {
             let _permit = self.permits.acquire().await.ok();
             let checked = self
                 .diagnoser
-                .check_endpoint(endpoint, &routed.image, platform, on_check)
+                .check_endpoint(endpoint, &routed.image, &credentials, platform, on_check)
                 .await;
             *last = Some(LastProbe {
                 at: Instant::now(),
@@ -155,9 +173,16 @@ impl Scheduler {
     }
 
     /// The runtime's own pull of `canary` (by digest: it resolves remotely and downloads nothing),
-    /// with the `--docker-config` credentials for it, as the kubelet passes imagePullSecrets.
-    async fn runtime_check(&self, runtime: &RuntimeClient, canary: &ImageRef) -> CheckResult {
-        let auth = self.diagnoser.pull.pull_auth(canary);
+    /// with the credentials the registry last accepted for it (else the first the kubelet would
+    /// try), as the kubelet hands them over.
+    async fn runtime_check(
+        &self,
+        runtime: &RuntimeClient,
+        canary: &ImageRef,
+        answered: Option<&Offered>,
+    ) -> CheckResult {
+        let credentials = self.diagnoser.pull.credentials.lookup(canary).await;
+        let auth = pull_auth(answered, &credentials);
         let _permit = self.permits.acquire().await.ok();
         let pull_timeout = self.diagnoser.timeout * RUNTIME_CHECK_TIMEOUTS;
         let image = canary.to_string();
@@ -180,7 +205,7 @@ impl Scheduler {
         endpoint: &Endpoint,
         slot: &ProbeSlot,
         force: bool,
-        api: Option<&ImageRef>,
+        api: Option<&ManifestRequest>,
     ) -> (Arc<Probe>, Option<ApiProbe>) {
         let mut last = slot.lock().await;
         if !force
@@ -194,13 +219,21 @@ impl Scheduler {
         let _permit = self.permits.acquire().await.ok();
         let (probe, api) = match api {
             None => (self.diagnoser.probe(endpoint).await, None),
-            Some(image) => {
+            Some(request) => {
                 let (probe, link) = self.diagnoser.probe_linked(endpoint, &|_, _| {}).await;
                 let api = match (&probe.http, &link) {
                     // No platform: a HEAD only, which spends no pull quota.
                     (Some(http), Some(link)) => Some(
                         self.diagnoser
-                            .registry_api(endpoint, link, http, image, None, &|_, _| {})
+                            .registry_api(
+                                endpoint,
+                                link,
+                                http,
+                                &request.image,
+                                &request.credentials,
+                                None,
+                                &|_, _| {},
+                            )
                             .await,
                     ),
                     _ => None,

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::super::health::Heart;
-use super::{ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up};
+use super::{ManifestRequest, ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up};
 use crate::check::CheckResult;
+use crate::credentials::{ImageCredentials, Offered, Source};
 use crate::diagnose::conclude;
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report, push_token_server};
@@ -26,6 +27,22 @@ struct ApiChecks {
     checks: Vec<CheckResult>,
     /// The Bearer realm's host (role `auth`), with its dns/tcp/tls records.
     token_server: Option<TokenServerChecks>,
+    /// Where the credentials used came from.
+    source: Source,
+    /// The credential the registry accepted, for the runtime's own pull.
+    answered: Option<Offered>,
+    /// Refused while pullwatch held no credentials: the node may pull with credentials pullwatch
+    /// cannot see, so this is no verdict (it does not lower `registry_up`). The note says so.
+    unverified: Option<String>,
+}
+
+/// What one round found: the registry's report, and what the status and the runtime check need.
+pub(super) struct Round {
+    pub(super) report: Report,
+    /// "unverified: no credentials …" when no endpoint passed and one was refused without any.
+    pub(super) unverified: Option<String>,
+    /// The credential the registry last accepted for the canary.
+    pub(super) answered: Option<Offered>,
 }
 
 /// A token server's dns/tcp/tls records from the last manifest round.
@@ -127,29 +144,37 @@ impl Scheduler {
             let api = canary
                 .as_ref()
                 .filter(|_| force || started >= manifest.next);
-            let report = tokio::select! {
+            let round = tokio::select! {
                 _ = cancel.cancelled() => break,
-                report = self.round(&current.route, &slots, force, api, &mut api_checks, &heart) => report,
+                round = self.round(&current.route, &slots, force, api, &mut api_checks, &heart) => round,
             };
+            let Round {
+                report,
+                unverified,
+                answered,
+            } = round;
             connectivity.reschedule(started);
             if api.is_some() {
                 manifest.reschedule(started);
             }
-            let up = registry_up(&report);
+            let up = registry_up(&report) || unverified.is_some();
             log_transition(&report, was_up, up);
             if was_up == Some(false) && up && canary.is_some() {
                 // Back after an outage: the manifest's word is stale, ask it again soon.
                 manifest.next = manifest.next.min(Instant::now());
             }
             was_up = Some(up);
-            self.status.record(report, SystemTime::now());
+            let no_credentials = unverified.is_some();
+            self.status.record(report, unverified, SystemTime::now());
+            // Without credentials the runtime's pull would be refused as the manifest was: no verdict.
             if let (Some(timer), Some(canary), Some(runtime)) =
                 (runtime_check.as_mut(), &canary, &self.runtime)
                 && started >= timer.next
+                && !no_credentials
             {
                 let result = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    result = self.runtime_check(runtime, canary) => result,
+                    result = self.runtime_check(runtime, canary, answered.as_ref()) => result,
                 };
                 heart.beat();
                 self.metrics
@@ -181,15 +206,24 @@ impl Scheduler {
         api: Option<&ImageRef>,
         api_checks: &mut HashMap<String, ApiChecks>,
         heart: &Heart,
-    ) -> Report {
+    ) -> Round {
+        let request = match api {
+            Some(image) => Some(Arc::new(ManifestRequest {
+                image: image.clone(),
+                credentials: self.diagnoser.pull.credentials.lookup(image).await,
+            })),
+            None => None,
+        };
         let mut probes = JoinSet::new();
         for (index, (endpoint, slot)) in route.endpoints.iter().zip(slots).enumerate() {
             let this = Arc::clone(self);
             let endpoint = endpoint.clone();
             let slot = Arc::clone(slot);
-            let api = api.cloned();
+            let request = request.clone();
             probes.spawn(async move {
-                let (probe, api) = this.probe(&endpoint, &slot, force, api.as_ref()).await;
+                let (probe, api) = this
+                    .probe(&endpoint, &slot, force, request.as_deref())
+                    .await;
                 (index, endpoint, probe, api)
             });
         }
@@ -212,6 +246,13 @@ impl Scheduler {
                 }
                 Some(api) => {
                     rate_limit = api.rate_limit.clone().or(rate_limit);
+                    let unverified = (api.source == Source::None && api.refused_credentials())
+                        .then(|| unverified_note(request.as_deref().map(|r| &r.credentials)));
+                    let answered = api
+                        .manifest
+                        .is_some()
+                        .then(|| api.credential.clone())
+                        .flatten();
                     let token_server = api.token_server.map(|server| {
                         self.metrics.registries().record_endpoint(
                             &route.registry,
@@ -228,6 +269,9 @@ impl Scheduler {
                         ApiChecks {
                             checks: api.checks,
                             token_server,
+                            source: api.source,
+                            answered,
+                            unverified,
                         },
                     );
                 }
@@ -235,11 +279,16 @@ impl Scheduler {
             }
             let after = api_checks.get(&url);
             let after_checks = after.map(|l| l.checks.as_slice()).unwrap_or_default();
+            // An unverified refusal is shown, not exported as a failure: it is no verdict.
+            let exported = match after {
+                Some(l) if l.unverified.is_some() => &[],
+                _ => after_checks,
+            };
             self.metrics.registries().record_endpoint_with(
                 &route.registry,
                 &endpoint,
                 &probe,
-                after_checks,
+                exported,
             );
             endpoints.push(EndpointReport {
                 endpoint: url,
@@ -260,10 +309,48 @@ impl Scheduler {
         self.metrics
             .registries()
             .retain_endpoints(&route.registry, &urls);
+        // The route's endpoints in order, with what their last manifest round found.
+        let ours: Vec<&ApiChecks> = route
+            .endpoints
+            .iter()
+            .filter_map(|e| api_checks.get(&e.url()))
+            .collect();
+        let answered = ours.iter().find_map(|l| l.answered.clone());
+        // The source the deciding endpoint used: the one accepted, else the first that was asked.
+        if let Some(source) = ours
+            .iter()
+            .find(|l| l.answered.is_some())
+            .or(ours.first())
+            .map(|l| &l.source)
+        {
+            self.metrics
+                .registries()
+                .set_credentials(&route.registry, source.label());
+        }
         let report = conclude(String::new(), route.registry.clone(), endpoints);
-        self.metrics
-            .registries()
-            .set_registry_up(&route.registry, registry_up(&report));
-        report
+        let unverified = match registry_up(&report) {
+            true => None,
+            false => ours.iter().find_map(|l| l.unverified.clone()),
+        };
+        self.metrics.registries().set_registry_up(
+            &route.registry,
+            registry_up(&report) || unverified.is_some(),
+        );
+        Round {
+            report,
+            unverified,
+            answered,
+        }
+    }
+}
+
+/// What the status says of a refusal without credentials, and where pullwatch looked for some.
+fn unverified_note(credentials: Option<&ImageCredentials>) -> String {
+    match credentials.map(|c| c.looked_in.as_slice()) {
+        Some(places) if !places.is_empty() => format!(
+            "unverified: no credentials (looked in {})",
+            places.join(", ")
+        ),
+        _ => "unverified: no credentials (no credential source configured)".to_string(),
     }
 }

@@ -192,7 +192,7 @@ impl Evidence for AuthOutcome {
 }
 
 /// The auth check failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct AuthFailed {
     pub reason: Reason,
