@@ -199,7 +199,7 @@ impl Diagnoser {
         {
             self.pull.tokens.forget(authorization);
         }
-        api.checks.push(result);
+        api.checks.push(with_source(result, &api.source));
         api.rate_limit = match &manifest {
             Some(outcome) => outcome.rate_limit.clone(),
             None => failed_limit,
@@ -233,7 +233,8 @@ impl ApiProbe {
     }
 }
 
-/// The auth check's evidence names the credentials it used, as every report must.
+/// The auth and manifest checks' evidence names the credentials used, as every report must (and
+/// so does the summary and the Event drawn from it).
 fn with_source(mut result: CheckResult, source: &Source) -> CheckResult {
     result.detail = format!("{} (credentials: {source})", result.detail);
     result

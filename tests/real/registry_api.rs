@@ -571,7 +571,9 @@ fn bearer_tokens_come_from_the_token_server_as_an_endpoint_of_its_own() {
     );
     assert_eq!(
         text(&check(first, "auth")["detail"]),
-        format!("token for repository:team/app:pull from {realm} (user alice), expires in 5m")
+        format!(
+            "token for repository:team/app:pull from {realm} (user alice), expires in 5m (credentials: docker config {right})"
+        )
     );
     let manifest = text(&check(first, "manifest")["detail"]);
     assert!(
@@ -712,7 +714,9 @@ fn an_open_v2_still_follows_the_challenge_of_the_manifest() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(
         text(&check(report, "auth")["detail"]),
-        format!("token for repository:team/app:pull from {realm} (anonymous), expires in 5m")
+        format!(
+            "token for repository:team/app:pull from {realm} (anonymous), expires in 5m (credentials: anonymous)"
+        )
     );
     assert_eq!(report["endpoints"][1]["role"], "auth", "{report}");
     let asked = tokens.requests();
