@@ -1,0 +1,283 @@
+//! The kubelet's own credentials against a real private registry (htpasswd) and a real containerd
+//! holding an image pulled from it: without credentials the agent says "unverified", not "down";
+//! with the kubelet's config.json under --kubelet-root-dir the manifest and the runtime's own pull
+//! pass with them; wrong ones are a real failure. The password never leaves the process.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use testkit::agent::{Agent, sample, samples};
+use testkit::containerd::Containerd;
+use testkit::dns::DnsServer;
+use testkit::registry::Registry;
+
+const SETTLE: Duration = Duration::from_secs(30);
+const USER: &str = "puller";
+/// A canary: it must appear nowhere pullwatch writes.
+const PASSWORD: &str = "canary-Pa55-7f3e9b";
+
+/// A private registry, an image pushed there and pulled by containerd with the credentials the
+/// kubelet would have handed it.
+struct Node {
+    registry: Registry,
+    name: String,
+    containerd: Containerd,
+    dns: DnsServer,
+    kubelet_dir: tempfile::TempDir,
+}
+
+fn node() -> Node {
+    let registry = Registry::builder().htpasswd(USER, PASSWORD).start();
+    let pushed = registry.push_image("team/private", "1.0");
+    let name = format!("127.0.0.1:{}", registry.port());
+    let containerd = Containerd::start();
+    let socket = containerd
+        .socket()
+        .to_str()
+        .expect("UTF-8 path")
+        .to_string();
+    for reference in [
+        format!("{name}/team/private:1.0"),
+        format!("{name}/team/private@{}", pushed.digest),
+    ] {
+        testkit::run_tool(
+            "ctr",
+            &[
+                "--address",
+                &socket,
+                "--namespace",
+                "k8s.io",
+                "images",
+                "pull",
+                "--plain-http",
+                "--user",
+                &format!("{USER}:{PASSWORD}"),
+                &reference,
+            ],
+            None,
+            Duration::from_secs(60),
+        );
+    }
+    Node {
+        registry,
+        name,
+        containerd,
+        dns: DnsServer::builder().start(),
+        kubelet_dir: tempfile::tempdir().expect("kubelet root dir"),
+    }
+}
+
+impl Node {
+    /// The kubelet's own config.json with `password` for the registry.
+    fn kubelet_config(&self, password: &str) {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+        let config = json!({ "auths": { &self.name: { "auth": auth } } });
+        std::fs::write(
+            self.kubelet_dir.path().join("config.json"),
+            config.to_string(),
+        )
+        .expect("write config.json");
+    }
+
+    fn agent(&self) -> Agent {
+        Agent::start(
+            &[
+                "--resolv-conf",
+                self.dns.resolv_conf_str(),
+                "--timeout",
+                "2s",
+                "--runtime-endpoint",
+                &self.containerd.endpoint(),
+                "--insecure-registry",
+                &self.name,
+                "--kubelet-root-dir",
+                self.kubelet_dir.path().to_str().expect("UTF-8 path"),
+            ],
+            &[
+                "--interval",
+                "1s",
+                "--manifest-interval",
+                "1s",
+                "--runtime-check-interval",
+                "1s",
+            ],
+        )
+    }
+}
+
+fn registry_status<'a>(status: &'a Value, registry: &str) -> Option<&'a Value> {
+    status["registries"]
+        .as_array()?
+        .iter()
+        .find(|r| r["registry"] == registry)
+}
+
+/// Nothing pullwatch wrote holds the password, plain or base64 (with or without the user).
+fn assert_no_secret(agent: &Agent, metrics: &str, status: &str) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let forms = [
+        PASSWORD.to_string(),
+        b64(PASSWORD),
+        b64(&format!("{USER}:{PASSWORD}")),
+    ];
+    let stderr = agent.stderr();
+    for (what, text) in [
+        ("stderr", stderr.as_str()),
+        ("/metrics", metrics),
+        ("status", status),
+    ] {
+        for form in &forms {
+            assert!(
+                !text.contains(form.as_str()),
+                "{what} holds a secret ({form})"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_credentials_a_private_registry_is_unverified_not_down() {
+    let node = node();
+    let agent = node.agent();
+    let name = node.name.as_str();
+    let (metrics, _) =
+        agent.wait_metrics("the manifest checked without credentials", SETTLE, |m| {
+            sample(
+                m,
+                "pullwatch_registry_credentials",
+                &[("registry", name), ("source", "none")],
+            ) == Some(1.0)
+        });
+    // The connection works and the refusal is no verdict: up, and no failure exported.
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        samples(
+            &metrics,
+            "pullwatch_endpoint_failure_reason",
+            &[("registry", name)]
+        )
+        .is_empty(),
+        "{metrics}"
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    let ours = registry_status(&status, name).expect("the registry in the status");
+    let note = ours["unverified"].as_str().unwrap_or_default();
+    let looked = node.kubelet_dir.path().join("config.json");
+    assert!(
+        note.starts_with("unverified: no credentials (looked in ")
+            && note.contains(&looked.display().to_string()),
+        "{ours}"
+    );
+    // Without credentials the runtime's own pull would be refused just the same: not run.
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = agent.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "pullwatch_runtime_check_success",
+            &[("registry", name)]
+        )
+        .is_none(),
+        "{metrics}"
+    );
+    assert_no_secret(&agent, &metrics, &body);
+    drop(node.registry);
+}
+
+#[test]
+fn the_kubelets_config_json_verifies_the_manifest_and_the_runtimes_pull() {
+    let node = node();
+    node.kubelet_config(PASSWORD);
+    let agent = node.agent();
+    let name = node.name.as_str();
+    let (metrics, _) = agent.wait_metrics("the runtime check with credentials", SETTLE, |m| {
+        sample(m, "pullwatch_runtime_check_success", &[("registry", name)]).is_some()
+            && sample(
+                m,
+                "pullwatch_check_success",
+                &[("registry", name), ("check", "manifest")],
+            )
+            .is_some()
+    });
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_registry_credentials",
+            &[("registry", name), ("source", "docker_config")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_check_success",
+            &[("registry", name), ("check", "manifest")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The runtime pulled its canary with the credentials the registry accepted.
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_runtime_check_success",
+            &[("registry", name)]
+        ),
+        Some(1.0),
+        "{metrics}\ncontainerd log:\n{}",
+        node.containerd.log()
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    let ours = registry_status(&status, name).expect("the registry in the status");
+    assert!(ours.get("unverified").is_none(), "{ours}");
+    let manifest = ours["endpoints"][0]["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "manifest"))
+        .expect("a manifest check");
+    let config = node.kubelet_dir.path().join("config.json");
+    assert!(
+        manifest["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(&format!(
+                "(credentials: docker config {})",
+                config.display()
+            ))),
+        "{manifest}"
+    );
+    assert_no_secret(&agent, &metrics, &body);
+}
+
+#[test]
+fn wrong_credentials_are_a_real_failure() {
+    let node = node();
+    node.kubelet_config("not-the-password");
+    let agent = node.agent();
+    let name = node.name.as_str();
+    let (metrics, _) = agent.wait_metrics("the registry down with auth_failed", SETTLE, |m| {
+        sample(
+            m,
+            "pullwatch_endpoint_failure_reason",
+            &[("registry", name), ("reason", "auth_failed")],
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    let ours = registry_status(&status, name).expect("the registry in the status");
+    assert!(ours.get("unverified").is_none(), "{ours}");
+    assert_no_secret(&agent, &metrics, &body);
+    assert!(Path::new(&node.kubelet_dir.path().join("config.json")).exists());
+}
