@@ -43,7 +43,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in the order of `docs/reasons.md` (dashboards and tests iterate over it).
+    /// Every reason, grouped by the check that gives it (dashboards and tests iterate over it).
     pub const ALL: [Reason; 30] = [
         Reason::InvalidReference,
         Reason::DnsNxdomain,

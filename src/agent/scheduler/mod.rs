@@ -1,6 +1,6 @@
 //! When checks run: one task per watched registry, probing its route every `--interval` ±10 % with the
 //! first round spread out, auth + manifest every `--manifest-interval`, the runtime's pull of its
-//! canary every `--runtime-check-interval`; a cap on probes in slot; one endpoint never probed
+//! canary every `--runtime-check-interval`; a cap on probes in flight; one endpoint never probed
 //! twice at once (registries sharing a mirror share its fresh result); on-demand rounds, debounced.
 
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub struct Settings {
     pub runtime_check_interval: Option<Duration>,
     /// The longest a loop may go without progress before `/healthz` fails.
     pub max_quiet: Duration,
-    /// Probes (one endpoint's chain each) in slot at once, over all registries.
+    /// Probes (one endpoint's chain each) in flight at once, over all registries.
     pub max_in_flight: usize,
     /// Each registry's first round starts at a random point within this (at most `interval`).
     pub first_round_spread: Duration,
@@ -323,7 +323,7 @@ mod tests {
         fake_registry_counting(delay, Arc::default(), Arc::default()).await
     }
 
-    /// A [`fake_registry`] counting requests in slot in `now`, and the most in `most_at_once`,
+    /// A [`fake_registry`] counting requests in flight in `now`, and the most in `most_at_once`,
     /// which several servers may share.
     async fn fake_registry_counting(
         delay: Duration,

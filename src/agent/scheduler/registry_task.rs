@@ -16,7 +16,7 @@ use super::super::health::Heart;
 use super::{ManifestRequest, ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up};
 use crate::check::CheckResult;
 use crate::credentials::{ImageCredentials, Offered, Source};
-use crate::diagnose::conclude;
+use crate::diagnose::{ApiProbe, Probe, conclude};
 use crate::reference::ImageRef;
 use crate::report::{EndpointReport, Report, push_token_server};
 use crate::route::{Endpoint, Route};
@@ -43,6 +43,14 @@ pub(super) struct Round {
     pub(super) unverified: Option<String>,
     /// The credential the registry last accepted for the canary.
     pub(super) answered: Option<Offered>,
+}
+
+/// One endpoint's part of a round, with its place in the route.
+struct Probed {
+    index: usize,
+    endpoint: Endpoint,
+    probe: Arc<Probe>,
+    api: Option<ApiProbe>,
 }
 
 /// A token server's dns/tcp/tls records from the last manifest round.
@@ -224,7 +232,12 @@ impl Scheduler {
                 let (probe, api) = this
                     .probe(&endpoint, &slot, force, request.as_deref())
                     .await;
-                (index, endpoint, probe, api)
+                Probed {
+                    index,
+                    endpoint,
+                    probe,
+                    api,
+                }
             });
         }
         let mut done = Vec::with_capacity(route.endpoints.len());
@@ -235,10 +248,16 @@ impl Scheduler {
                 Err(error) => error!(registry = route.registry, %error, "probe task failed"),
             }
         }
-        done.sort_by_key(|(index, ..)| *index);
+        done.sort_by_key(|probed| probed.index);
         let mut endpoints: Vec<EndpointReport> = Vec::with_capacity(done.len());
         let mut rate_limit = None;
-        for (_, endpoint, probe, api) in done {
+        for Probed {
+            endpoint,
+            probe,
+            api,
+            ..
+        } in done
+        {
             let url = endpoint.url();
             match api {
                 _ if probe.http.is_none() => {
