@@ -475,11 +475,7 @@ fn by_name(shared: &Shared, resource: &str, namespace: &str, name: &str) -> Answ
     };
     match found {
         Some(object) => late(200, object.clone()),
-        None => fail(
-            404,
-            "NotFound",
-            format!("{resource} \"{name}\" not found"),
-        ),
+        None => fail(404, "NotFound", format!("{resource} \"{name}\" not found")),
     }
 }
 

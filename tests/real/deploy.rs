@@ -234,7 +234,9 @@ fn kustomize(resources: &[&str], components: &[&str]) -> Vec<Value> {
     // kustomize takes only relative paths: from the overlay up to `/`, then down to the repo.
     let up = "../".repeat(dir.path().components().count() - 1);
     let repo = repo();
-    let inside = repo.strip_prefix("/").expect("an absolute CARGO_MANIFEST_DIR");
+    let inside = repo
+        .strip_prefix("/")
+        .expect("an absolute CARGO_MANIFEST_DIR");
     let list = |paths: &[&str]| -> String {
         paths
             .iter()
@@ -291,10 +293,7 @@ fn pull_secrets_component_grants_get_on_secrets_and_service_accounts_only() {
     let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     for rule in role["rules"].as_sequence().unwrap() {
         assert_eq!(rule["apiGroups"][0], "", "core API group only");
-        assert!(
-            rule["resourceNames"].is_null(),
-            "any secret the pods name"
-        );
+        assert!(rule["resourceNames"].is_null(), "any secret the pods name");
     }
     // Bound to the base's service account.
     let account = document("deploy/rbac.yaml", "ServiceAccount");

@@ -16,6 +16,7 @@ mod deploy;
 mod diagnose_network;
 mod harness_smoke;
 mod kube_pods;
+mod pull_secrets;
 mod registry_api;
 mod runtime_client;
 mod runtime_route;

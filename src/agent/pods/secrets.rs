@@ -80,7 +80,9 @@ enum Problem {
     Transport(String),
     #[error("\"{0}\" is not a valid object name")]
     BadName(String),
-    #[error("type {found:?} is neither {DOCKER_CONFIG_JSON} nor {DOCKERCFG}; the kubelet ignores it")]
+    #[error(
+        "type {found:?} is neither {DOCKER_CONFIG_JSON} nor {DOCKERCFG}; the kubelet ignores it"
+    )]
     WrongType { found: String },
     #[error("type {kind} but no {key} key, or it is empty; the kubelet ignores it")]
     MissingKey {
@@ -131,7 +133,16 @@ pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Durati
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut read = Vec::new();
     for name in own {
-        read_one(&secrets, namespace, &name, Source::Pod, timeout, &mut read, &mut out).await;
+        read_one(
+            &secrets,
+            namespace,
+            &name,
+            Source::Pod,
+            timeout,
+            &mut read,
+            &mut out,
+        )
+        .await;
     }
 
     let account = service_account_name(pod);
@@ -151,7 +162,10 @@ pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Durati
                 let source = Source::ServiceAccount {
                     name: account.to_string(),
                 };
-                read_one(&secrets, namespace, &name, source, timeout, &mut read, &mut out).await;
+                read_one(
+                    &secrets, namespace, &name, source, timeout, &mut read, &mut out,
+                )
+                .await;
             }
         }
         Err(problem) => out.failures.push(SecretFailure {
@@ -418,10 +432,7 @@ mod tests {
             Case {
                 name: "too large",
                 kind: Some(DOCKER_CONFIG_JSON),
-                data: Some(data(
-                    ".dockerconfigjson",
-                    &vec![b' '; MAX_CONFIG_BYTES + 1],
-                )),
+                data: Some(data(".dockerconfigjson", &vec![b' '; MAX_CONFIG_BYTES + 1])),
                 want: Err(Problem::TooLarge {
                     key: ".dockerconfigjson",
                 }),
