@@ -326,3 +326,24 @@ async fn every_get_is_bounded_by_the_timeout() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_fake_api_server_flags_a_list_or_watch_of_secrets() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, ListParams, WatchParams};
+    let api = KubeApi::start(NODE);
+    let client = client(&api).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
+    assert!(secrets.list(&ListParams::default()).await.is_err());
+    assert!(secrets.watch(&WatchParams::default(), "0").await.is_err());
+    let everywhere: Api<Secret> = Api::all(client);
+    assert!(everywhere.list(&ListParams::default()).await.is_err());
+    let violations = api.violations();
+    assert_eq!(violations.len(), 3, "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .all(|v| v.starts_with("secrets may only be read by name")),
+        "{violations:?}"
+    );
+}
