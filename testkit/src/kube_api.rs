@@ -1,7 +1,6 @@
-//! A small fake Kubernetes API server on 127.0.0.1:0 for the pod watch: pod list and watch with
-//! real-shaped JSON (resourceVersion, BOOKMARK, 410 Gone, dropped connections), Event POST/PATCH
-//! recorded, Secret and ServiceAccount GETs by name; every pod request must carry
-//! `fieldSelector=spec.nodeName=<node>`, and a list or watch of secrets is a violation.
+//! A small fake Kubernetes API server on 127.0.0.1:0: pod list and watch as real (resourceVersion,
+//! BOOKMARK, 410 Gone, drops), Events recorded, Secrets and ServiceAccounts by name; a pod request
+//! without `fieldSelector=spec.nodeName=<node>`, or a list or watch of secrets, is a violation.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
