@@ -1,6 +1,6 @@
-//! A small fake Kubernetes API server on 127.0.0.1:0 for the pod watch: pod list and watch with
-//! real-shaped JSON (resourceVersion, BOOKMARK, 410 Gone, dropped connections), Event POST/PATCH
-//! recorded; every pod request must carry `fieldSelector=spec.nodeName=<node>` (else a violation).
+//! A small fake Kubernetes API server on 127.0.0.1:0: pod list and watch as real (resourceVersion,
+//! BOOKMARK, 410 Gone, drops), Events recorded, Secrets and ServiceAccounts by name; a pod request
+//! without `fieldSelector=spec.nodeName=<node>`, or a list or watch of secrets, is a violation.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -60,6 +60,13 @@ struct State {
     failing: bool,
     events: Vec<Value>,
     patches: Vec<(String, Value)>,
+    /// Served by name: (namespace, name) → object.
+    secrets: BTreeMap<(String, String), Value>,
+    service_accounts: BTreeMap<(String, String), Value>,
+    /// Secret or service account GETs answered 403, as RBAC without the pull-secrets component.
+    forbidden: Vec<(String, String, String)>,
+    /// Secret and service account GETs answer this late (for client timeouts).
+    delay: Duration,
     violations: Vec<String>,
     requests: Vec<Seen>,
     open_watches: usize,
@@ -172,6 +179,32 @@ impl KubeApi {
         self.shared.changed.notify_all();
     }
 
+    /// Adds or replaces a Secret (see [`secret`]), served by GET on its name.
+    pub fn add_secret(&self, secret: Value) {
+        let key = object_key(&secret);
+        self.shared.lock().secrets.insert(key, secret);
+    }
+
+    /// Adds or replaces a ServiceAccount (see [`service_account`]), served by GET on its name.
+    pub fn add_service_account(&self, account: Value) {
+        let key = object_key(&account);
+        self.shared.lock().service_accounts.insert(key, account);
+    }
+
+    /// GETs of `resource` (`secrets`, `serviceaccounts`) `namespace/name` get 403 Forbidden.
+    pub fn forbid(&self, resource: &str, namespace: &str, name: &str) {
+        self.shared.lock().forbidden.push((
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        ));
+    }
+
+    /// Secret and service account GETs are answered after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
+    }
+
     /// Event objects POSTed (events.k8s.io/v1), in order.
     pub fn events(&self) -> Vec<Value> {
         self.shared.lock().events.clone()
@@ -235,10 +268,15 @@ impl Shared {
 }
 
 fn pod_key(pod: &Value) -> (String, String) {
+    object_key(pod)
+}
+
+/// (namespace, name) of an object; panics naming what is missing.
+fn object_key(object: &Value) -> (String, String) {
     let field = |name: &str| {
-        pod["metadata"][name]
+        object["metadata"][name]
             .as_str()
-            .unwrap_or_else(|| panic!("pod without metadata.{name}: {pod}"))
+            .unwrap_or_else(|| panic!("object without metadata.{name}: {object}"))
             .to_string()
     };
     (field("namespace"), field("name"))
@@ -296,12 +334,17 @@ fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: 
         Answer::Json(status, body) => {
             let _ = exchange.respond(&Response::new(status).json(&body));
         }
+        Answer::Late(status, body, delay) => {
+            let _ = exchange.respond(&Response::new(status).json(&body).delay(delay));
+        }
         Answer::Watch(from) => watch(exchange, &request, from, shared),
     }
 }
 
 enum Answer {
     Json(u16, Value),
+    /// A JSON answer written after a delay.
+    Late(u16, Value, Duration),
     /// Stream watch events after this resourceVersion.
     Watch(u64),
 }
@@ -318,6 +361,25 @@ fn route(request: &Request, shared: &Shared) -> Answer {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v1", "pods"]) => pods(request, shared),
+        (
+            "GET",
+            [
+                "api",
+                "v1",
+                "namespaces",
+                namespace,
+                resource @ ("secrets" | "serviceaccounts"),
+                name,
+            ],
+        ) if request.param("watch").is_none() => by_name(shared, resource, namespace, name),
+        (_, ["api", "v1", "secrets"] | ["api", "v1", "namespaces", _, "secrets", ..]) => {
+            let why = format!(
+                "secrets may only be read by name: {} {}?{:?}",
+                request.method, request.path, request.query
+            );
+            shared.lock().violations.push(why.clone());
+            status(403, "Forbidden", &why)
+        }
         (
             "POST",
             [
@@ -370,10 +432,80 @@ fn route(request: &Request, shared: &Shared) -> Answer {
             status(
                 404,
                 "NotFound",
-                "the fake API server serves pods and events only",
+                "the fake API server serves pods, events, secrets and service accounts only",
             )
         }
     }
+}
+
+/// A Secret or ServiceAccount by name: the object, 403 if forbidden, else a 404 `Status` as the
+/// API server words it.
+fn by_name(shared: &Shared, resource: &str, namespace: &str, name: &str) -> Answer {
+    let state = shared.lock();
+    let delay = state.delay;
+    let key = (namespace.to_string(), name.to_string());
+    let late = |code: u16, body: Value| Answer::Late(code, body, delay);
+    let fail = |code: u16, reason: &str, message: String| {
+        late(
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": message, "reason": reason,
+                   "details": {"name": name, "kind": resource}, "code": code}),
+        )
+    };
+    if state
+        .forbidden
+        .iter()
+        .any(|(r, ns, n)| r == resource && ns == namespace && n == name)
+    {
+        return fail(
+            403,
+            "Forbidden",
+            format!(
+                "{resource} \"{name}\" is forbidden: User \"system:serviceaccount:pullwatch:pullwatch\" \
+                 cannot get resource \"{resource}\" in API group \"\" in the namespace \"{namespace}\""
+            ),
+        );
+    }
+    let found = if resource == "secrets" {
+        state.secrets.get(&key)
+    } else {
+        state.service_accounts.get(&key)
+    };
+    match found {
+        Some(object) => late(200, object.clone()),
+        None => fail(404, "NotFound", format!("{resource} \"{name}\" not found")),
+    }
+}
+
+/// A Secret as the API server returns it: `type` and each value of `data` base64-encoded.
+pub fn secret(namespace: &str, name: &str, kind: &str, data: &[(&str, &[u8])]) -> Value {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(key, value)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            (key.to_string(), json!(encoded))
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-secret-{name}"),
+                     "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "type": kind,
+        "data": data
+    })
+}
+
+/// A ServiceAccount naming `pull_secrets` in its `imagePullSecrets`.
+pub fn service_account(namespace: &str, name: &str, pull_secrets: &[&str]) -> Value {
+    let refs: Vec<Value> = pull_secrets.iter().map(|s| json!({"name": s})).collect();
+    json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-sa-{name}"),
+                     "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "imagePullSecrets": refs
+    })
 }
 
 /// A pod list or watch: only ever for this node.
@@ -621,6 +753,19 @@ impl PodBuilder {
         if running {
             self.pod["status"]["phase"] = json!("Running");
         }
+        self
+    }
+
+    /// Names these secrets in `spec.imagePullSecrets`, in order.
+    pub fn pull_secrets(mut self, names: &[&str]) -> Self {
+        let refs: Vec<Value> = names.iter().map(|s| json!({"name": s})).collect();
+        self.pod["spec"]["imagePullSecrets"] = Value::Array(refs);
+        self
+    }
+
+    /// Sets `spec.serviceAccountName`.
+    pub fn service_account(mut self, name: &str) -> Self {
+        self.pod["spec"]["serviceAccountName"] = json!(name);
         self
     }
 

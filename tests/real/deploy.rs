@@ -1,6 +1,7 @@
 //! `deploy/` keeps the documented promises: the alert rules pass real `promtool` unit tests,
-//! the DaemonSet sees the node as the runtime does, RBAC is minimal, and every metric the
-//! alerts and the dashboard use is one the agent exports.
+//! the DaemonSet sees the node as the runtime does, RBAC is minimal (secrets only through the
+//! opt-in component, `get` only), and every metric the alerts and the dashboard use is one the
+//! agent exports.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -174,32 +175,99 @@ fn daemonset_sees_the_node_like_the_runtime() {
     );
 }
 
-#[test]
-fn rbac_is_pods_read_and_events_write_only() {
-    let role = document("deploy/rbac.yaml", "ClusterRole");
+/// `resource:verb` for every rule of every Role and ClusterRole among `docs`.
+fn grants(docs: &[Value]) -> BTreeSet<String> {
     let mut grants = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
-        for resource in rule["resources"].as_sequence().unwrap() {
-            for verb in rule["verbs"].as_sequence().unwrap() {
-                grants.insert(format!(
-                    "{}:{}",
-                    resource.as_str().unwrap(),
-                    verb.as_str().unwrap()
-                ));
+    for role in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        for rule in role["rules"].as_sequence().expect("rules") {
+            for resource in rule["resources"].as_sequence().unwrap() {
+                for verb in rule["verbs"].as_sequence().unwrap() {
+                    grants.insert(format!(
+                        "{}:{}",
+                        resource.as_str().unwrap(),
+                        verb.as_str().unwrap()
+                    ));
+                }
             }
         }
     }
-    let want: BTreeSet<String> = [
-        "pods:get",
-        "pods:list",
-        "pods:watch",
-        "events:create",
-        "events:patch",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    assert_eq!(grants, want);
+    grants
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+const BASE_GRANTS: &[&str] = &[
+    "pods:get",
+    "pods:list",
+    "pods:watch",
+    "events:create",
+    "events:patch",
+];
+const PULL_SECRETS_GRANTS: &[&str] = &["secrets:get", "serviceaccounts:get"];
+
+#[test]
+fn rbac_is_pods_read_and_events_write_only() {
+    let docs = documents("deploy/rbac.yaml");
+    assert_eq!(
+        docs.iter().filter(|d| d["kind"] == "ClusterRole").count(),
+        1
+    );
+    let grants = grants(&docs);
+    assert_eq!(grants, set(BASE_GRANTS));
+    assert!(
+        !grants
+            .iter()
+            .any(|g| g.starts_with("secrets:") || g.starts_with("serviceaccounts:")),
+        "the base reads no secrets: {grants:?}"
+    );
+}
+
+#[test]
+fn pull_secrets_component_grants_get_on_secrets_and_service_accounts_only() {
+    const DIR: &str = "deploy/components/pull-secrets";
+    let kustomization = documents(&format!("{DIR}/kustomization.yaml")).remove(0);
+    assert_eq!(kustomization["kind"], "Component");
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(repo().join(DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    let docs: Vec<Value> = listed
+        .iter()
+        .flat_map(|file| documents(&format!("{DIR}/{file}")))
+        .collect();
+    assert_eq!(grants(&docs), set(PULL_SECRETS_GRANTS));
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    for rule in role["rules"].as_sequence().unwrap() {
+        assert_eq!(rule["apiGroups"][0], "", "core API group only");
+        assert!(rule["resourceNames"].is_null(), "any secret the pods name");
+    }
+    // Bound to the base's service account.
+    let account = document("deploy/rbac.yaml", "ServiceAccount");
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .expect("a binding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["namespace"],
+        account["metadata"]["namespace"]
+    );
 }
 
 #[test]

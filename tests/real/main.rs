@@ -17,6 +17,7 @@ mod diagnose_network;
 mod harness_smoke;
 mod kube_pods;
 mod node_credentials;
+mod pull_secrets;
 mod registry_api;
 mod runtime_client;
 mod runtime_route;

@@ -3,6 +3,7 @@
 
 mod events;
 pub mod failures;
+pub mod secrets;
 mod watch;
 
 use std::collections::HashMap;
