@@ -67,6 +67,14 @@ pub struct AgentFlags {
           action = clap::ArgAction::Set)]
     pub post_events: bool,
 
+    /// Read a failing pod's pull secrets (its imagePullSecrets, then its service account's) for
+    /// its diagnosis, as the kubelet uses them; needs `get` on secrets and serviceaccounts
+    /// (deploy/components/pull-secrets). Only GETs, only for a failing pod, never cached.
+    #[arg(long, env = "PULLWATCH_PULL_SECRETS", default_value_t = false,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub pull_secrets: bool,
+
     /// Unix socket of the agent's own gRPC API (Status, Diagnose); `diagnose --agent` connects to it.
     #[arg(
         long,
@@ -93,6 +101,7 @@ pub struct AgentConfig {
     /// `--kubernetes`, with `auto` already decided: `Off` outside a cluster, `Auto` inside one.
     pub kubernetes: KubernetesMode,
     pub post_events: bool,
+    pub pull_secrets: bool,
 }
 
 /// A flag value that parsed but cannot be used; the message names the flag.
@@ -204,6 +213,7 @@ impl AgentFlags {
                 mode => mode,
             },
             post_events: self.post_events,
+            pull_secrets: self.pull_secrets,
         })
     }
 }

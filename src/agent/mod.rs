@@ -224,6 +224,7 @@ impl Agent {
             client,
             node: config.node_name.clone(),
             post_events: config.post_events,
+            pull_secrets: config.pull_secrets,
             metrics: Arc::clone(&metrics),
             status: Arc::clone(&status),
             scheduler: Arc::clone(&scheduler),

@@ -17,6 +17,7 @@ mod diagnose_network;
 mod harness_smoke;
 mod kube_pods;
 mod node_credentials;
+mod pod_pull_secrets;
 mod pull_secrets;
 mod registry_api;
 mod runtime_client;

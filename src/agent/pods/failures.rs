@@ -145,22 +145,67 @@ pub fn registry_of(image: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A pod, as its identity is needed later (Events, labels).
+/// A pod, as its identity is needed later (Events, labels, its pull secrets).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodId {
     pub namespace: String,
     pub name: String,
     /// Kept for the Event's reference; never a label.
     pub uid: String,
+    /// The names its spec gives for pull credentials (read only with `--pull-secrets`).
+    pub pull_secrets: PullSecretNames,
+}
+
+/// A pod's `imagePullSecrets` and service account, by name: what the kubelet would read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PullSecretNames {
+    pub secrets: Vec<String>,
+    pub service_account: Option<String>,
 }
 
 impl PodId {
     pub fn of(pod: &Pod) -> Option<PodId> {
+        let spec = pod.spec.as_ref();
         Some(PodId {
             namespace: pod.metadata.namespace.clone()?,
             name: pod.metadata.name.clone()?,
             uid: pod.metadata.uid.clone()?,
+            pull_secrets: PullSecretNames {
+                secrets: spec
+                    .and_then(|s| s.image_pull_secrets.as_ref())
+                    .map(|refs| refs.iter().map(|r| r.name.clone()).collect())
+                    .unwrap_or_default(),
+                service_account: spec.and_then(|s| {
+                    s.service_account_name
+                        .clone()
+                        .or_else(|| s.service_account.clone())
+                }),
+            },
         })
+    }
+
+    /// The pod as far as reading its pull secrets needs it.
+    pub fn secrets_pod(&self) -> Pod {
+        use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec};
+        Pod {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some(self.namespace.clone()),
+                name: Some(self.name.clone()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                image_pull_secrets: Some(
+                    self.pull_secrets
+                        .secrets
+                        .iter()
+                        .map(|name| LocalObjectReference { name: name.clone() })
+                        .collect(),
+                ),
+                service_account_name: self.pull_secrets.service_account.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 }
 

@@ -24,8 +24,9 @@ use crate::agent::health::Liveness;
 use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels};
 use crate::agent::scheduler::Scheduler;
 use crate::agent::status::{PodFailure, StatusBoard};
-use crate::credentials::ImageCredentials;
+use crate::credentials::{ImageCredentials, Offered, Source, SourceFailure};
 use crate::reason::Reason;
+use crate::reference::ImageRef;
 use crate::report::Report;
 
 /// `--kubernetes`: whether to watch this node's pods.
@@ -83,6 +84,8 @@ const DIAGNOSIS_TTL: Duration = Duration::from_secs(60);
 /// [`MAX_QUIET`] is stuck.
 const BEAT: Duration = Duration::from_secs(5);
 const MAX_QUIET: Duration = Duration::from_secs(60);
+/// One GET of a pull secret or service account that takes longer is a failed source.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(5);
 /// An Event POST that takes longer is abandoned (and retried with the image's next diagnosis).
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,6 +99,8 @@ pub struct PodWatch {
     pub client: kube::Client,
     pub node: String,
     pub post_events: bool,
+    /// `--pull-secrets`: read a failing pod's pull secrets for its diagnosis.
+    pub pull_secrets: bool,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusBoard>,
     pub scheduler: Arc<Scheduler>,
@@ -112,7 +117,8 @@ struct ContainerKey {
 /// This node's diagnosis of an image, and when it started (a diagnosis started before a failure's
 /// reason changed says nothing about it).
 struct Diagnosis {
-    image: String,
+    /// The image, and with `--pull-secrets` the pod's secrets: see [`PodWatch::diagnosis_key`].
+    key: String,
     started: SystemTime,
     report: Arc<Report>,
 }
@@ -127,9 +133,9 @@ struct Posted {
 /// What the loop does about the failures the tracker holds besides their series: the diagnoses of
 /// their images, and their Events.
 struct FollowUps {
-    /// Each image's last diagnosis.
+    /// Each image's last diagnosis (per set of pull secrets, with `--pull-secrets`).
     diagnosed: HashMap<String, Diagnosis>,
-    /// Diagnoses running, and the image of each.
+    /// Diagnoses running, and the key of each.
     diagnoses: JoinSet<Diagnosis>,
     running: HashMap<tokio::task::Id, String>,
     permits: Arc<Semaphore>,
@@ -201,18 +207,18 @@ impl PodWatch {
                             done
                         }
                         Err(error) => {
-                            let image = follow_ups.running.remove(&error.id());
-                            warn!(image, %error, "a pod image diagnosis failed");
+                            let key = follow_ups.running.remove(&error.id());
+                            warn!(key, %error, "a pod image diagnosis failed");
                             continue;
                         }
                     };
-                    let image = diagnosis.image.clone();
-                    debug!(image, reason = diagnosis.report.reason.map(Reason::as_str), "pod image diagnosed");
-                    follow_ups.diagnosed.insert(image.clone(), diagnosis);
+                    let key = diagnosis.key.clone();
+                    debug!(key, reason = diagnosis.report.reason.map(Reason::as_str), "pod image diagnosed");
+                    follow_ups.diagnosed.insert(key.clone(), diagnosis);
                     let waiting: Vec<ContainerRef> = tracker
                         .failures()
                         .into_iter()
-                        .filter(|f| f.failure.image == image)
+                        .filter(|f| self.diagnosis_key(f.pod, &f.failure.image) == key)
                         .map(|f| ContainerRef {
                             pod: f.pod.clone(),
                             container: f.container.to_string(),
@@ -289,8 +295,11 @@ impl PodWatch {
         follow_ups
             .posted
             .retain(|key, _| tracker.get(&key.uid, &key.container).is_some());
-        follow_ups.diagnosed.retain(|image, diagnosis| {
-            young(diagnosis.started) || failures.iter().any(|f| &f.failure.image == image)
+        follow_ups.diagnosed.retain(|key, diagnosis| {
+            young(diagnosis.started)
+                || failures
+                    .iter()
+                    .any(|f| self.diagnosis_key(f.pod, &f.failure.image) == *key)
         });
         let status = failures
             .iter()
@@ -301,7 +310,7 @@ impl PodWatch {
                 failure: Failure::clone(f.failure),
                 diagnosis: follow_ups
                     .diagnosed
-                    .get(&f.failure.image)
+                    .get(&self.diagnosis_key(f.pod, &f.failure.image))
                     .map(|diagnosis| Report::clone(&diagnosis.report)),
             })
             .collect();
@@ -320,35 +329,54 @@ impl PodWatch {
         let Some((_, failure)) = tracker.get(&pod.uid, container) else {
             return;
         };
+        let key = self.diagnosis_key(pod, &failure.image);
         let fresh = follow_ups
             .diagnosed
-            .get(&failure.image)
+            .get(&key)
             .is_some_and(|d| d.started >= failure.reason_since && young(d.started));
         if fresh {
             self.post_if_new(tracker, follow_ups, &pod.uid, container);
-        } else if !follow_ups.running.values().any(|i| *i == failure.image) {
+        } else if !follow_ups.running.values().any(|k| *k == key) {
             let image = failure.image.clone();
             let scheduler = Arc::clone(&self.scheduler);
             let permits = Arc::clone(&follow_ups.permits);
+            // Only the failing pod's own secrets, only now, and dropped with the diagnosis.
+            let secrets = self
+                .pull_secrets
+                .then(|| (self.client.clone(), pod.secrets_pod()));
             // The registry's own round too, so its metrics tell at once whether all is down.
             self.scheduler.check_now(&failure.registry);
+            let task_key = key.clone();
             let task = follow_ups.diagnoses.spawn(async move {
                 // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
                 let _permit = permits.acquire_owned().await.ok();
                 let started = SystemTime::now();
-                let report = Arc::new(
-                    scheduler
-                        .diagnose_image(&image, ImageCredentials::default())
-                        .await,
-                );
+                let pod_credentials = match secrets {
+                    Some((client, pod)) => pod_credentials(&client, &pod, &image).await,
+                    None => ImageCredentials::default(),
+                };
+                let report = Arc::new(scheduler.diagnose_image(&image, pod_credentials).await);
                 Diagnosis {
-                    image,
+                    key: task_key,
                     started,
                     report,
                 }
             });
-            follow_ups.running.insert(task.id(), failure.image.clone());
+            follow_ups.running.insert(task.id(), key);
         }
+    }
+
+    /// What a diagnosis is for: the image, and with `--pull-secrets` the pod's secret names too
+    /// (two pods with one image but other secrets may get other verdicts).
+    fn diagnosis_key(&self, pod: &PodId, image: &str) -> String {
+        if !self.pull_secrets {
+            return image.to_string();
+        }
+        let names = &pod.pull_secrets;
+        format!(
+            "{image} with {}/{:?} (service account {:?})",
+            pod.namespace, names.secrets, names.service_account
+        )
     }
 
     /// Posts the container's Event unless one was posted for its current reason.
@@ -367,7 +395,7 @@ impl PodWatch {
         };
         let Some(Diagnosis { report, .. }) = follow_ups
             .diagnosed
-            .get(&failure.image)
+            .get(&self.diagnosis_key(pod, &failure.image))
             .filter(|d| d.started >= failure.reason_since)
         else {
             return;
@@ -414,6 +442,52 @@ impl PodWatch {
                 result,
             }
         });
+    }
+}
+
+/// The pull secrets of a failing pod as credentials for `image`: the pod's own first, then its
+/// service account's; a secret that cannot be read or used is a failed source, named.
+async fn pod_credentials(
+    client: &kube::Client,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    image: &str,
+) -> ImageCredentials {
+    let read = secrets::read_pull_secrets(client, pod, SECRET_TIMEOUT).await;
+    let Ok(image) = ImageRef::parse(image) else {
+        return ImageCredentials::default();
+    };
+    let name = |secret: &str, from: &secrets::Source| match from {
+        secrets::Source::Pod => secret.to_string(),
+        secrets::Source::ServiceAccount { name } => format!("{secret} (of service account {name})"),
+    };
+    let offered = read
+        .keyrings
+        .iter()
+        .filter_map(|found| {
+            let credential = found.keyring.lookup(image.registry(), image.repository())?;
+            Some(Offered {
+                credential: credential.clone(),
+                source: Source::PullSecret(name(&found.secret, &found.source)),
+            })
+        })
+        .collect();
+    let failures = read
+        .failures
+        .iter()
+        .map(|failed| SourceFailure {
+            source: Source::PullSecret(name(&failed.secret, &failed.source)),
+            message: failed.message.clone(),
+        })
+        .collect();
+    let looked_in = read
+        .keyrings
+        .iter()
+        .map(|found| format!("pull secret {}", found.secret))
+        .collect();
+    ImageCredentials {
+        offered,
+        failures,
+        looked_in,
     }
 }
 
