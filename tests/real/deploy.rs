@@ -303,3 +303,69 @@ fn kustomization_lists_every_manifest() {
         }
     }
 }
+
+/// The flags the `agent` command accepts, from the binary's own help.
+fn agent_flags() -> BTreeSet<String> {
+    let help = testkit::cli::Pullwatch::new()
+        .args(["agent", "--help"])
+        .run();
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+    help.stdout
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == '=' || c == '<')
+        .filter(|word| word.starts_with("--"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every optional component patches only the pullwatch DaemonSet, mounts host paths read-only
+/// with a type that never creates anything on a node (`Directory` or `File`), and adds only
+/// flags the agent has.
+#[test]
+fn components_never_create_host_paths_and_use_real_flags() {
+    let flags = agent_flags();
+    let dir = repo().join("deploy/components");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/components") {
+        let name = entry
+            .expect("an entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let path = format!("deploy/components/{name}/kustomization.yaml");
+        let component = documents(&path).remove(0);
+        assert_eq!(component["kind"], "Component", "{path}");
+        for patch in component["patches"].as_sequence().into_iter().flatten() {
+            assert_eq!(patch["target"]["kind"], "DaemonSet", "{path}");
+            assert_eq!(patch["target"]["name"], "pullwatch", "{path}");
+            let ops: Vec<Value> = serde_norway::from_str(patch["patch"].as_str().expect("inline"))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            for op in &ops {
+                let value = &op["value"];
+                if let Some(kind) = value["hostPath"]["type"].as_str() {
+                    assert!(
+                        matches!(kind, "Directory" | "File"),
+                        "{path}: hostPath type {kind}"
+                    );
+                } else {
+                    assert!(
+                        value["hostPath"].is_null(),
+                        "{path}: a hostPath without a type"
+                    );
+                }
+                if value["mountPath"].is_string() {
+                    assert_eq!(value["readOnly"], true, "{path}: {value:?}");
+                }
+                if op["path"].as_str().is_some_and(|p| p.ends_with("/args/-")) {
+                    let arg = value.as_str().expect("an arg");
+                    let flag = arg.split('=').next().unwrap_or(arg);
+                    assert!(flags.contains(flag), "{path}: {flag} is not an agent flag");
+                }
+            }
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= 3,
+        "pull-secrets, credential-provider, kubelet-docker-config"
+    );
+}
