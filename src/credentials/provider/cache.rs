@@ -91,15 +91,12 @@ impl Cache {
         if ttl.is_zero() {
             return;
         }
-        let Some(expires) = now.checked_add(ttl) else {
-            // Beyond what the clock can hold: keep it as long as we can say.
-            return self.put(
-                kind,
-                image,
-                credentials,
-                Duration::from_secs(u32::MAX.into()),
-                now,
-            );
+        // Beyond what the clock can hold: as long as it can say (else not kept).
+        let Some(expires) = now
+            .checked_add(ttl)
+            .or_else(|| now.checked_add(Duration::from_secs(u32::MAX.into())))
+        else {
+            return;
         };
         let key = key(kind, image);
         if !self.entries.contains_key(&key) && self.entries.len() >= MAX_ENTRIES {
@@ -198,6 +195,17 @@ mod tests {
             now,
         );
         assert!(cache.get("r.io/a", now).is_none());
+        cache.put(
+            CacheKeyType::Image,
+            "r.io/long",
+            credential("l"),
+            Duration::MAX,
+            now,
+        );
+        assert!(
+            cache.get("r.io/long", now).is_some(),
+            "a duration past the clock's end"
+        );
 
         cache.put(
             CacheKeyType::Image,
