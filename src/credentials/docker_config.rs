@@ -107,6 +107,43 @@ impl Keyring {
         })
     }
 
+    /// A keyring from credentials already split into username and password (a credential
+    /// provider's `auth` map, each `key` the map's key), in the given order: for equal keys that
+    /// order stays, as in the kubelet's merged keyring. Keys that cannot be indexed are skipped.
+    pub fn from_auths(origin: &str, credentials: impl IntoIterator<Item = Credential>) -> Self {
+        let mut entries: Vec<(Pattern, Credential)> = credentials
+            .into_iter()
+            .filter_map(|credential| Some((Pattern::parse(&credential.key)?, credential)))
+            .collect();
+        entries.sort_by(|a, b| b.0.key.cmp(&a.0.key));
+        Keyring {
+            origin: origin.to_string(),
+            entries,
+        }
+    }
+
+    /// Every credential the kubelet would try, in turn, for `registry/repository`: all matching
+    /// keys in [`Keyring::lookup`]'s order, else every Docker Hub default key for docker.io images.
+    pub fn lookup_all(&self, registry: &str, repository: &str) -> Vec<&Credential> {
+        let Some(target) = Pattern::parse(&format!("{registry}/{repository}")) else {
+            return Vec::new();
+        };
+        let matched: Vec<&Credential> = self
+            .entries
+            .iter()
+            .filter(|(pattern, _)| pattern.matches(&target))
+            .map(|(_, credential)| credential)
+            .collect();
+        if !matched.is_empty() || (registry != DOCKER_HUB && registry != DEFAULT_REGISTRY_KEY) {
+            return matched;
+        }
+        self.entries
+            .iter()
+            .filter(|(pattern, _)| pattern.key == DEFAULT_REGISTRY_KEY)
+            .map(|(_, credential)| credential)
+            .collect()
+    }
+
     /// Where the credentials came from (`--docker-config FILE`, `secret ns/name`).
     pub fn origin(&self) -> &str {
         &self.origin
@@ -511,6 +548,40 @@ mod tests {
         assert!(
             missing.contains("/nonexistent/config.json: cannot read"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn from_auths_keeps_every_match_in_the_kubelets_order() {
+        let credential = |key: &str, user: &str| Credential {
+            username: user.into(),
+            password: Secret::new("pw"),
+            key: key.into(),
+        };
+        let ring = Keyring::from_auths(
+            "credential providers",
+            [
+                credential("reg.io", "first"),
+                credential("reg.io/team", "specific"),
+                credential("https://reg.io", "second"),
+                credential("other.io", "other"),
+                credential("index.docker.io", "hub"),
+            ],
+        );
+        let users = |registry, repository| -> Vec<String> {
+            ring.lookup_all(registry, repository)
+                .into_iter()
+                .map(|c| c.username.clone())
+                .collect()
+        };
+        assert_eq!(users("reg.io", "team/app"), ["specific", "first", "second"]);
+        assert_eq!(users("reg.io", "else/app"), ["first", "second"]);
+        assert_eq!(users("docker.io", "library/nginx"), ["hub"]);
+        assert!(users("ghcr.io", "x/y").is_empty());
+        assert_eq!(
+            ring.lookup("reg.io", "team/app")
+                .map(|c| c.username.as_str()),
+            Some("specific")
         );
     }
 

@@ -2,6 +2,7 @@
 //! [`Secret`]: no `Display`, a redacting `Debug`; nothing here ever prints a value.
 
 mod docker_config;
+pub mod provider;
 
 use std::path::{Path, PathBuf};
 

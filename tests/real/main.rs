@@ -12,6 +12,7 @@ mod agent_metrics;
 mod agent_prometheus;
 mod agent_runtime;
 mod containerd_errors;
+mod credential_provider;
 mod deploy;
 mod diagnose_network;
 mod harness_smoke;
