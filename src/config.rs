@@ -9,11 +9,16 @@ use clap::{Args, ValueEnum};
 use crate::check::auth::TokenCache;
 use crate::check::dns::DnsResolver;
 use crate::credentials::NodeCredentials;
+use crate::credentials::provider::Providers;
 use crate::diagnose::{Diagnoser, PullSettings};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
 use crate::route::{RouteConfig, split_host_port};
 use crate::trust::Trust;
+
+/// A credential provider's plugins may take this many check timeouts for one image (they call
+/// a cloud API; the kubelet allows a minute).
+const PROVIDER_TIMEOUTS: u32 = 4;
 
 /// Flags shared by `agent` and `diagnose` (`docs/flags.md`, "Global flags"); crictl's names where it has one.
 #[derive(Args, Debug, Clone)]
@@ -55,6 +60,27 @@ pub struct CommonFlags {
         value_delimiter = ','
     )]
     pub docker_config: Vec<PathBuf>,
+
+    /// The kubelet's image credential provider config (`CredentialProviderConfig`, YAML or JSON,
+    /// a file or a directory of them): its plugins are run for credentials as the kubelet runs them.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        value_name = "FILE",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    pub image_credential_provider_config: Option<PathBuf>,
+
+    /// Where the credential provider plugins are (only executables named in the config run).
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        value_name = "DIR",
+        requires = "image_credential_provider_config"
+    )]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
 
     /// The kubelet's root directory (its --root-dir), where it keeps its own docker config.
     #[arg(
@@ -165,8 +191,17 @@ impl CommonFlags {
         }
         let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError(e.to_string()))?;
-        let credentials = NodeCredentials::load(&self.docker_config, &self.kubelet_root_dir)
+        let mut credentials = NodeCredentials::load(&self.docker_config, &self.kubelet_root_dir)
             .map_err(|e| ConfigError(e.to_string()))?;
+        if let (Some(config), Some(bin_dir)) = (
+            &self.image_credential_provider_config,
+            &self.image_credential_provider_bin_dir,
+        ) {
+            let providers =
+                Providers::load(config, bin_dir).map_err(|e| ConfigError(e.to_string()))?;
+            credentials =
+                credentials.with_providers(providers, config, self.timeout * PROVIDER_TIMEOUTS);
+        }
         Ok(Diagnoser {
             resolver,
             trust,

@@ -5,10 +5,13 @@ mod docker_config;
 pub mod provider;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::reference::ImageRef;
 
 pub use self::docker_config::{CredentialsError, Keyring};
+use self::provider::Providers;
 
 /// A password, `auth` value or token: readable only through [`Secret::expose`], never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -127,10 +130,14 @@ impl ImageCredentials {
     }
 }
 
-/// The node's own credential sources, read once at start-up: docker config files
-/// (`--docker-config`, else the kubelet's `config.json` / `.dockercfg` under its root dir).
+/// The node's own credential sources, read once at start-up, in the kubelet's order: its image
+/// credential provider plugins, then docker config files (`--docker-config`, else the kubelet's
+/// `config.json` / `.dockercfg` under its root dir).
 #[derive(Clone, Debug, Default)]
 pub struct NodeCredentials {
+    providers: Option<Arc<Providers>>,
+    /// How long all the providers' plugins may take for one image.
+    provider_timeout: Duration,
     docker_configs: Vec<(PathBuf, Keyring)>,
     /// The files looked for, present or not (an absent kubelet config is normal, not a warning).
     looked_in: Vec<String>,
@@ -170,33 +177,55 @@ impl NodeCredentials {
         Ok(NodeCredentials {
             docker_configs: loaded,
             looked_in,
+            ..NodeCredentials::default()
         })
     }
 
-    /// Credentials from one docker config (tests, and a single `--docker-config`).
-    pub fn from_keyring(path: PathBuf, keyring: Keyring) -> Self {
-        NodeCredentials {
-            looked_in: vec![path.display().to_string()],
-            docker_configs: vec![(path, keyring)],
-        }
+    /// Adds the kubelet's credential provider plugins, asked before the docker configs; their
+    /// plugins may take `timeout` in all for one image.
+    pub fn with_providers(
+        mut self,
+        providers: Providers,
+        config: &Path,
+        timeout: Duration,
+    ) -> Self {
+        self.looked_in.insert(
+            0,
+            format!("credential provider config {}", config.display()),
+        );
+        self.providers = Some(Arc::new(providers));
+        self.provider_timeout = timeout;
+        self
     }
 
-    /// What the node's sources hold for `image`, in the kubelet's order.
+    /// What the node's sources hold for `image`, in the kubelet's order: every credential each
+    /// source has for it (the kubelet tries them all in turn), providers first.
     pub async fn lookup(&self, image: &ImageRef) -> ImageCredentials {
-        let offered = self
-            .docker_configs
-            .iter()
-            .filter_map(|(path, keyring)| {
-                let found = keyring.lookup(image.registry(), image.repository());
-                found.map(|credential| Offered {
-                    credential: credential.clone(),
-                    source: Source::DockerConfig(path.clone()),
-                })
-            })
-            .collect();
+        let mut offered = Vec::new();
+        let mut failures = Vec::new();
+        if let Some(providers) = &self.providers {
+            let answer = providers
+                .lookup(&image.to_string(), self.provider_timeout)
+                .await;
+            offered.extend(answer.found.into_iter().map(|found| Offered {
+                credential: found.credential,
+                source: Source::CredentialProvider(found.provider),
+            }));
+            failures.extend(answer.failures.into_iter().map(|failed| SourceFailure {
+                source: Source::CredentialProvider(failed.provider),
+                message: failed.message,
+            }));
+        }
+        for (path, keyring) in &self.docker_configs {
+            let found = keyring.lookup_all(image.registry(), image.repository());
+            offered.extend(found.into_iter().map(|credential| Offered {
+                credential: credential.clone(),
+                source: Source::DockerConfig(path.clone()),
+            }));
+        }
         ImageCredentials {
             offered,
-            failures: Vec::new(),
+            failures,
             looked_in: self.looked_in.clone(),
         }
     }

@@ -509,3 +509,40 @@ async fn credential_provider_removed_after_load_fails_at_lookup() {
     );
     assert_eq!(providers.runs(), 0);
 }
+
+/// A config the kubelet would refuse is refused by the binary with one line naming the file and
+/// the field: exit 2 for `diagnose` (a usage error), 64 for the agent (bad config).
+#[test]
+fn a_bad_config_is_one_line_and_the_documented_exit_code() {
+    let node = Node::new();
+    node.config("  - name: ecr-login\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    matchImages: [\"*.dkr.ecr.*.amazonaws.com\"]\n");
+    let config = node.config_path().display().to_string();
+    let bin = node.bin().display().to_string();
+    let flags = [
+        "--image-credential-provider-config".to_string(),
+        config.clone(),
+        "--image-credential-provider-bin-dir".to_string(),
+        bin,
+    ];
+    let want = format!(
+        "--image-credential-provider-config {config}: providers[0].defaultCacheDuration: required"
+    );
+    let diagnose = testkit::cli::Pullwatch::new()
+        .args(flags.iter().cloned())
+        .args(["diagnose", "nginx"])
+        .run();
+    assert_eq!(diagnose.code, Some(2), "{}", diagnose.stderr);
+    assert_eq!(
+        diagnose.stderr.trim().lines().count(),
+        1,
+        "{}",
+        diagnose.stderr
+    );
+    assert!(diagnose.stderr.contains(&want), "{}", diagnose.stderr);
+    let agent = testkit::cli::Pullwatch::new()
+        .args(flags.iter().cloned())
+        .args(["agent", "--kubernetes", "off", "--listen", "127.0.0.1:0"])
+        .run();
+    assert_eq!(agent.code, Some(64), "{}", agent.stderr);
+    assert!(agent.stderr.contains(&want), "{}", agent.stderr);
+}

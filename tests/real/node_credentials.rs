@@ -81,20 +81,79 @@ impl Node {
         .expect("write config.json");
     }
 
+    /// A credential provider plugin `ecr-login` (a shell script) answering with `password` for the
+    /// registry, cached for an hour by registry; each run appends a line to `runs`.
+    fn provider(&self, password: &str) -> Vec<String> {
+        let response = json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderResponse",
+            "cacheKeyType": "Registry",
+            "cacheDuration": "1h",
+            "auth": { &self.name: { "username": USER, "password": password } }
+        });
+        self.plugin(&format!("echo '{response}'"))
+    }
+
+    /// The plugin `ecr-login` running `body` after reading its request and counting the run.
+    fn plugin(&self, body: &str) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.kubelet_dir.path();
+        let bin = dir.join("plugins");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        let runs = dir.join("runs");
+        let plugin = bin.join("ecr-login");
+        std::fs::write(
+            &plugin,
+            format!(
+                "#!/bin/sh\ncat >/dev/null\necho run >> {}\n{body}\n",
+                runs.display()
+            ),
+        )
+        .expect("write plugin");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let config = dir.join("credential-provider.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: ecr-login\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    matchImages: [\"{}\"]\n    defaultCacheDuration: 10m\n",
+                self.name
+            ),
+        )
+        .expect("write config");
+        vec![
+            format!("--image-credential-provider-config={}", config.display()),
+            format!("--image-credential-provider-bin-dir={}", bin.display()),
+        ]
+    }
+
+    /// How many times the plugin ran.
+    fn provider_runs(&self) -> usize {
+        std::fs::read_to_string(self.kubelet_dir.path().join("runs"))
+            .map(|text| text.lines().count())
+            .unwrap_or_default()
+    }
+
     fn agent(&self) -> Agent {
+        self.agent_with(&[])
+    }
+
+    fn agent_with(&self, extra: &[String]) -> Agent {
+        let endpoint = self.containerd.endpoint();
+        let mut global: Vec<&str> = vec![
+            "--resolv-conf",
+            self.dns.resolv_conf_str(),
+            "--timeout",
+            "2s",
+            "--runtime-endpoint",
+            &endpoint,
+            "--insecure-registry",
+            &self.name,
+            "--kubelet-root-dir",
+            self.kubelet_dir.path().to_str().expect("UTF-8 path"),
+        ];
+        global.extend(extra.iter().map(String::as_str));
         Agent::start(
-            &[
-                "--resolv-conf",
-                self.dns.resolv_conf_str(),
-                "--timeout",
-                "2s",
-                "--runtime-endpoint",
-                &self.containerd.endpoint(),
-                "--insecure-registry",
-                &self.name,
-                "--kubelet-root-dir",
-                self.kubelet_dir.path().to_str().expect("UTF-8 path"),
-            ],
+            &global,
             &[
                 "--interval",
                 "1s",
@@ -280,4 +339,77 @@ fn wrong_credentials_are_a_real_failure() {
     assert!(ours.get("unverified").is_none(), "{ours}");
     assert_no_secret(&agent, &metrics, &body);
     assert!(Path::new(&node.kubelet_dir.path().join("config.json")).exists());
+}
+
+#[test]
+fn a_credential_provider_verifies_the_registry_and_runs_once_per_cache_period() {
+    let node = node();
+    let flags = node.provider(PASSWORD);
+    let agent = node.agent_with(&flags);
+    let name = node.name.as_str();
+    let (metrics, _) = agent.wait_metrics(
+        "the runtime check with the provider's credentials",
+        SETTLE,
+        |m| sample(m, "pullwatch_runtime_check_success", &[("registry", name)]).is_some(),
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_registry_credentials",
+            &[("registry", name), ("source", "credential_provider")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "pullwatch_runtime_check_success",
+            &[("registry", name)]
+        ),
+        Some(1.0),
+        "{metrics}\ncontainerd log:\n{}",
+        node.containerd.log()
+    );
+    // Manifest rounds every second; the answer is cached for an hour by registry.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        node.provider_runs(),
+        1,
+        "the plugin ran again within its cache period"
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    assert!(
+        body.contains("(credentials: credential provider ecr-login)"),
+        "{body}"
+    );
+    assert_no_secret(&agent, &agent.metrics(), &body);
+}
+
+#[test]
+fn a_failing_provider_is_credentials_unavailable_with_its_stderr() {
+    let node = node();
+    let flags =
+        node.plugin("echo 'AccessDeniedException: no ecr:GetAuthorizationToken' >&2\nexit 1");
+    let agent = node.agent_with(&flags);
+    let name = node.name.as_str();
+    let (metrics, _) = agent.wait_metrics("credentials_unavailable", SETTLE, |m| {
+        sample(
+            m,
+            "pullwatch_endpoint_failure_reason",
+            &[("registry", name), ("reason", "credentials_unavailable")],
+        ) == Some(1.0)
+    });
+    // A source the kubelet uses is broken: the node cannot pull either; a real failure.
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    assert!(
+        body.contains("credential provider ecr-login failed")
+            && body.contains("AccessDeniedException"),
+        "{body}"
+    );
 }
