@@ -233,10 +233,14 @@ impl ApiProbe {
     }
 }
 
-/// The auth and manifest checks' evidence names the credentials used, as every report must (and
-/// so does the summary and the Event drawn from it).
+/// The auth and manifest checks' evidence names the credentials used, as every report must: in
+/// the first clause, which the report's summary and the Event quote.
 fn with_source(mut result: CheckResult, source: &Source) -> CheckResult {
-    result.detail = format!("{} (credentials: {source})", result.detail);
+    let named = format!(" (credentials: {source})");
+    match result.detail.find("; ") {
+        Some(at) => result.detail.insert_str(at, &named),
+        None => result.detail.push_str(&named),
+    }
     result
 }
 
@@ -313,6 +317,32 @@ fn unreachable(server: &Endpoint, probe: &Probe) -> AuthFailed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_credentials_are_named_in_the_first_clause() {
+        let record = |detail: &str| CheckResult {
+            check: CheckKind::Manifest,
+            ok: false,
+            seconds: 0.0,
+            detail: detail.into(),
+            reason: Some(Reason::ManifestUnknown),
+        };
+        let secret = Source::PullSecret("shop/regcred".into());
+        for (detail, source, want) in [
+            (
+                "tag 1.1 not found; HEAD answered 404",
+                &secret,
+                "tag 1.1 not found (credentials: pull secret shop/regcred); HEAD answered 404",
+            ),
+            (
+                "accepted",
+                &Source::None,
+                "accepted (credentials: anonymous)",
+            ),
+        ] {
+            assert_eq!(with_source(record(detail), source).detail, want);
+        }
+    }
     use crate::trust::TlsOptions;
 
     #[test]
