@@ -152,7 +152,8 @@ impl Node {
             self.kubelet_dir.path().to_str().expect("UTF-8 path"),
         ];
         global.extend(extra.iter().map(String::as_str));
-        Agent::start(
+        // Debug logs too must hold no secret.
+        Agent::start_with_env(
             &global,
             &[
                 "--interval",
@@ -162,6 +163,7 @@ impl Node {
                 "--runtime-check-interval",
                 "1s",
             ],
+            &[("PULLWATCH_LOG", "pullwatch=debug")],
         )
     }
 }
@@ -298,6 +300,21 @@ fn the_kubelets_config_json_verifies_the_manifest_and_the_runtimes_pull() {
     let status: Value = serde_json::from_str(&body).expect("status JSON");
     let ours = registry_status(&status, name).expect("the registry in the status");
     assert!(ours.get("unverified").is_none(), "{ours}");
+    // The agent's own API (gRPC over its socket) holds no secret either.
+    let asked = testkit::cli::Pullwatch::new()
+        .args([
+            "diagnose",
+            "--output",
+            "json",
+            "--agent",
+            &agent.socket_url(),
+        ])
+        .arg(format!("{name}/team/private:1.0"))
+        .run();
+    assert_eq!(asked.code, Some(0), "{}\n{}", asked.stdout, asked.stderr);
+    for text in [&asked.stdout, &asked.stderr] {
+        assert!(!text.contains(PASSWORD), "the API leaked the password");
+    }
     let manifest = ours["endpoints"][0]["checks"]
         .as_array()
         .and_then(|checks| checks.iter().find(|c| c["check"] == "manifest"))
@@ -410,6 +427,31 @@ fn a_failing_provider_is_credentials_unavailable_with_its_stderr() {
     assert!(
         body.contains("credential provider ecr-login failed")
             && body.contains("AccessDeniedException"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_providers_refused_credentials_are_auth_failed_naming_it() {
+    let node = node();
+    let flags = node.provider("not-the-password");
+    let agent = node.agent_with(&flags);
+    let name = node.name.as_str();
+    let (metrics, _) = agent.wait_metrics("auth_failed", SETTLE, |m| {
+        sample(
+            m,
+            "pullwatch_endpoint_failure_reason",
+            &[("registry", name), ("reason", "auth_failed")],
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (_, body) = agent.get("/api/v1/status");
+    assert!(
+        body.contains("(credentials: credential provider ecr-login)"),
         "{body}"
     );
 }
