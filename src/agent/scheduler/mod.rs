@@ -256,7 +256,14 @@ impl Scheduler {
             .endpoints
             .iter()
             .map(|endpoint| {
-                let key = format!("{} {:?}", endpoint.url(), endpoint.tls);
+                // Everything that changes the probe's requests: where, how (TLS), and the API root
+                // (a Harbor-style mirror serves /v2/dockerhub and /v2/ghcr on one host).
+                let key = format!(
+                    "{} {} {:?}",
+                    endpoint.url(),
+                    endpoint.api_path,
+                    endpoint.tls
+                );
                 match slots.get(&key).and_then(Weak::upgrade) {
                     Some(slot) => slot,
                     None => {
@@ -618,6 +625,25 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn probe_slots_are_shared_only_by_identical_requests() {
+        let f = fixture(settings(Duration::from_secs(60)));
+        let at = |api_path: &str| Endpoint {
+            api_path: api_path.into(),
+            ..endpoint(5000)
+        };
+        let route = route(
+            "r.example",
+            vec![at("/v2/dockerhub"), at("/v2/ghcr"), at("/v2/dockerhub")],
+        );
+        let slots = f.scheduler.slots_for(&route.route);
+        assert!(
+            !Arc::ptr_eq(&slots[0], &slots[1]),
+            "two API roots on one host share a slot"
+        );
+        assert!(Arc::ptr_eq(&slots[0], &slots[2]), "one request, one slot");
     }
 
     #[test]
