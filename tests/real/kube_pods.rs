@@ -109,10 +109,18 @@ fn pull_failures_are_counted_explained_and_cleared() {
         ("registry", "missing.test"),
         ("reason", "dns_nxdomain"),
     ];
+    // Seen first in back-off, the init container's message has no cause: its series take this
+    // node's own diagnosis of the image (nothing listens there: tcp_refused), not `unknown`.
+    let setup_refused = [
+        ("namespace", "jobs"),
+        ("container", "setup"),
+        ("reason", "tcp_refused"),
+    ];
     let (text, _) = agent.wait_metrics("the failing containers", SETTLE, |m| {
         sample(m, WATCH_UP, &[]) == Some(1.0)
             && samples(m, FAILING, &[]).len() == 3
             && sample(m, FAILING, &web_failing) == Some(1.0)
+            && sample(m, FAILING, &setup_refused) == Some(1.0)
     });
     assert_eq!(
         sample(
@@ -127,18 +135,8 @@ fn pull_failures_are_counted_explained_and_cleared() {
         Some(1.0),
         "{text}"
     );
-    // Seen first in back-off: no cause in the message, nothing remembered yet.
-    assert_eq!(
-        sample(
-            &text,
-            FAILING,
-            &[
-                ("namespace", "jobs"),
-                ("container", "setup"),
-                ("reason", "unknown")
-            ]
-        ),
-        Some(1.0),
+    assert!(
+        samples(&text, FAILING, &[("reason", "unknown")]).is_empty(),
         "{text}"
     );
     assert!(!text.contains("elsewhere"), "{text}");
@@ -499,4 +497,47 @@ fn kubernetes_on_without_credentials_is_bad_config_and_auto_outside_a_cluster_is
     let text = agent.metrics();
     assert!(samples(&text, WATCH_UP, &[]).is_empty(), "{text}");
     assert!(!agent.stderr().contains("watching this node's pods"));
+}
+
+/// A pod first seen in back-off says no cause; once this node diagnoses the image, its failure
+/// series carry the node's finding (`dns_servfail`), not `unknown`.
+#[test]
+fn a_back_off_without_a_cause_takes_the_nodes_diagnosis() {
+    let dns = DnsServer::builder().servfail("broken.test").start();
+    let api = KubeApi::start(NODE);
+    let image = "broken.test/app:1.0";
+    api.apply_pod(
+        pod("shop", "late", "uid-late", NODE)
+            .waiting("app", image, "ImagePullBackOff", &back_off_message(image))
+            .build(),
+    );
+    let agent = start_agent(&api, &dns, &[]);
+    let failing = |reason: &'static str| {
+        move |m: &str| {
+            sample(
+                m,
+                FAILING,
+                &[
+                    ("pod", "late"),
+                    ("registry", "broken.test"),
+                    ("reason", reason),
+                ],
+            ) == Some(1.0)
+        }
+    };
+    let (metrics, _) = agent.wait_metrics(
+        "the node's cause on the failing series",
+        SETTLE,
+        failing("dns_servfail"),
+    );
+    assert!(!failing("unknown")(&metrics), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            WAITING,
+            &[("registry", "broken.test"), ("reason", "dns_servfail")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 }

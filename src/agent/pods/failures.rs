@@ -247,9 +247,11 @@ pub struct Changes {
     pub touched: Vec<ContainerRef>,
 }
 
-/// One failed pull attempt: where it pulled from and why it failed.
+/// One failed pull attempt: whose, of what, from where, and why it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
+    pub pod: PodId,
+    pub image: String,
     pub registry: String,
     pub reason: Reason,
 }
@@ -299,6 +301,8 @@ impl Tracker {
             let attempt = is_attempt(previous, &waiting);
             if attempt {
                 changes.attempts.push(Attempt {
+                    pod: id.clone(),
+                    image: failure.image.clone(),
                     registry: failure.registry.clone(),
                     reason: failure.reason,
                 });

@@ -176,7 +176,7 @@ impl PodWatch {
                         break Err("the pod watch ended".to_string());
                     };
                     let touched = match item {
-                        Ok(event) => self.apply(event, &mut tracker),
+                        Ok(event) => self.apply(event, &mut tracker, &follow_ups),
                         Err(error) => {
                             self.metrics.pods().set_watch_up(false);
                             warn!(%error, "pod watch failed; retrying with backoff");
@@ -250,6 +250,7 @@ impl PodWatch {
         &self,
         event: watcher::Event<k8s_openapi::api::core::v1::Pod>,
         tracker: &mut Tracker,
+        follow_ups: &FollowUps,
     ) -> Vec<ContainerRef> {
         let now = SystemTime::now();
         let changes = match event {
@@ -269,9 +270,10 @@ impl PodWatch {
             }
         };
         for attempt in &changes.attempts {
+            let reason = self.best_cause(follow_ups, &attempt.pod, &attempt.image, attempt.reason);
             self.metrics
                 .pods()
-                .count_attempt(&PullLabels::new(&attempt.registry, attempt.reason));
+                .count_attempt(&PullLabels::new(&attempt.registry, reason));
         }
         changes.touched
     }
@@ -287,7 +289,7 @@ impl PodWatch {
                     &f.pod.name,
                     f.container,
                     &f.failure.registry,
-                    f.failure.reason,
+                    self.best_cause(follow_ups, f.pod, &f.failure.image, f.failure.reason),
                 )
             })
             .collect();
@@ -364,6 +366,20 @@ impl PodWatch {
             });
             follow_ups.running.insert(task.id(), key);
         }
+    }
+
+    /// The cause the failure metrics carry: the kubelet's message's when it has one, else this
+    /// node's own diagnosis of the image (a bare `Back-off pulling image` must not stay `unknown`
+    /// once the node found, say, `dns_servfail`).
+    fn best_cause(&self, follow_ups: &FollowUps, pod: &PodId, image: &str, said: Reason) -> Reason {
+        if said != Reason::Unknown {
+            return said;
+        }
+        follow_ups
+            .diagnosed
+            .get(&self.diagnosis_key(pod, image))
+            .and_then(|d| d.report.reason)
+            .unwrap_or(said)
     }
 
     /// What a diagnosis is for: the image, and with `--pull-secrets` the pod's secret names too
