@@ -1,7 +1,7 @@
 //! The `dns` check: resolve a registry host with the node's resolver config, cache off,
 //! A and AAAA asked apart and timed, so a broken family or a slow server is visible.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
 pub struct DnsResolver {
     resolver: TokioResolver,
     nameservers: String,
+    /// Where queries go (port 53 of each nameserver), to find out why one could not be sent.
+    servers: Vec<SocketAddr>,
 }
 
 /// A resolv.conf that cannot be used; names the file.
@@ -77,6 +79,11 @@ impl DnsResolver {
             .map(|ns| ns.ip.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let servers = config
+            .name_servers()
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, 53))
+            .collect();
         // Measure the network, not a cache: every check asks the server.
         options.cache_size = 0;
         options.positive_max_ttl = Some(Duration::ZERO);
@@ -91,6 +98,7 @@ impl DnsResolver {
         Ok(DnsResolver {
             resolver,
             nameservers,
+            servers,
         })
     }
 }
@@ -213,6 +221,9 @@ enum FamilyError {
     NoData,
     ServerFailure(String),
     Timeout,
+    /// The query could not even be sent (a local firewall makes `sendto` fail with EPERM): no
+    /// answer, as for a timeout, with the OS's own words.
+    NotSent(String),
 }
 
 impl std::fmt::Display for FamilyError {
@@ -222,6 +233,7 @@ impl std::fmt::Display for FamilyError {
             FamilyError::NoData => f.write_str("none"),
             FamilyError::ServerFailure(what) => write!(f, "failed ({what})"),
             FamilyError::Timeout => f.write_str("timed out"),
+            FamilyError::NotSent(why) => write!(f, "not sent ({why})"),
         }
     }
 }
@@ -245,10 +257,22 @@ impl CheckError for LookupFailed {
 
 /// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently.
 pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, LookupFailed> {
-    let (a, aaaa) = tokio::join!(
+    let (mut a, mut aaaa) = tokio::join!(
         lookup(&resolver.resolver, host, RecordType::A),
         lookup(&resolver.resolver, host, RecordType::AAAA)
     );
+    // hickory says only "no connections available" when no query could be sent: ask the OS why.
+    if [&a, &aaaa]
+        .iter()
+        .any(|f| f.result == Err(FamilyError::NotSent(String::new())))
+    {
+        let why = unsendable(&resolver.servers).await;
+        for family in [&mut a, &mut aaaa] {
+            if family.result == Err(FamilyError::NotSent(String::new())) {
+                family.result = Err(FamilyError::NotSent(why.clone()));
+            }
+        }
+    }
     let v4 = a.result.clone().unwrap_or_default();
     let v6 = aaaa.result.clone().unwrap_or_default();
     if v4.is_empty() && v6.is_empty() {
@@ -307,7 +331,34 @@ fn classify(error: &NetError) -> FamilyError {
             FamilyError::ServerFailure(rcode_name(*code))
         }
         NetError::Timeout => FamilyError::Timeout,
+        // Filled in by [`unsendable`]: hickory does not keep the OS error.
+        NetError::NoConnections => FamilyError::NotSent(String::new()),
+        NetError::Io(error) => FamilyError::NotSent(error.to_string()),
         other => FamilyError::ServerFailure(other.to_string()),
+    }
+}
+
+/// Why a query to the nameservers cannot leave this node: the first server's OS error on a
+/// one-packet send (a well-formed query for the root's NS, so a server that does get it is not
+/// bothered by garbage), or a note that sending worked this time.
+async fn unsendable(servers: &[SocketAddr]) -> String {
+    // ID 0, RD, one question: ". IN NS".
+    const ROOT_NS_QUERY: [u8; 17] = [0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+    let Some(server) = servers.first() else {
+        return "no nameserver".into();
+    };
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sent = async {
+        let socket = tokio::net::UdpSocket::bind(local).await?;
+        socket.send_to(&ROOT_NS_QUERY, server).await
+    };
+    match tokio::time::timeout(Duration::from_secs(1), sent).await {
+        Ok(Err(error)) => format!("udp {server}: {error}"),
+        Ok(Ok(_)) => format!("udp {server}: no connection could be made"),
+        Err(_) => format!("udp {server}: the send did not complete"),
     }
 }
 
@@ -333,7 +384,7 @@ fn combined_reason(
         Reason::DnsNxdomain
     } else if any(|e| matches!(e, FamilyError::ServerFailure(_))) {
         Reason::DnsServfail
-    } else if any(|e| *e == FamilyError::Timeout) {
+    } else if any(|e| matches!(e, FamilyError::Timeout | FamilyError::NotSent(_))) {
         Reason::DnsTimeout
     } else {
         Reason::DnsNoAddresses
@@ -348,8 +399,12 @@ mod tests {
     fn combines_family_answers_into_one_reason() {
         use FamilyError::*;
         let server = || ServerFailure("SERVFAIL".into());
-        let cases: [(FamilyError, FamilyError, Reason); 6] = [
+        let not_sent = || NotSent("udp 10.0.0.10:53: Operation not permitted (os error 1)".into());
+        let cases: [(FamilyError, FamilyError, Reason); 8] = [
             (NxDomain, NxDomain, Reason::DnsNxdomain),
+            // A query that never left is no answer, whatever hickory calls it.
+            (not_sent(), not_sent(), Reason::DnsTimeout),
+            (NoData, not_sent(), Reason::DnsTimeout),
             (NoData, NxDomain, Reason::DnsNxdomain),
             (server(), NoData, Reason::DnsServfail),
             (Timeout, Timeout, Reason::DnsTimeout),
@@ -363,6 +418,8 @@ mod tests {
                 "{a:?} {aaaa:?}"
             );
         }
+        // hickory's "no connections available" keeps no OS error: the check asks the OS itself.
+        assert!(matches!(classify(&NetError::NoConnections), NotSent(_)));
     }
 
     #[test]

@@ -743,3 +743,61 @@ fn bad_input_is_a_one_line_usage_error() {
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
 }
+
+/// A local firewall that drops the node's own DNS queries makes `sendto` fail with EPERM: no
+/// query ever left, so no answer (`dns_timeout`) with the OS's words, not a SERVFAIL.
+#[test]
+fn a_dns_query_that_cannot_be_sent_is_a_timeout_with_the_os_error() {
+    let ns = Netns::new();
+    ns.exec_ok(
+        "nft",
+        &["-f", "-"],
+        Some(
+            b"table inet pw_no_dns {\n chain out {\n  type filter hook output priority 0;\n  udp dport 53 drop\n  tcp dport 53 drop\n }\n}\n",
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\noptions timeout:1 attempts:1\n",
+            ns.host_ip()
+        ),
+    )
+    .expect("resolv.conf");
+    let none = dir.path().join("none");
+    let binary = testkit::cli::binary().to_str().expect("UTF-8 path");
+    let out = ns.exec(
+        binary,
+        &[
+            "--resolv-conf",
+            resolv.to_str().expect("UTF-8 path"),
+            "--containerd-certs-dir",
+            none.to_str().expect("UTF-8 path"),
+            "--registries-conf",
+            none.to_str().expect("UTF-8 path"),
+            "--kubelet-root-dir",
+            none.to_str().expect("UTF-8 path"),
+            "--timeout",
+            "3s",
+            "diagnose",
+            "--output",
+            "json",
+            "registry.pullwatch.test/team/app:1.0",
+        ],
+        None,
+    );
+    let report: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", out.stdout, out.stderr);
+    });
+    assert_fails(out.code.unwrap_or(-1), &report, "dns", "dns_timeout");
+    let detail = failing_check(&report)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("not sent") && detail.contains("Operation not permitted"),
+        "{detail}"
+    );
+}
