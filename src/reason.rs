@@ -118,6 +118,7 @@ impl Reason {
         let host = host_of(endpoint);
         match self {
             Reason::InvalidReference => "correct the image name in the pod spec: lowercase repository, optional :tag or @sha256:digest".into(),
+            Reason::DnsNxdomain if is_public_registry(host) => format!("{host} is a public registry that exists: this node's resolver cannot resolve public names (air-gapped or split DNS): route pulls of {registry} to a mirror the node can reach (containerd: /etc/containerd/certs.d/{registry}/hosts.toml; CRI-O: a [[registry]] mirror in /etc/containers/registries.conf), or give the node's resolver (resolv.conf) upstream forwarders"),
             Reason::DnsNxdomain => format!("check the spelling of {host}; if it is an internal name, make it resolvable from the node's resolver (resolv.conf)"),
             Reason::DnsServfail => "the node's DNS server fails for this name: check the upstream resolver or the zone's delegation".into(),
             Reason::DnsTimeout => "the node's DNS server does not answer: check the nameserver in resolv.conf and that UDP/TCP 53 egress is allowed".into(),
@@ -149,6 +150,34 @@ impl Reason {
             Reason::Unknown => "run `pullwatch diagnose IMAGE` on the node and check the runtime's logs".into(),
         }
     }
+}
+
+/// Public registries and their API and token hosts: names that exist, so NXDOMAIN for one says
+/// the node cannot resolve public names, not that the name is misspelt.
+const PUBLIC_REGISTRY_HOSTS: [&str; 14] = [
+    "docker.io",
+    "registry-1.docker.io",
+    "index.docker.io",
+    "auth.docker.io",
+    "production.cloudflare.docker.com",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "nvcr.io",
+    "registry.gitlab.com",
+    "docker.elastic.co",
+];
+
+/// Suffixes under which every name is a public registry host (regional GCR, Artifact Registry).
+const PUBLIC_REGISTRY_SUFFIXES: [&str; 2] = [".gcr.io", ".pkg.dev"];
+
+fn is_public_registry(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    PUBLIC_REGISTRY_HOSTS.contains(&host.as_str())
+        || PUBLIC_REGISTRY_SUFFIXES.iter().any(|s| host.ends_with(s))
 }
 
 /// `host` of `scheme://host:port` (IPv6 without brackets); the input itself when it has no scheme.
@@ -187,6 +216,40 @@ mod tests {
         assert!(fix.contains("spelling of registy.test;"), "{fix}");
         assert_eq!(host_of("https://[::1]:5000"), "::1");
         assert_eq!(host_of("http://reg.local"), "reg.local");
+    }
+
+    #[test]
+    fn nxdomain_of_a_public_registry_is_the_resolver_not_a_typo() {
+        let cases = [
+            ("docker.io", "https://registry-1.docker.io", true),
+            ("ghcr.io", "https://ghcr.io", true),
+            (
+                "europe-docker.pkg.dev",
+                "https://europe-docker.pkg.dev",
+                true,
+            ),
+            ("eu.gcr.io", "https://eu.gcr.io", true),
+            ("registy.example", "https://registy.example", false),
+            ("notghcr.io", "https://notghcr.io", false),
+        ];
+        for (registry, endpoint, public) in cases {
+            let fix = Reason::DnsNxdomain.fix(registry, endpoint);
+            assert_eq!(
+                fix.contains("cannot resolve public names"),
+                public,
+                "{registry}: {fix}"
+            );
+            assert_eq!(
+                fix.contains("check the spelling"),
+                !public,
+                "{registry}: {fix}"
+            );
+        }
+        let hub = Reason::DnsNxdomain.fix("docker.io", "https://registry-1.docker.io");
+        assert!(
+            hub.contains("/etc/containerd/certs.d/docker.io/hosts.toml"),
+            "{hub}"
+        );
     }
 
     #[test]
