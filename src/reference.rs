@@ -25,9 +25,36 @@ impl ImageRef {
         if let Some(problem) = obvious_problem(input) {
             return Err(fail(problem.to_string()));
         }
-        Reference::try_from(input)
-            .map(ImageRef)
-            .map_err(|e| fail(explain(input, &e)))
+        if is_image_id(input) {
+            return Err(fail(
+                "a 64-character hex string is an image ID, not a repository name".into(),
+            ));
+        }
+        let (domain, remainder) = split_domain(input);
+        if !valid_domain(&domain) {
+            return Err(fail(format!(
+                "{domain:?} is not a registry host[:port] (letters, digits, '-' and '.', or an IPv6 address in brackets)"
+            )));
+        }
+        let remote = remainder.split(':').next().unwrap_or_default();
+        if remote.to_lowercase() != remote {
+            return Err(fail("repository name must be lowercase".into()));
+        }
+        // The path, tag and digest grammar is oci-spec's, checked under a registry name it
+        // accepts; the registry itself is the one the kubelet's grammar (above) found.
+        let parsed = Reference::try_from(format!("{CHECKED_UNDER}/{remainder}").as_str())
+            .map_err(|e| fail(explain(input, &e)))?;
+        let repository = parsed.repository().to_string();
+        let reference = match (parsed.tag(), parsed.digest()) {
+            (Some(tag), Some(digest)) => {
+                Reference::with_tag_and_digest(domain, repository, tag.into(), digest.into())
+            }
+            (None, Some(digest)) => Reference::with_digest(domain, repository, digest.into()),
+            (tag, None) => {
+                Reference::with_tag(domain, repository, tag.unwrap_or("latest").to_string())
+            }
+        };
+        Ok(ImageRef(reference))
     }
 
     /// The registry host, with port when given (`docker.io`, `ghcr.io`, `10.0.0.5:5000`).
@@ -58,6 +85,66 @@ impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// A registry name no reference uses, under which the rest of a reference is checked.
+const CHECKED_UNDER: &str = "registry.invalid";
+
+/// A bare image ID (64 lowercase hex characters): the kubelet's grammar refuses it as a name.
+fn is_image_id(input: &str) -> bool {
+    input.len() == 64
+        && input
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The registry and the rest, as the kubelet's grammar (distribution/reference v0.5+,
+/// normalize.go `splitDockerDomain`) splits them: the first component is a registry when it is
+/// `localhost`, holds a `.` or `:` (a host name, an IP, `host:port`, `[::1]:5000`) or has an
+/// upper-case letter (namespaces are lower case); else the name is Docker Hub's, `library/`
+/// prefixed when it has one component. `index.docker.io` is Docker Hub.
+fn split_domain(input: &str) -> (String, String) {
+    const HUB: &str = "docker.io";
+    let (domain, remainder) = match input.split_once('/') {
+        None => (HUB.to_string(), input.to_string()),
+        Some(("index.docker.io", rest)) => (HUB.to_string(), rest.to_string()),
+        Some((first, rest))
+            if first == "localhost"
+                || first.contains(['.', ':'])
+                || first.to_lowercase() != first =>
+        {
+            (first.to_string(), rest.to_string())
+        }
+        Some(_) => (HUB.to_string(), input.to_string()),
+    };
+    let path = remainder.split(['@', ':']).next().unwrap_or_default();
+    if domain == HUB && !path.contains('/') {
+        return (domain, format!("library/{remainder}"));
+    }
+    (domain, remainder)
+}
+
+/// distribution/reference's domain grammar: host name components of letters, digits and inner
+/// `-`, joined by `.`, or an IPv6 address in brackets; then an optional `:port` of digits.
+fn valid_domain(domain: &str) -> bool {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !port.contains(']') => (host, Some(port)),
+        _ => (domain, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'),
+        None => host.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            !bytes.is_empty()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && bytes.first() != Some(&b'-')
+                && bytes.last() != Some(&b'-')
+        }),
+    };
+    port_ok && host_ok
 }
 
 /// Problems the grammar would only call "invalid reference format", said more usefully.
@@ -209,6 +296,118 @@ mod tests {
                 text.contains(&format!("{input:?}")),
                 "names the input: {text}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod kubelet_grammar {
+    //! Rows from distribution/reference v0.5+ (normalize.go `splitDockerDomain`,
+    //! `ParseNormalizedNamed`; regexp.go's domain grammar), the grammar the kubelet parses with.
+    use super::*;
+
+    struct Case {
+        input: &'static str,
+        /// `Ok((registry, repository))`, or `Err(a fragment of the problem)`.
+        want: Result<(&'static str, &'static str), &'static str>,
+        source: &'static str,
+    }
+
+    #[test]
+    fn names_split_and_refused_like_distribution_reference() {
+        let cases = [
+            Case {
+                input: "[::1]:5000/app",
+                want: Ok(("[::1]:5000", "app")),
+                source: "regexp.go: ipv6address in brackets, v0.5",
+            },
+            Case {
+                input: "[2001:db8::1]/team/app:1.0",
+                want: Ok(("[2001:db8::1]", "team/app")),
+                source: "regexp.go: ipv6address without a port",
+            },
+            Case {
+                input: "Foo/bar",
+                want: Ok(("Foo", "bar")),
+                source: "normalize.go: an upper-case first component is a domain, v0.5",
+            },
+            Case {
+                input: "foo/bar",
+                want: Ok(("docker.io", "foo/bar")),
+                source: "normalize.go: a lower-case namespace on Docker Hub",
+            },
+            Case {
+                input: "Foo",
+                want: Err("must be lowercase"),
+                source: "normalize.go: docker.io/library/Foo is not lower case",
+            },
+            Case {
+                input: "localhost/app",
+                want: Ok(("localhost", "app")),
+                source: "normalize.go: localhost is always a domain",
+            },
+            Case {
+                input: "index.docker.io/nginx",
+                want: Ok(("docker.io", "library/nginx")),
+                source: "normalize.go: the legacy Docker Index is Docker Hub",
+            },
+            Case {
+                input: "registry.example:5000/Team/app",
+                want: Err("must be lowercase"),
+                source: "normalize.go: the remote name must be lower case",
+            },
+            Case {
+                input: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                want: Err("image ID"),
+                source: "normalize.go: 64-byte hexadecimal strings are refused",
+            },
+            Case {
+                input: "docker.io/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                want: Ok((
+                    "docker.io",
+                    "library/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                )),
+                source: "normalize.go: only the whole name is checked for an image ID",
+            },
+            Case {
+                input: "my_reg.io/app",
+                want: Err("not a registry host"),
+                source: "regexp.go: domain components have no '_'",
+            },
+            Case {
+                input: "[fe80::1%eth0]:5000/app",
+                want: Err("not a registry host"),
+                source: "regexp.go: no zone in a bracketed address",
+            },
+            Case {
+                input: "registry.example:port/app",
+                want: Err("not a registry host"),
+                source: "regexp.go: a port is digits",
+            },
+        ];
+        for case in cases {
+            let got = ImageRef::parse(case.input)
+                .map(|r| (r.registry().to_string(), r.repository().to_string()));
+            match (got, case.want) {
+                (Ok(got), Ok((registry, repository))) => assert_eq!(
+                    got,
+                    (registry.to_string(), repository.to_string()),
+                    "{} ({})",
+                    case.input,
+                    case.source
+                ),
+                (Err(error), Err(fragment)) => assert!(
+                    error.problem.contains(fragment),
+                    "{}: {} ({})",
+                    case.input,
+                    error.problem,
+                    case.source
+                ),
+                (got, want) => panic!(
+                    "{}: got {got:?}, want {want:?} ({})",
+                    case.input, case.source
+                ),
+            }
         }
     }
 }
