@@ -189,6 +189,26 @@ impl Containerd {
         format!("unix://{}", self.socket.display())
     }
 
+    /// Pulls `reference` over plain HTTP into the CRI plugin's namespace with `ctr`, as the
+    /// kubelet's pull leaves it on a node (with `user` as `name:password` for a private registry).
+    pub fn pull_plain_http(&self, reference: &str, user: Option<&str>) {
+        let socket = self.socket().to_str().expect("UTF-8 path");
+        let mut args = vec![
+            "--address",
+            socket,
+            "--namespace",
+            "k8s.io",
+            "images",
+            "pull",
+            "--plain-http",
+        ];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.push(reference);
+        crate::run_tool("ctr", &args, None, Duration::from_secs(60));
+    }
+
     /// The `config_path` directory (empty at start).
     pub fn certs_dir(&self) -> &Path {
         &self.certs_dir

@@ -20,32 +20,13 @@ fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
     let pushed = registry.push_image("team/app", "1.0");
     let registry_name = format!("127.0.0.1:{}", registry.port());
     let mut containerd = Containerd::start();
-    // An image on the node, pulled into the CRI plugin's namespace.
-    let socket = containerd
-        .socket()
-        .to_str()
-        .expect("UTF-8 path")
-        .to_string();
-    // By tag and by digest, as the kubelet's pull leaves it (the digest is the canary).
+    // An image on the node, pulled into the CRI plugin's namespace, by tag and by digest, as
+    // the kubelet's pull leaves it (the digest is the canary).
     for reference in [
         format!("{registry_name}/team/app:1.0"),
         format!("{registry_name}/team/app@{}", pushed.digest),
     ] {
-        testkit::run_tool(
-            "ctr",
-            &[
-                "--address",
-                &socket,
-                "--namespace",
-                "k8s.io",
-                "images",
-                "pull",
-                "--plain-http",
-                &reference,
-            ],
-            None,
-            Duration::from_secs(60),
-        );
+        containerd.pull_plain_http(&reference, None);
     }
     let dns = DnsServer::builder().start();
     let requests_before = registry.access_log().len();

@@ -33,32 +33,11 @@ fn node() -> Node {
     let pushed = registry.push_image("team/private", "1.0");
     let name = format!("127.0.0.1:{}", registry.port());
     let containerd = Containerd::start();
-    let socket = containerd
-        .socket()
-        .to_str()
-        .expect("UTF-8 path")
-        .to_string();
     for reference in [
         format!("{name}/team/private:1.0"),
         format!("{name}/team/private@{}", pushed.digest),
     ] {
-        testkit::run_tool(
-            "ctr",
-            &[
-                "--address",
-                &socket,
-                "--namespace",
-                "k8s.io",
-                "images",
-                "pull",
-                "--plain-http",
-                "--user",
-                &format!("{USER}:{PASSWORD}"),
-                &reference,
-            ],
-            None,
-            Duration::from_secs(60),
-        );
+        containerd.pull_plain_http(&reference, Some(&format!("{USER}:{PASSWORD}")));
     }
     Node {
         registry,
