@@ -566,17 +566,51 @@ fn match_len(name: &str, prefix: &str) -> Option<usize> {
     (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(end)
 }
 
-/// The repository `name` (`host[:port]/repository`) is asked as at `location` under `prefix`:
-/// containers/image rewrites a reference to `location` + what follows the prefix's match. `None`
-/// when the name has no repository or it stays the same (a wildcard prefix without location).
-fn rewritten_repository(name: &str, prefix: &str, location: &str) -> Option<String> {
-    let (_, original) = name.split_once('/')?;
+/// The name an endpoint at `location` is asked for `name` (`host[:port][/repository]`) under
+/// `prefix`, as containers/image's `rewriteReference`: `location` + what follows the prefix's
+/// match. A wildcard's match ends with its suffix, so the image's whole host is replaced and its
+/// port and path kept (`a.example.com:5000/app` under `*.example.com` at `mirror.example` is
+/// `mirror.example:5000/app`); without location, the name as it is. `None`: no valid name
+/// (`mirror.example/sub:5000/app`), which fails the pull in containers/image.
+fn rewrite(name: &str, prefix: &str, location: &str) -> Option<String> {
+    let end = match_len(name, prefix)?;
     if location.is_empty() {
-        return None;
+        return prefix.starts_with("*.").then(|| name.to_string());
     }
-    let rewritten = format!("{location}{}", &name[match_len(name, prefix)?..]);
-    let (_, repository) = rewritten.split_once('/')?;
-    (repository != original).then(|| repository.to_string())
+    let rewritten = format!("{location}{}", &name[end..]);
+    let (host, path) = match rewritten.split_once('/') {
+        Some((host, path)) => (host, Some(path)),
+        None => (rewritten.as_str(), None),
+    };
+    let path_ok = path.is_none_or(|path| {
+        path.split('/')
+            .all(|c| !c.is_empty() && !c.contains([':', '@']))
+    });
+    (is_domain(host) && path_ok).then_some(rewritten)
+}
+
+/// What one endpoint is asked: the `host[:port]` contacted, and the repository when it is not
+/// the image's own.
+#[derive(Debug, PartialEq, Eq)]
+struct AskedAs {
+    authority: String,
+    repository: Option<String>,
+}
+
+/// [`rewrite`], split for an endpoint; `None` when the rewrite gives no valid name.
+fn asked_as(name: &str, prefix: &str, location: &str) -> Option<AskedAs> {
+    let rewritten = rewrite(name, prefix, location)?;
+    let original = name.split_once('/').map(|(_, r)| r);
+    let (authority, repository) = match rewritten.split_once('/') {
+        Some((authority, repository)) => (authority, Some(repository)),
+        None => (rewritten.as_str(), None),
+    };
+    Some(AskedAs {
+        authority: authority.to_string(),
+        repository: repository
+            .filter(|r| original.is_some_and(|o| o != *r))
+            .map(str::to_string),
+    })
 }
 
 impl RegistriesConf {
@@ -622,20 +656,14 @@ impl RegistriesConf {
         if registry.blocked {
             return Some(Err(registry.source.clone()));
         }
-        let name_host = name.split('/').next().unwrap_or_default();
-        let location = if registry.location.is_empty() {
-            // A wildcard prefix: the image's own registry.
-            name_host.to_string()
-        } else {
-            registry.location.clone()
-        };
         let source = registry.source.display().to_string();
-        // Every endpoint is asked for the name as rewritten to its location.
-        let asked_as = |location: &str, hosts: Vec<RouteHost>| {
-            let repository = rewritten_repository(name, &registry.prefix, location);
-            hosts.into_iter().map(move |mut host| {
-                host.endpoint.repository = repository.clone();
-                host
+        // Every endpoint is asked for the name as rewritten to its location, at the host (and
+        // port) of that name. A name that does not rewrite (containers/image then fails the
+        // pull) is shown at the location as written.
+        let endpoint = |location: &str, fallback: &str| {
+            asked_as(name, &registry.prefix, location).unwrap_or_else(|| AskedAs {
+                authority: fallback.split('/').next().unwrap_or_default().to_string(),
+                repository: None,
             })
         };
         let mut hosts = Vec::new();
@@ -650,32 +678,40 @@ impl RegistriesConf {
                 resolve: mode != PullFromMirror::DigestOnly,
                 push: false,
             };
-            let mirror_hosts = self.hosts_for(
+            hosts.extend(self.hosts_for(
+                endpoint(&mirror.location, &mirror.location),
                 &mirror.location,
                 mirror.insecure,
                 Role::Mirror,
                 capabilities,
                 &source,
                 Some(mirror.line),
-            );
-            hosts.extend(asked_as(&mirror.location, mirror_hosts));
+            ));
         }
-        let upstream_hosts = self.hosts_for(
-            &location,
+        // A wildcard prefix without location: the image's own registry.
+        let location = if registry.location.is_empty() {
+            name.split('/').next().unwrap_or_default()
+        } else {
+            registry.location.as_str()
+        };
+        hosts.extend(self.hosts_for(
+            endpoint(&registry.location, location),
+            location,
             registry.insecure,
             Role::Upstream,
             Capabilities::ALL,
             &source,
             registry.line,
-        );
-        hosts.extend(asked_as(&registry.location, upstream_hosts));
+        ));
         Some(Ok(hosts))
     }
 
     /// The endpoints for one location: HTTPS, and for `insecure` HTTPS without verification
     /// followed by plain HTTP (containers/image falls back to it).
+    #[allow(clippy::too_many_arguments)]
     fn hosts_for(
         &self,
+        asked: AskedAs,
         location: &str,
         insecure: bool,
         role: Role,
@@ -683,7 +719,7 @@ impl RegistriesConf {
         source: &str,
         line: Option<usize>,
     ) -> Vec<RouteHost> {
-        let registry = location.split('/').next().unwrap_or_default();
+        let registry = asked.authority.as_str();
         let Ok((host, port)) = split_host_port(registry) else {
             return vec![];
         };
@@ -715,7 +751,7 @@ impl RegistriesConf {
                 source: source.to_string(),
                 tls,
                 api_path: "/v2".into(),
-                repository: None,
+                repository: asked.repository.clone(),
                 namespace_query: false,
             },
             capabilities,
@@ -891,72 +927,169 @@ mod tests {
         }
     }
 
-    /// containers/image asks each endpoint for `location` + what follows the prefix's match.
+    /// containers/image asks each endpoint for `location` + what follows the prefix's match
+    /// (`rewriteReference`); rows from system_registries_v2_test.go's TestRewriteReferenceSuccess
+    /// and TestRewriteReferenceFailedDuringParseNamed (tags and digests left out: pullwatch
+    /// routes repositories), plus pullwatch's own.
     #[test]
-    fn repositories_are_rewritten_to_the_location() {
+    fn names_are_rewritten_to_the_location() {
         struct Case {
-            name: &'static str,
-            prefix: &'static str,
-            location: &'static str,
-            want: Option<&'static str>,
+            input: (&'static str, &'static str, &'static str),
+            /// `host[:port]` contacted, repository asked when not the image's own; `None`: no
+            /// valid name, the pull fails.
+            want: Option<(&'static str, Option<&'static str>)>,
         }
         let cases = [
+            // Standard use cases.
             Case {
-                name: "example.com/foo/app",
-                prefix: "example.com/foo",
-                location: "internal.example/bar",
-                want: Some("bar/app"),
+                input: ("example.com/image", "example.com", "example.com"),
+                want: Some(("example.com", None)),
             },
             Case {
-                name: "example.com/foo/team/app",
-                prefix: "example.com/foo",
-                location: "internal.example",
-                want: Some("team/app"),
+                input: (
+                    "example.com:5000/image",
+                    "example.com:5000",
+                    "example.com:5000",
+                ),
+                want: Some(("example.com:5000", None)),
             },
             Case {
-                name: "example.com/foo/app",
-                prefix: "example.com",
-                location: "mirror.example/cache",
-                want: Some("cache/foo/app"),
+                input: ("example.com/foo/image", "example.com/foo", "example.com"),
+                want: Some(("example.com", Some("image"))),
             },
-            // Same repository: nothing to say.
             Case {
-                name: "docker.io/library/nginx",
-                prefix: "docker.io",
-                location: "mirror.local:5000",
+                input: (
+                    "example.com/foo/image",
+                    "example.com/foo",
+                    "example.com/path",
+                ),
+                want: Some(("example.com", Some("path/image"))),
+            },
+            // Docker examples.
+            Case {
+                input: (
+                    "docker.io/library/image",
+                    "docker.io/library",
+                    "example.com",
+                ),
+                want: Some(("example.com", Some("image"))),
+            },
+            Case {
+                input: ("docker.io/library/image", "docker.io", "example.com"),
+                want: Some(("example.com", None)),
+            },
+            // Wildcard prefixes: the whole host is replaced, the port and path kept.
+            Case {
+                input: ("docker.io/namespace/image", "*.io", "example.com"),
+                want: Some(("example.com", None)),
+            },
+            Case {
+                input: (
+                    "sub.example.io/library/prefix/image",
+                    "*.example.io",
+                    "example.com",
+                ),
+                want: Some(("example.com", None)),
+            },
+            Case {
+                input: (
+                    "another.sub.example.io:5000/library/prefix/image",
+                    "*.sub.example.io",
+                    "example.com",
+                ),
+                want: Some(("example.com:5000", None)),
+            },
+            Case {
+                input: (
+                    "foo.bar.io/ns1/ns2/ns3/ns4",
+                    "*.bar.io",
+                    "omg.bbq.com/roflmao",
+                ),
+                want: Some(("omg.bbq.com", Some("roflmao/ns1/ns2/ns3/ns4"))),
+            },
+            // A wildcard without location: the name as it is, port included.
+            Case {
+                input: (
+                    "abc.internal.registry.com/foo",
+                    "*.internal.registry.com",
+                    "",
+                ),
+                want: Some(("abc.internal.registry.com", None)),
+            },
+            Case {
+                input: ("alien.vs.predator.foobar.io:5000/omg", "*.foobar.io", ""),
+                want: Some(("alien.vs.predator.foobar.io:5000", None)),
+            },
+            // Failed during ParseNamed: a port after a location with a port or a path.
+            Case {
+                input: ("example.com:5000/image", "example.com", "example.com:5000"),
                 want: None,
             },
-            // A wildcard without location asks for the name as it is.
             Case {
-                name: "a.example.com/app",
-                prefix: "*.example.com",
-                location: "",
+                input: (
+                    "a.example.com:5000/app",
+                    "*.example.com",
+                    "mirror.example/sub",
+                ),
+                want: None,
+            },
+            // Failed: the prefix does not match the name.
+            Case {
+                input: ("docker.io/library/image", "*.com", "example.com"),
                 want: None,
             },
             Case {
-                name: "a.example.com/app",
-                prefix: "*.example.com",
-                location: "mirror.example/sub",
-                want: Some("sub/app"),
-            },
-            // A registry alone (`targets`) has no repository to rewrite.
-            Case {
-                name: "example.com",
-                prefix: "example.com",
-                location: "internal.example/bar",
+                input: ("example.com/foo/image", "example.com/f", "example.com/foo"),
                 want: None,
+            },
+            // Failed: an empty location needs a wildcard prefix.
+            Case {
+                input: ("example.com:5000/image", "example.com", ""),
+                want: None,
+            },
+            // pullwatch: a registry alone (`targets`) has no repository to rewrite.
+            Case {
+                input: ("example.com", "example.com", "internal.example/bar"),
+                want: Some(("internal.example", None)),
             },
         ];
         for case in cases {
-            assert_eq!(
-                rewritten_repository(case.name, case.prefix, case.location).as_deref(),
-                case.want,
-                "{} under {} at {}",
-                case.name,
-                case.prefix,
-                case.location
-            );
+            let (name, prefix, location) = case.input;
+            let got = asked_as(name, prefix, location);
+            let got = got
+                .as_ref()
+                .map(|a| (a.authority.as_str(), a.repository.as_deref()));
+            assert_eq!(got, case.want, "{name} under {prefix} at {location}");
         }
+    }
+
+    /// A wildcard prefix's port is kept: the location's host at the image's port, with the
+    /// certificates of that `host:port` (containers/image looks certs.d up by the rewritten name).
+    #[test]
+    fn a_wildcard_rewrite_keeps_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(
+            &conf,
+            "[[registry]]\nprefix = \"*.corp.example\"\nlocation = \"mirror.example\"\n\n[[registry.mirror]]\nlocation = \"cache.example\"\n",
+        );
+        write(
+            &dir.path().join("certs.d/mirror.example:5000/ca.crt"),
+            "pem",
+        );
+        let conf = load(&conf);
+        let hosts = conf.route("team.corp.example:5000/app").unwrap().unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(
+            urls,
+            ["https://cache.example:5000", "https://mirror.example:5000"]
+        );
+        assert_eq!(
+            hosts[1].endpoint.tls.ca_files,
+            vec![dir.path().join("certs.d/mirror.example:5000/ca.crt")]
+        );
+        assert_eq!(hosts[1].location.as_deref(), Some("mirror.example"));
+        assert!(hosts.iter().all(|h| h.endpoint.repository.is_none()));
     }
 
     #[test]
