@@ -18,8 +18,7 @@ use crate::trust::TlsOptions;
 pub const MAX_DROP_INS: usize = 200;
 
 /// When a mirror is used (`pull-from-mirror`, or `mirror-by-digest-only` for all mirrors).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PullFromMirror {
     #[default]
     All,
@@ -82,6 +81,8 @@ struct RegistryTable {
     blocked: bool,
     #[serde(default)]
     mirror_by_digest_only: bool,
+    /// Only a mirror may have it; read here so that it can be refused, as containers/image does.
+    pull_from_mirror: Option<Spanned<String>>,
     #[serde(default)]
     mirror: Vec<Spanned<MirrorTable>>,
 }
@@ -89,10 +90,12 @@ struct RegistryTable {
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct MirrorTable {
+    #[serde(default)]
     location: String,
     #[serde(default)]
     insecure: bool,
-    pull_from_mirror: Option<PullFromMirror>,
+    /// A string, so that a bad value gets containers/image's message rather than serde's.
+    pull_from_mirror: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +135,9 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
         line: e.span().map(|s| line_of(text, s.start)),
         message: e.message().trim_end().to_string(),
     })?;
+    let search_line = text
+        .find("unqualified-search-registries")
+        .map(|at| line_of(text, at));
     if let Some(v1) = file.registries {
         let line = text.find("[registries").map(|at| line_of(text, at));
         if !file.registry.is_empty() || file.unqualified_search_registries.is_some() {
@@ -146,7 +152,9 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
                 message: "drop-in files must use the v2 format ([[registry]])".into(),
             });
         }
-        return Ok(parse_v1(v1, source, line));
+        let mut parsed = parse_v1(v1, source, line)?;
+        parsed.registries = first_of_each_prefix(parsed.registries);
+        return Ok(parsed);
     }
     let mut registries = Vec::new();
     let mut warnings = Vec::new();
@@ -157,10 +165,15 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
             line: Some(line),
             message,
         };
-        let (prefix, location) = match (table.prefix, table.location) {
-            (None, None) => return Err(at("[[registry]] needs a prefix or a location".into())),
-            (Some(prefix), location) => (prefix, location.unwrap_or_default()),
-            (None, Some(location)) => (location.clone(), location),
+        let location = trim_location(&table.location.unwrap_or_default())
+            .map_err(|m| at(format!("location: {m}")))?;
+        // An empty prefix is a missing one: the location (containers/image postProcessRegistries).
+        let prefix = match table.prefix.filter(|p| !p.is_empty()) {
+            None if location.is_empty() => {
+                return Err(at("[[registry]] needs a prefix or a location".into()));
+            }
+            None => location.clone(),
+            Some(prefix) => trim_location(&prefix).map_err(|m| at(format!("prefix: {m}")))?,
         };
         // Only a leading `*.` is a wildcard (containers-registries.conf(5)).
         if let Some(suffix) = prefix.strip_prefix("*.") {
@@ -185,18 +198,53 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
         if !location.is_empty() {
             validate_location(&location).map_err(|m| at(format!("location: {m}")))?;
         }
+        if let Some(value) = table.pull_from_mirror.filter(|v| !v.get_ref().is_empty()) {
+            return Err(ParseError {
+                line: Some(line_of(text, value.span().start)),
+                message: format!(
+                    "pull-from-mirror is set on the registry {prefix:?} itself; only a [[registry.mirror]] may have it"
+                ),
+            });
+        }
         let mut mirrors = Vec::new();
         for mirror in table.mirror {
             let mirror_line = line_of(text, mirror.span().start);
             let mirror = mirror.into_inner();
-            validate_location(&mirror.location).map_err(|m| ParseError {
+            let at = |message: String| ParseError {
                 line: Some(mirror_line),
-                message: format!("mirror location: {m}"),
+                message,
+            };
+            let location =
+                trim_location(&mirror.location).map_err(|m| at(format!("mirror location: {m}")))?;
+            if location.is_empty() {
+                return Err(at("[[registry.mirror]] needs a location".into()));
+            }
+            validate_location(&location).map_err(|m| at(format!("mirror location: {m}")))?;
+            let (pull_from_mirror, at) = match mirror.pull_from_mirror {
+                Some(value) => {
+                    let value_line = line_of(text, value.span().start);
+                    (value.into_inner(), value_line)
+                }
+                None => (String::new(), mirror_line),
+            };
+            let at = |message: String| ParseError {
+                line: Some(at),
+                message,
+            };
+            if table.mirror_by_digest_only && !pull_from_mirror.is_empty() {
+                return Err(at(format!(
+                    "mirror {location:?} has pull-from-mirror but its registry {prefix:?} has mirror-by-digest-only: set one or the other"
+                )));
+            }
+            let pull_from_mirror = PullFromMirror::parse(&pull_from_mirror).ok_or_else(|| {
+                at(format!(
+                    "mirror {location:?}: pull-from-mirror {pull_from_mirror:?} is not one of \"all\", \"digest-only\", \"tag-only\""
+                ))
             })?;
             mirrors.push(Mirror {
-                location: mirror.location,
+                location,
                 insecure: mirror.insecure,
-                pull_from_mirror: mirror.pull_from_mirror.unwrap_or_default(),
+                pull_from_mirror,
                 line: mirror_line,
             });
         }
@@ -211,22 +259,149 @@ fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError>
             line: Some(line),
         });
     }
+    if let Some(conflict) = conflicting_settings(&registries) {
+        return Err(conflict);
+    }
+    if let Some(search) = &file.unqualified_search_registries {
+        validate_search(search, "unqualified-search-registries").map_err(|message| ParseError {
+            line: search_line,
+            message,
+        })?;
+    }
     Ok(Parsed {
-        registries,
-        unqualified_search: file.unqualified_search_registries,
+        registries: first_of_each_prefix(registries),
+        unqualified_search: file.unqualified_search_registries.map(|s| {
+            s.iter()
+                .map(|r| r.trim_end_matches('/').to_string())
+                .collect()
+        }),
         warnings,
     })
 }
 
-fn parse_v1(v1: V1Tables, source: &Path, line: Option<usize>) -> Parsed {
+impl PullFromMirror {
+    /// `pull-from-mirror`'s values; empty is `all` (containers/image `MirrorAll`).
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "" | "all" => Some(Self::All),
+            "digest-only" => Some(Self::DigestOnly),
+            "tag-only" => Some(Self::TagOnly),
+            _ => None,
+        }
+    }
+}
+
+/// containers/image's `parseLocation`: trailing `/`s dropped, an `http://` or `https://` scheme
+/// refused.
+fn trim_location(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+        return Err(format!(
+            "{value:?} must not have a scheme (give host[:port][/namespace])"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Two tables for one registry (the same location, or the same prefix when without location)
+/// must agree on `insecure` and `blocked`, or containers/image refuses the file. Same file only:
+/// drop-ins replace tables by prefix without this check.
+fn conflicting_settings(registries: &[Registry]) -> Option<ParseError> {
+    let key = |r: &Registry| {
+        if r.location.is_empty() {
+            r.prefix.clone()
+        } else {
+            r.location.clone()
+        }
+    };
+    for (i, first) in registries.iter().enumerate() {
+        for second in &registries[i + 1..] {
+            if key(first) != key(second) {
+                continue;
+            }
+            let setting = if first.insecure != second.insecure {
+                "insecure"
+            } else if first.blocked != second.blocked {
+                "blocked"
+            } else {
+                continue;
+            };
+            let lines = match (first.line, second.line) {
+                (Some(a), Some(b)) => format!(" (lines {a} and {b})"),
+                _ => String::new(),
+            };
+            return Some(ParseError {
+                line: second.line,
+                message: format!(
+                    "registry {:?} is defined more than once with different `{setting}`{lines}; containers/image refuses this",
+                    key(first)
+                ),
+            });
+        }
+    }
+    None
+}
+
+/// `unqualified-search-registries` entries are `host[:port]`: no namespace, no scheme
+/// (containers/image checks them against its reference domain pattern).
+/// `list` names the setting in messages.
+fn validate_search(search: &[String], list: &str) -> Result<(), String> {
+    for entry in search {
+        let trimmed = trim_location(entry).map_err(|m| format!("{list} entry {m}"))?;
+        if !is_domain(&trimmed) {
+            return Err(format!(
+                "{list} entry {entry:?} must be a host[:port] (no namespace, scheme or other characters)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// containers/image's reference domain: `label(.label)*[:port]`, each label alphanumeric with
+/// inner `-`, the port digits.
+fn is_domain(value: &str) -> bool {
+    let (host, port) = match value.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    host.split('.').all(label_ok)
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Of tables with the same prefix, the first (later ones are never chosen), in prefix order:
+/// containers/image's postProcessRegistries (since v5.3.0) does this for every file.
+fn first_of_each_prefix(registries: Vec<Registry>) -> Vec<Registry> {
+    let mut by_prefix: BTreeMap<String, Registry> = BTreeMap::new();
+    for registry in registries {
+        by_prefix.entry(registry.prefix.clone()).or_insert(registry);
+    }
+    by_prefix.into_values().collect()
+}
+
+/// v1 lists as containers/image's `ConvertToV2`: one table per location (trailing `/`s dropped,
+/// a scheme refused), then the v2 checks of the search list.
+fn parse_v1(v1: V1Tables, source: &Path, line: Option<usize>) -> Result<Parsed, ParseError> {
     let mut registries: Vec<Registry> = Vec::new();
-    let mut entry = |name: &str| -> usize {
+    let mut entry = |list: &str, name: &str| -> Result<usize, ParseError> {
+        let name = trim_location(name).map_err(|m| ParseError {
+            line,
+            message: format!("[registries.{list}] entry {m}"),
+        })?;
         if let Some(i) = registries.iter().position(|r| r.prefix == name) {
-            return i;
+            return Ok(i);
         }
         registries.push(Registry {
-            prefix: name.to_string(),
-            location: name.to_string(),
+            prefix: name.clone(),
+            location: name,
             insecure: false,
             blocked: false,
             mirror_by_digest_only: false,
@@ -234,21 +409,35 @@ fn parse_v1(v1: V1Tables, source: &Path, line: Option<usize>) -> Parsed {
             source: source.to_path_buf(),
             line,
         });
-        registries.len() - 1
+        Ok(registries.len() - 1)
     };
-    let insecure: Vec<usize> = v1.insecure.registries.iter().map(|r| entry(r)).collect();
-    let blocked: Vec<usize> = v1.block.registries.iter().map(|r| entry(r)).collect();
+    let mut blocked = Vec::new();
+    for name in &v1.block.registries {
+        blocked.push(entry("block", name)?);
+    }
+    let mut insecure = Vec::new();
+    for name in &v1.insecure.registries {
+        insecure.push(entry("insecure", name)?);
+    }
     for i in insecure {
         registries[i].insecure = true;
     }
     for i in blocked {
         registries[i].blocked = true;
     }
-    Parsed {
+    validate_search(&v1.search.registries, "[registries.search]")
+        .map_err(|message| ParseError { line, message })?;
+    Ok(Parsed {
         registries,
-        unqualified_search: Some(v1.search.registries),
+        unqualified_search: Some(
+            v1.search
+                .registries
+                .iter()
+                .map(|r| r.trim_end_matches('/').to_string())
+                .collect(),
+        ),
         warnings: vec![],
-    }
+    })
 }
 
 /// `host[:port][/namespace…]`.
@@ -377,17 +566,51 @@ fn match_len(name: &str, prefix: &str) -> Option<usize> {
     (rest.is_empty() || rest.starts_with(['/', ':', '@'])).then_some(end)
 }
 
-/// The repository `name` (`host[:port]/repository`) is asked as at `location` under `prefix`:
-/// containers/image rewrites a reference to `location` + what follows the prefix's match. `None`
-/// when the name has no repository or it stays the same (a wildcard prefix without location).
-fn rewritten_repository(name: &str, prefix: &str, location: &str) -> Option<String> {
-    let (_, original) = name.split_once('/')?;
+/// The name an endpoint at `location` is asked for `name` (`host[:port][/repository]`) under
+/// `prefix`, as containers/image's `rewriteReference`: `location` + what follows the prefix's
+/// match. A wildcard's match ends with its suffix, so the image's whole host is replaced and its
+/// port and path kept (`a.example.com:5000/app` under `*.example.com` at `mirror.example` is
+/// `mirror.example:5000/app`); without location, the name as it is. `None`: no valid name
+/// (`mirror.example/sub:5000/app`), which fails the pull in containers/image.
+fn rewrite(name: &str, prefix: &str, location: &str) -> Option<String> {
+    let end = match_len(name, prefix)?;
     if location.is_empty() {
-        return None;
+        return prefix.starts_with("*.").then(|| name.to_string());
     }
-    let rewritten = format!("{location}{}", &name[match_len(name, prefix)?..]);
-    let (_, repository) = rewritten.split_once('/')?;
-    (repository != original).then(|| repository.to_string())
+    let rewritten = format!("{location}{}", &name[end..]);
+    let (host, path) = match rewritten.split_once('/') {
+        Some((host, path)) => (host, Some(path)),
+        None => (rewritten.as_str(), None),
+    };
+    let path_ok = path.is_none_or(|path| {
+        path.split('/')
+            .all(|c| !c.is_empty() && !c.contains([':', '@']))
+    });
+    (is_domain(host) && path_ok).then_some(rewritten)
+}
+
+/// What one endpoint is asked: the `host[:port]` contacted, and the repository when it is not
+/// the image's own.
+#[derive(Debug, PartialEq, Eq)]
+struct AskedAs {
+    authority: String,
+    repository: Option<String>,
+}
+
+/// [`rewrite`], split for an endpoint; `None` when the rewrite gives no valid name.
+fn asked_as(name: &str, prefix: &str, location: &str) -> Option<AskedAs> {
+    let rewritten = rewrite(name, prefix, location)?;
+    let original = name.split_once('/').map(|(_, r)| r);
+    let (authority, repository) = match rewritten.split_once('/') {
+        Some((authority, repository)) => (authority, Some(repository)),
+        None => (rewritten.as_str(), None),
+    };
+    Some(AskedAs {
+        authority: authority.to_string(),
+        repository: repository
+            .filter(|r| original.is_some_and(|o| o != *r))
+            .map(str::to_string),
+    })
 }
 
 impl RegistriesConf {
@@ -433,20 +656,14 @@ impl RegistriesConf {
         if registry.blocked {
             return Some(Err(registry.source.clone()));
         }
-        let name_host = name.split('/').next().unwrap_or_default();
-        let location = if registry.location.is_empty() {
-            // A wildcard prefix: the image's own registry.
-            name_host.to_string()
-        } else {
-            registry.location.clone()
-        };
         let source = registry.source.display().to_string();
-        // Every endpoint is asked for the name as rewritten to its location.
-        let asked_as = |location: &str, hosts: Vec<RouteHost>| {
-            let repository = rewritten_repository(name, &registry.prefix, location);
-            hosts.into_iter().map(move |mut host| {
-                host.endpoint.repository = repository.clone();
-                host
+        // Every endpoint is asked for the name as rewritten to its location, at the host (and
+        // port) of that name. A name that does not rewrite (containers/image then fails the
+        // pull) is shown at the location as written.
+        let endpoint = |location: &str, fallback: &str| {
+            asked_as(name, &registry.prefix, location).unwrap_or_else(|| AskedAs {
+                authority: fallback.split('/').next().unwrap_or_default().to_string(),
+                repository: None,
             })
         };
         let mut hosts = Vec::new();
@@ -461,32 +678,40 @@ impl RegistriesConf {
                 resolve: mode != PullFromMirror::DigestOnly,
                 push: false,
             };
-            let mirror_hosts = self.hosts_for(
+            hosts.extend(self.hosts_for(
+                endpoint(&mirror.location, &mirror.location),
                 &mirror.location,
                 mirror.insecure,
                 Role::Mirror,
                 capabilities,
                 &source,
                 Some(mirror.line),
-            );
-            hosts.extend(asked_as(&mirror.location, mirror_hosts));
+            ));
         }
-        let upstream_hosts = self.hosts_for(
-            &location,
+        // A wildcard prefix without location: the image's own registry.
+        let location = if registry.location.is_empty() {
+            name.split('/').next().unwrap_or_default()
+        } else {
+            registry.location.as_str()
+        };
+        hosts.extend(self.hosts_for(
+            endpoint(&registry.location, location),
+            location,
             registry.insecure,
             Role::Upstream,
             Capabilities::ALL,
             &source,
             registry.line,
-        );
-        hosts.extend(asked_as(&registry.location, upstream_hosts));
+        ));
         Some(Ok(hosts))
     }
 
     /// The endpoints for one location: HTTPS, and for `insecure` HTTPS without verification
     /// followed by plain HTTP (containers/image falls back to it).
+    #[allow(clippy::too_many_arguments)]
     fn hosts_for(
         &self,
+        asked: AskedAs,
         location: &str,
         insecure: bool,
         role: Role,
@@ -494,7 +719,7 @@ impl RegistriesConf {
         source: &str,
         line: Option<usize>,
     ) -> Vec<RouteHost> {
-        let registry = location.split('/').next().unwrap_or_default();
+        let registry = asked.authority.as_str();
         let Ok((host, port)) = split_host_port(registry) else {
             return vec![];
         };
@@ -526,7 +751,7 @@ impl RegistriesConf {
                 source: source.to_string(),
                 tls,
                 api_path: "/v2".into(),
-                repository: None,
+                repository: asked.repository.clone(),
                 namespace_query: false,
             },
             capabilities,
@@ -702,72 +927,169 @@ mod tests {
         }
     }
 
-    /// containers/image asks each endpoint for `location` + what follows the prefix's match.
+    /// containers/image asks each endpoint for `location` + what follows the prefix's match
+    /// (`rewriteReference`); rows from system_registries_v2_test.go's TestRewriteReferenceSuccess
+    /// and TestRewriteReferenceFailedDuringParseNamed (tags and digests left out: pullwatch
+    /// routes repositories), plus pullwatch's own.
     #[test]
-    fn repositories_are_rewritten_to_the_location() {
+    fn names_are_rewritten_to_the_location() {
         struct Case {
-            name: &'static str,
-            prefix: &'static str,
-            location: &'static str,
-            want: Option<&'static str>,
+            input: (&'static str, &'static str, &'static str),
+            /// `host[:port]` contacted, repository asked when not the image's own; `None`: no
+            /// valid name, the pull fails.
+            want: Option<(&'static str, Option<&'static str>)>,
         }
         let cases = [
+            // Standard use cases.
             Case {
-                name: "example.com/foo/app",
-                prefix: "example.com/foo",
-                location: "internal.example/bar",
-                want: Some("bar/app"),
+                input: ("example.com/image", "example.com", "example.com"),
+                want: Some(("example.com", None)),
             },
             Case {
-                name: "example.com/foo/team/app",
-                prefix: "example.com/foo",
-                location: "internal.example",
-                want: Some("team/app"),
+                input: (
+                    "example.com:5000/image",
+                    "example.com:5000",
+                    "example.com:5000",
+                ),
+                want: Some(("example.com:5000", None)),
             },
             Case {
-                name: "example.com/foo/app",
-                prefix: "example.com",
-                location: "mirror.example/cache",
-                want: Some("cache/foo/app"),
+                input: ("example.com/foo/image", "example.com/foo", "example.com"),
+                want: Some(("example.com", Some("image"))),
             },
-            // Same repository: nothing to say.
             Case {
-                name: "docker.io/library/nginx",
-                prefix: "docker.io",
-                location: "mirror.local:5000",
+                input: (
+                    "example.com/foo/image",
+                    "example.com/foo",
+                    "example.com/path",
+                ),
+                want: Some(("example.com", Some("path/image"))),
+            },
+            // Docker examples.
+            Case {
+                input: (
+                    "docker.io/library/image",
+                    "docker.io/library",
+                    "example.com",
+                ),
+                want: Some(("example.com", Some("image"))),
+            },
+            Case {
+                input: ("docker.io/library/image", "docker.io", "example.com"),
+                want: Some(("example.com", None)),
+            },
+            // Wildcard prefixes: the whole host is replaced, the port and path kept.
+            Case {
+                input: ("docker.io/namespace/image", "*.io", "example.com"),
+                want: Some(("example.com", None)),
+            },
+            Case {
+                input: (
+                    "sub.example.io/library/prefix/image",
+                    "*.example.io",
+                    "example.com",
+                ),
+                want: Some(("example.com", None)),
+            },
+            Case {
+                input: (
+                    "another.sub.example.io:5000/library/prefix/image",
+                    "*.sub.example.io",
+                    "example.com",
+                ),
+                want: Some(("example.com:5000", None)),
+            },
+            Case {
+                input: (
+                    "foo.bar.io/ns1/ns2/ns3/ns4",
+                    "*.bar.io",
+                    "omg.bbq.com/roflmao",
+                ),
+                want: Some(("omg.bbq.com", Some("roflmao/ns1/ns2/ns3/ns4"))),
+            },
+            // A wildcard without location: the name as it is, port included.
+            Case {
+                input: (
+                    "abc.internal.registry.com/foo",
+                    "*.internal.registry.com",
+                    "",
+                ),
+                want: Some(("abc.internal.registry.com", None)),
+            },
+            Case {
+                input: ("alien.vs.predator.foobar.io:5000/omg", "*.foobar.io", ""),
+                want: Some(("alien.vs.predator.foobar.io:5000", None)),
+            },
+            // Failed during ParseNamed: a port after a location with a port or a path.
+            Case {
+                input: ("example.com:5000/image", "example.com", "example.com:5000"),
                 want: None,
             },
-            // A wildcard without location asks for the name as it is.
             Case {
-                name: "a.example.com/app",
-                prefix: "*.example.com",
-                location: "",
+                input: (
+                    "a.example.com:5000/app",
+                    "*.example.com",
+                    "mirror.example/sub",
+                ),
+                want: None,
+            },
+            // Failed: the prefix does not match the name.
+            Case {
+                input: ("docker.io/library/image", "*.com", "example.com"),
                 want: None,
             },
             Case {
-                name: "a.example.com/app",
-                prefix: "*.example.com",
-                location: "mirror.example/sub",
-                want: Some("sub/app"),
-            },
-            // A registry alone (`targets`) has no repository to rewrite.
-            Case {
-                name: "example.com",
-                prefix: "example.com",
-                location: "internal.example/bar",
+                input: ("example.com/foo/image", "example.com/f", "example.com/foo"),
                 want: None,
+            },
+            // Failed: an empty location needs a wildcard prefix.
+            Case {
+                input: ("example.com:5000/image", "example.com", ""),
+                want: None,
+            },
+            // pullwatch: a registry alone (`targets`) has no repository to rewrite.
+            Case {
+                input: ("example.com", "example.com", "internal.example/bar"),
+                want: Some(("internal.example", None)),
             },
         ];
         for case in cases {
-            assert_eq!(
-                rewritten_repository(case.name, case.prefix, case.location).as_deref(),
-                case.want,
-                "{} under {} at {}",
-                case.name,
-                case.prefix,
-                case.location
-            );
+            let (name, prefix, location) = case.input;
+            let got = asked_as(name, prefix, location);
+            let got = got
+                .as_ref()
+                .map(|a| (a.authority.as_str(), a.repository.as_deref()));
+            assert_eq!(got, case.want, "{name} under {prefix} at {location}");
         }
+    }
+
+    /// A wildcard prefix's port is kept: the location's host at the image's port, with the
+    /// certificates of that `host:port` (containers/image looks certs.d up by the rewritten name).
+    #[test]
+    fn a_wildcard_rewrite_keeps_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        write(
+            &conf,
+            "[[registry]]\nprefix = \"*.corp.example\"\nlocation = \"mirror.example\"\n\n[[registry.mirror]]\nlocation = \"cache.example\"\n",
+        );
+        write(
+            &dir.path().join("certs.d/mirror.example:5000/ca.crt"),
+            "pem",
+        );
+        let conf = load(&conf);
+        let hosts = conf.route("team.corp.example:5000/app").unwrap().unwrap();
+        let urls: Vec<String> = hosts.iter().map(|h| h.endpoint.url()).collect();
+        assert_eq!(
+            urls,
+            ["https://cache.example:5000", "https://mirror.example:5000"]
+        );
+        assert_eq!(
+            hosts[1].endpoint.tls.ca_files,
+            vec![dir.path().join("certs.d/mirror.example:5000/ca.crt")]
+        );
+        assert_eq!(hosts[1].location.as_deref(), Some("mirror.example"));
+        assert!(hosts.iter().all(|h| h.endpoint.repository.is_none()));
     }
 
     #[test]
@@ -933,7 +1255,7 @@ location = "evil.example"
             Case {
                 text: "[[registry]]\nlocation = \"x\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"sometimes\"\n",
                 line: Some(5),
-                message: "unknown variant",
+                message: "is not one of \"all\", \"digest-only\", \"tag-only\"",
             },
             Case {
                 text: "[registries.search]\nregistries = [\"a\"]\n[[registry]]\nlocation = \"x\"\n",
@@ -949,6 +1271,224 @@ location = "evil.example"
                 "{}: {error:?}",
                 case.text
             );
+        }
+    }
+
+    /// Files containers/image (pkg/sysregistriesv2, v5.x) refuses as a whole; each row names the
+    /// upstream test (system_registries_v2_test.go) and testdata file it follows.
+    #[test]
+    fn files_containers_image_refuses() {
+        struct Case {
+            /// Upstream test and testdata.
+            from: &'static str,
+            input: &'static str,
+            want: (Option<usize>, &'static str),
+        }
+        let cases = [
+            Case {
+                from: "TestInvalidV2Configs insecure-conflicts.conf",
+                input: "[[registry]]\nlocation = \"registry.com\"\n\n[[registry.mirror]]\nlocation = \"mirror-1.registry.com\"\n\n[[registry]]\nlocation = \"registry.com\"\ninsecure = true\n",
+                want: (
+                    Some(7),
+                    "registry \"registry.com\" is defined more than once with different `insecure` (lines 1 and 7)",
+                ),
+            },
+            Case {
+                from: "TestInvalidV2Configs blocked-conflicts.conf",
+                input: "[[registry]]\nlocation = \"registry.com\"\n\n[[registry]]\nlocation = \"registry.com\"\nblocked = true\n",
+                want: (
+                    Some(4),
+                    "registry \"registry.com\" is defined more than once with different `blocked` (lines 1 and 4)",
+                ),
+            },
+            // postProcessRegistries keys the check on the location: two prefixes, one location.
+            Case {
+                from: "postProcessRegistries regMap (keyed by location)",
+                input: "[[registry]]\nprefix = \"a.example/x\"\nlocation = \"registry.com\"\n[[registry]]\nprefix = \"a.example/y\"\nlocation = \"registry.com/\"\ninsecure = true\n",
+                want: (
+                    Some(4),
+                    "registry \"registry.com\" is defined more than once",
+                ),
+            },
+            // Without location, keyed on the (wildcard) prefix.
+            Case {
+                from: "postProcessRegistries regMap (keyed by prefix without location)",
+                input: "[[registry]]\nprefix = \"*.example.com\"\n[[registry]]\nprefix = \"*.example.com\"\nblocked = true\n",
+                want: (
+                    Some(3),
+                    "registry \"*.example.com\" is defined more than once with different `blocked`",
+                ),
+            },
+            Case {
+                from: "TestInvalidV2Configs missing-mirror-location.conf",
+                input: "[[registry]]\nlocation = \"registry.com\"\n[[registry.mirror]]\ninsecure = true\n",
+                want: (Some(3), "[[registry.mirror]] needs a location"),
+            },
+            Case {
+                from: "TestInvalidV2Configs invalid-prefix.conf (http:// prefix)",
+                input: "[[registry]]\nlocation = \"registry.com:5000\"\nprefix = \"http://schema-is-invalid.com\"\n",
+                want: (
+                    Some(1),
+                    "prefix: \"http://schema-is-invalid.com\" must not have a scheme",
+                ),
+            },
+            Case {
+                from: "TestInvalidMirrorConfig invalid-config-level-mirror.conf (v5.21.0)",
+                input: "[[registry]]\nprefix = \"registry-a.com/foo\"\nlocation = \"registry-a.com/bar\"\npull-from-mirror = \"digest-only\"\n",
+                want: (
+                    Some(4),
+                    "pull-from-mirror is set on the registry \"registry-a.com/foo\" itself",
+                ),
+            },
+            Case {
+                from: "TestInvalidMirrorConfig invalid-conflict-mirror.conf (v5.21.0)",
+                input: "[[registry]]\nprefix = \"registry-a.com/foo\"\nlocation = \"registry-a.com/bar\"\nmirror-by-digest-only = true\n\n[[registry.mirror]]\npull-from-mirror = \"digest-only\"\nlocation = \"mirror-1.registry-a.com\"\n",
+                want: (
+                    Some(7),
+                    "mirror \"mirror-1.registry-a.com\" has pull-from-mirror but its registry \"registry-a.com/foo\" has mirror-by-digest-only",
+                ),
+            },
+            // Any non-empty value conflicts, "all" too (`mir.PullFromMirror != ""`).
+            Case {
+                from: "postProcessRegistries (pull-from-mirror = \"all\" with mirror-by-digest-only)",
+                input: "[[registry]]\nlocation = \"r.example\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.example\"\npull-from-mirror = \"all\"\n",
+                want: (Some(6), "has mirror-by-digest-only"),
+            },
+            Case {
+                from: "TestInvalidMirrorConfig invalid-value-mirror.conf (v5.21.0)",
+                input: "[[registry]]\nprefix = \"registry-a.com/foo\"\nlocation = \"registry-a.com/bar\"\n\n[[registry.mirror]]\npull-from-mirror = \"notvalid\"\nlocation = \"mirror-1.registry-a.com\"\n",
+                want: (
+                    Some(6),
+                    "mirror \"mirror-1.registry-a.com\": pull-from-mirror \"notvalid\" is not one of",
+                ),
+            },
+            Case {
+                from: "TestFindUnqualifiedSearchRegistries invalid-search.conf",
+                input: "unqualified-search-registries = [\"registry-a.com/namespace-is-forbidden\"]\n",
+                want: (
+                    Some(1),
+                    "unqualified-search-registries entry \"registry-a.com/namespace-is-forbidden\" must be a host[:port]",
+                ),
+            },
+            Case {
+                from: "postProcessRegistries (search entry through parseLocation)",
+                input: "\nunqualified-search-registries = [\"quay.io\", \"https://docker.io\"]\n",
+                want: (
+                    Some(2),
+                    "unqualified-search-registries entry \"https://docker.io\" must not have a scheme",
+                ),
+            },
+            Case {
+                from: "TestV1BackwardsCompatibility v1-invalid-block.conf",
+                input: "[registries.search]\nregistries = [\"registry-a.com////\"]\n\n[registries.block]\nregistries = [\"registry-b.com\", \"http://schema-is-invalid.com\"]\n",
+                want: (
+                    Some(1),
+                    "[registries.block] entry \"http://schema-is-invalid.com\" must not have a scheme",
+                ),
+            },
+            Case {
+                from: "TestV1BackwardsCompatibility v1-invalid-insecure.conf",
+                input: "[registries.insecure]\nregistries = [\"registry-b.com////\", \"http://schema-is-invalid.com\"]\n",
+                want: (
+                    Some(1),
+                    "[registries.insecure] entry \"http://schema-is-invalid.com\" must not have a scheme",
+                ),
+            },
+            Case {
+                from: "TestV1BackwardsCompatibility v1-invalid-search.conf",
+                input: "[registries.search]\nregistries = [\"registry-a.com////\", \"http://schema-is-invalid.com\"]\n",
+                want: (
+                    Some(1),
+                    "[registries.search] entry \"http://schema-is-invalid.com\" must not have a scheme",
+                ),
+            },
+            // v1 search lists go through the v2 checks too (loadConfigFile post-processes them).
+            Case {
+                from: "loadConfigFile (converted v1 through postProcessRegistries)",
+                input: "[registries.search]\nregistries = [\"quay.io/team\"]\n",
+                want: (
+                    Some(1),
+                    "[registries.search] entry \"quay.io/team\" must be a host[:port]",
+                ),
+            },
+        ];
+        for case in cases {
+            let error = parse(case.input, Path::new("/r.conf"), false).expect_err(case.from);
+            assert_eq!(error.line, case.want.0, "{}: {error:?}", case.from);
+            assert!(
+                error.message.contains(case.want.1),
+                "{}: {error:?}",
+                case.from
+            );
+        }
+    }
+
+    /// What containers/image accepts, and how it reads it.
+    #[test]
+    fn files_containers_image_accepts() {
+        struct Case {
+            /// Upstream test and testdata.
+            from: &'static str,
+            input: &'static str,
+            /// (prefix, location) of each table, in the order containers/image keeps them.
+            want: &'static [(&'static str, &'static str)],
+        }
+        let cases = [
+            // invalid-prefix.conf's last table: `prefix = ""` is the location.
+            Case {
+                from: "postProcessRegistries (reg.Prefix == \"\")",
+                input: "[[registry]]\nlocation = \"empty-prefix.com\"\nprefix = \"\"\n",
+                want: &[("empty-prefix.com", "empty-prefix.com")],
+            },
+            Case {
+                from: "TestParseLocation (trailing slashes are stripped)",
+                input: "[[registry]]\nprefix = \"example.com/foo//\"\nlocation = \"example.com:5000/with/path/\"\n",
+                want: &[("example.com/foo", "example.com:5000/with/path")],
+            },
+            // Same location, same settings: no conflict.
+            Case {
+                from: "postProcessRegistries (no conflict when settings agree)",
+                input: "[[registry]]\nprefix = \"a.example/x\"\nlocation = \"registry.com\"\ninsecure = true\n[[registry]]\nprefix = \"a.example/y\"\nlocation = \"registry.com\"\ninsecure = true\n",
+                want: &[
+                    ("a.example/x", "registry.com"),
+                    ("a.example/y", "registry.com"),
+                ],
+            },
+            // The same prefix twice: the first table only, then prefix order (since v5.3.0).
+            Case {
+                from: "postProcessRegistries (uniqueRegistries, sort.Strings)",
+                input: "[[registry]]\nprefix = \"z.example\"\nlocation = \"first.example\"\n[[registry]]\nprefix = \"a.example\"\nlocation = \"a.example\"\n[[registry]]\nprefix = \"z.example\"\nlocation = \"second.example\"\n",
+                want: &[("a.example", "a.example"), ("z.example", "first.example")],
+            },
+            // An empty pull-from-mirror is "all", even with mirror-by-digest-only.
+            Case {
+                from: "postProcessRegistries (mir.PullFromMirror != \"\")",
+                input: "[[registry]]\nlocation = \"r.example\"\nmirror-by-digest-only = true\npull-from-mirror = \"\"\n[[registry.mirror]]\nlocation = \"m.example\"\npull-from-mirror = \"\"\n",
+                want: &[("r.example", "r.example")],
+            },
+            Case {
+                from: "TestFindUnqualifiedSearchRegistries unqualified-search.conf",
+                input: "unqualified-search-registries = [\"registry-a.com\", \"registry-c.com:5000\", \"registry-d.com/\"]\n",
+                want: &[],
+            },
+            Case {
+                from: "TestV1BackwardsCompatibility v1-compatibility.conf",
+                input: "[registries.search]\nregistries = [\"registry-a.com////\"]\n[registries.block]\nregistries = [\"registry-b.com\"]\n[registries.insecure]\nregistries = [\"registry-b.com////\", \"registry-d.com\"]\n",
+                want: &[
+                    ("registry-b.com", "registry-b.com"),
+                    ("registry-d.com", "registry-d.com"),
+                ],
+            },
+        ];
+        for case in cases {
+            let parsed = parse(case.input, Path::new("/r.conf"), false)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", case.from));
+            let got: Vec<(&str, &str)> = parsed
+                .registries
+                .iter()
+                .map(|r| (r.prefix.as_str(), r.location.as_str()))
+                .collect();
+            assert_eq!(got, case.want, "{}", case.from);
         }
     }
 
