@@ -44,9 +44,10 @@ const MAX_IN_FLIGHT: usize = 8;
 const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(10);
 /// On-demand rounds of one registry start at most this often.
 const DEBOUNCE: Duration = Duration::from_secs(10);
-/// Check timeouts one registry round may use, for the liveness budget: dns, tcp, tls, http; the
-/// token server's dns, tcp, tls; auth; the manifest's HEAD and what follows it; the runtime check.
-const TIMEOUTS_PER_ROUND: u32 = 16;
+/// Check timeouts one registry round may use, for the liveness budget: the credential providers'
+/// lookup (4); dns, tcp, tls, http; the token server's dns, tcp, tls; auth and the manifest's HEAD
+/// and what follows it for each credential tried (4 × 4); the runtime check (4 + its lookup, 4).
+const TIMEOUTS_PER_ROUND: u32 = 40;
 
 /// The agent could not start; every variant names the flag to fix (exit 64).
 #[derive(Debug, thiserror::Error)]

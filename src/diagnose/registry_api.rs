@@ -123,8 +123,14 @@ impl Diagnoser {
             }
         }
         let mut api = chosen.unwrap_or_default();
-        if credentials.offered.is_empty() && api.refused_credentials() {
-            blame_failed_sources(&mut api, &credentials.failures);
+        if api.refused_credentials() {
+            if credentials.offered.is_empty() {
+                blame_failed_sources(&mut api, &credentials.failures);
+            } else {
+                // Refused with what was offered: the evidence still says what was not tried,
+                // and which sources failed (the kubelet's own problem may be there).
+                note_untried(&mut api, credentials);
+            }
         }
         for result in &api.checks {
             on_check(endpoint, result);
@@ -242,6 +248,28 @@ fn with_source(mut result: CheckResult, source: &Source) -> CheckResult {
         None => result.detail.push_str(&named),
     }
     result
+}
+
+/// On a refusal despite credentials: the credentials past [`MAX_CREDENTIALS_TRIED`] and the
+/// sources that failed, named in the refused check's evidence (its reason stays).
+fn note_untried(api: &mut ApiProbe, credentials: &ImageCredentials) {
+    let Some(refused) = api.checks.iter_mut().find(|c| !c.ok) else {
+        return;
+    };
+    let untried = credentials
+        .offered
+        .len()
+        .saturating_sub(MAX_CREDENTIALS_TRIED);
+    if untried > 0 {
+        refused
+            .detail
+            .push_str(&format!("; {untried} more credentials not tried"));
+    }
+    for failed in &credentials.failures {
+        refused
+            .detail
+            .push_str(&format!("; {} failed: {}", failed.source, failed.message));
+    }
 }
 
 /// Refused without credentials while a source the kubelet uses failed: the failed source is the

@@ -479,12 +479,17 @@ async fn pod_credentials(
     let offered = read
         .keyrings
         .iter()
-        .filter_map(|found| {
-            let credential = found.keyring.lookup(image.registry(), image.repository())?;
-            Some(Offered {
-                credential: credential.clone(),
-                source: Source::PullSecret(name(&found.secret, &found.source)),
-            })
+        .flat_map(|found| {
+            // Every match in each secret, most specific key first, as the kubelet's keyring.
+            let source = Source::PullSecret(name(&found.secret, &found.source));
+            found
+                .keyring
+                .lookup_all(image.registry(), image.repository())
+                .into_iter()
+                .map(move |credential| Offered {
+                    credential: credential.clone(),
+                    source: source.clone(),
+                })
         })
         .collect();
     let failures = read

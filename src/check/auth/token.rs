@@ -73,6 +73,18 @@ impl TokenCache {
     }
 }
 
+/// A process-local fingerprint of a secret, to tell two apart in a cache key.
+fn fingerprint(secret: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = FINGERPRINT_KEYS.build_hasher();
+    hasher.write(secret.as_bytes());
+    hasher.finish()
+}
+
+/// Random per process, so a fingerprint says nothing outside it.
+static FINGERPRINT_KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
 /// The pull scope the runtime asks for.
 pub fn pull_scope(repository: &str) -> String {
     format!("repository:{repository}:pull")
@@ -90,12 +102,16 @@ pub async fn token(
 ) -> Result<AuthOutcome, AuthFailed> {
     let scope = pull_scope(repository);
     let username = credential.map(|c| c.username.clone());
+    // The password's fingerprint too: ECR's user is always `AWS`, so two sources' credentials
+    // (a stale pull secret, the node's provider) may differ only there, and one must never be
+    // answered with a token the other earned. Kept in memory only, never shown.
     let cache_key = format!(
-        "{}\n{}\n{scope}\n{}\n{}",
+        "{}\n{}\n{scope}\n{}\n{}\n{:x}",
         bearer.realm,
         bearer.service.as_deref().unwrap_or_default(),
         credential.map(|c| c.key.as_str()).unwrap_or_default(),
-        username.as_deref().unwrap_or_default()
+        username.as_deref().unwrap_or_default(),
+        credential.map_or(0, |c| fingerprint(c.password.expose()))
     );
     let outcome = |token: Secret, expires_in: Duration, cached: bool| AuthOutcome {
         method: Method::Bearer {
