@@ -13,12 +13,32 @@ use crate::credentials::provider::Providers;
 use crate::diagnose::{Diagnoser, PullSettings};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
+use crate::route::RuntimeKind;
 use crate::route::{RouteConfig, split_host_port};
 use crate::trust::Trust;
 
 /// A credential provider's plugins may take this many check timeouts for one image (they call
 /// a cloud API; the kubelet allows a minute).
 const PROVIDER_TIMEOUTS: u32 = 4;
+
+/// `--runtime-version NAME/VERSION`: a runtime pullwatch has routing rules for, and a version
+/// that starts with a number (`containerd/1.7.13`, `containerd/v2.0.1`, `cri-o/1.30.2`).
+fn parse_runtime_version(value: &str) -> Result<(RuntimeKind, String), String> {
+    let (name, version) = value
+        .split_once('/')
+        .ok_or_else(|| format!("{value:?}: expected NAME/VERSION, e.g. containerd/1.7.13"))?;
+    let kind = RuntimeKind::from_name(name);
+    if !matches!(kind, RuntimeKind::Containerd | RuntimeKind::CriO) {
+        return Err(format!(
+            "{name:?}: the runtimes with routing rules are containerd and cri-o"
+        ));
+    }
+    let digits = version.trim_start_matches('v');
+    if !digits.starts_with(|c: char| c.is_ascii_digit()) || version.len() > 64 {
+        return Err(format!("{version:?}: a version such as 1.7.13"));
+    }
+    Ok((kind, version.to_string()))
+}
 
 /// Flags shared by `agent` and `diagnose` (`docs/flags.md`, "Global flags"); crictl's names where it has one.
 #[derive(Args, Debug, Clone)]
@@ -81,6 +101,18 @@ pub struct CommonFlags {
         requires = "image_credential_provider_config"
     )]
     pub image_credential_provider_bin_dir: Option<PathBuf>,
+
+    /// The runtime whose routing rules apply, as NAME/VERSION (`containerd/1.7.13`,
+    /// `cri-o/1.30.2`): for `diagnose` or `targets` without a CRI socket, or to override what
+    /// the socket's `Version` says.
+    #[arg(
+        long,
+        global = true,
+        env = "PULLWATCH_RUNTIME_VERSION",
+        value_name = "NAME/VERSION",
+        value_parser = parse_runtime_version
+    )]
+    pub runtime_version: Option<(RuntimeKind, String)>,
 
     /// The kubelet's root directory (its --root-dir), where it keeps its own docker config.
     #[arg(
@@ -172,11 +204,15 @@ impl CommonFlags {
 
     /// Where the runtime's registry config is; which runtime's applies is learnt from the runtime.
     pub fn route_config(&self) -> RouteConfig {
-        RouteConfig::new(
+        let routes = RouteConfig::new(
             self.containerd_certs_dir.clone(),
             self.registries_conf.clone(),
             self.insecure_registries.clone(),
-        )
+        );
+        match &self.runtime_version {
+            Some((kind, version)) => routes.pinned_to(*kind, version),
+            None => routes,
+        }
     }
 
     /// Validates everything the checks need and builds the engine.

@@ -345,6 +345,7 @@ fn report_md_lists_every_field_of_targets_json() {
         sources: vec!["runtime images (2)".into()],
         config: "cri-o",
         runtime: Some("cri-o 1.30.0".into()),
+        rules: "cri-o 1.30.0".into(),
         blocked_by: Some("/etc/containers/registries.conf".into()),
         endpoints: vec![ListedEndpoint {
             endpoint: "https://internal.example".into(),

@@ -223,7 +223,7 @@ fn diagnose(
             diagnoser.routes = diagnoser
                 .routes
                 .clone()
-                .with_runtime(version.kind(), &version.runtime_version);
+                .with_reported_runtime(version.kind(), &version.runtime_version);
         }
         // As long as the kubelet's --runtime-request-timeout default, or the check timeout.
         let pull_timeout = common.timeout.max(Duration::from_secs(120));
@@ -278,7 +278,7 @@ fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> Resul
         let mut images = Vec::new();
         let mut name = None;
         if let Some((client, Some(version))) = identify_runtime(located, common.timeout).await {
-            routes = routes.with_runtime(version.kind(), &version.runtime_version);
+            routes = routes.with_reported_runtime(version.kind(), &version.runtime_version);
             name = Some(format!(
                 "{} {}",
                 version.runtime_name, version.runtime_version

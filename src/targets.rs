@@ -18,6 +18,9 @@ pub struct ListedRegistry {
     /// The runtime whose config applies, when known (`containerd 1.6.20`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Whose routing rules, at which version, decided the route (`containerd 1.7.13`, set by the
+    /// CRI socket's `Version` or `--runtime-version`).
+    pub rules: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<String>,
     pub endpoints: Vec<ListedEndpoint>,
@@ -102,7 +105,7 @@ pub fn collect(
     let mut targets = Vec::new();
     for Candidate { registry, sources } in candidates {
         match routes.resolve(&registry, None) {
-            Ok(route) => targets.push(target(registry, sources, route, runtime)),
+            Ok(route) => targets.push(target(registry, sources, route, runtime, routes.rules())),
             Err(error) => problems.push(format!("{}: {error}", sources.join(", "))),
         }
     }
@@ -114,12 +117,14 @@ fn target(
     sources: Vec<String>,
     route: ConfiguredRoute,
     runtime: Option<&str>,
+    rules: String,
 ) -> ListedRegistry {
     ListedRegistry {
         registry,
         sources,
         config: route.kind.as_str(),
         runtime: runtime.map(str::to_string),
+        rules,
         blocked_by: route.blocked_by.map(|p| p.display().to_string()),
         endpoints: route.hosts.iter().map(ListedEndpoint::from_host).collect(),
         problems: route.problems.iter().map(|p| p.to_string()).collect(),
@@ -149,10 +154,11 @@ impl Listing {
         }
         for t in &self.targets {
             out.push_str(&format!(
-                "{}  (from {}; route: {})\n",
+                "{}  (from {}; route: {}; rules: {})\n",
                 t.registry,
                 t.sources.join(", "),
-                t.config
+                t.config,
+                t.rules
             ));
             if let Some(file) = &t.blocked_by {
                 out.push_str(&format!("  blocked by {file}\n"));

@@ -146,7 +146,7 @@ impl Agent {
             node.routes = node
                 .routes
                 .clone()
-                .with_runtime(version.kind(), &version.runtime_version);
+                .with_reported_runtime(version.kind(), &version.runtime_version);
             diagnoser.routes = node.routes.clone();
         }
         let found = node.apply(&first);

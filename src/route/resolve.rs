@@ -39,6 +39,10 @@ pub struct RouteConfig {
     /// The runtime on the CRI socket; its config alone applies. `None`: unknown, so containerd's
     /// config applies where it has a directory for the registry, else CRI-O's where it matches.
     pub runtime: Option<RuntimeKind>,
+    /// The runtime's version, as `Version` (or `--runtime-version`) gave it.
+    pub runtime_version: Option<String>,
+    /// Set by `--runtime-version`: what the CRI socket reports does not change it.
+    pub runtime_pinned: bool,
     pub containerd_quirks: containerd::Quirks,
 }
 
@@ -53,6 +57,8 @@ impl RouteConfig {
             registries_conf,
             insecure_registries,
             runtime: None,
+            runtime_version: None,
+            runtime_pinned: false,
             containerd_quirks: containerd::Quirks::default(),
         }
     }
@@ -60,10 +66,42 @@ impl RouteConfig {
     /// The runtime answering on the CRI socket (`Version`'s name and version).
     pub fn with_runtime(mut self, kind: RuntimeKind, version: &str) -> Self {
         self.runtime = Some(kind);
+        self.runtime_version = Some(version.to_string());
         if kind == RuntimeKind::Containerd {
             self.containerd_quirks = containerd::Quirks::for_version(version);
         }
         self
+    }
+
+    /// `--runtime-version`: these rules, whatever the CRI socket reports.
+    pub fn pinned_to(self, kind: RuntimeKind, version: &str) -> Self {
+        let mut pinned = self.with_runtime(kind, version);
+        pinned.runtime_pinned = true;
+        pinned
+    }
+
+    /// The runtime the CRI socket reports (`Version`), unless `--runtime-version` pinned one.
+    pub fn with_reported_runtime(self, kind: RuntimeKind, version: &str) -> Self {
+        if self.runtime_pinned {
+            return self;
+        }
+        self.with_runtime(kind, version)
+    }
+
+    /// Whose rules decide routes here, for people: `containerd 1.7.13`, `cri-o 1.30.2`, or
+    /// that no runtime is known (containerd's config where it has a directory, else CRI-O's).
+    pub fn rules(&self) -> String {
+        let name = match self.runtime {
+            Some(RuntimeKind::Containerd) => "containerd",
+            Some(RuntimeKind::CriO) => "cri-o",
+            Some(RuntimeKind::Docker) => "cri-dockerd",
+            Some(RuntimeKind::Other) => "an unknown runtime",
+            None => return "no runtime known: containerd's config where it has a directory for the registry, else CRI-O's".into(),
+        };
+        match &self.runtime_version {
+            Some(version) => format!("{name} {version}"),
+            None => name.to_string(),
+        }
     }
 
     /// The configured route for `registry`; `repository` matters for CRI-O's namespaced prefixes.

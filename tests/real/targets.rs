@@ -181,12 +181,16 @@ fn targets_lists_registries_and_routes_with_their_sources() {
     assert_eq!(flagged["config"], "containerd");
     assert_eq!(flagged["endpoints"][0]["source"], "default");
 
+    // The rules of the containerd that answered on the socket, at its version.
+    let rules = flagged["rules"].as_str().unwrap_or_default().to_string();
+    assert!(rules.starts_with("containerd 1."), "{rules}");
+
     // For people: a block per registry, a line per endpoint, the problem marked.
     let out = Pullwatch::new().args(flags(ctrd.endpoint())).run();
     assert_eq!(out.exit_code(), 0, "{}", out.stderr);
     assert!(
         out.stdout.contains(&format!(
-            "docker.io  (from {}; route: containerd)\n  1. https://mirror.example:5000  mirror  {hub_source}:3  [pull,resolve]  ca {}\n  2. https://registry-1.docker.io  upstream  {hub_source}:1  [pull,resolve,push]\n",
+            "docker.io  (from {}; route: containerd; rules: {rules})\n  1. https://mirror.example:5000  mirror  {hub_source}:3  [pull,resolve]  ca {}\n  2. https://registry-1.docker.io  upstream  {hub_source}:1  [pull,resolve,push]\n",
             certs.join("docker.io").display(),
             certs.join("docker.io/ca.pem").display()
         )),
@@ -238,5 +242,67 @@ fn targets_lists_registries_and_routes_with_their_sources() {
     assert_eq!(
         by_registry(&targets, &local)["sources"],
         json!([certs.join(&local).display().to_string()])
+    );
+}
+
+/// Without a CRI socket, `--runtime-version` names the runtime whose rules apply, and `targets`
+/// says which: a hosts.toml with only `server` is ignored by containerd 1.6 (it wants a `[host]`
+/// table) and used by 2.0. A value that names no runtime with rules is one line, exit 2.
+#[test]
+fn runtime_version_picks_the_rules_without_a_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs.d");
+    write(
+        &certs.join("r.example/hosts.toml"),
+        "server = \"https://mirror.example\"\n",
+    );
+    let endpoints_under = |version: &str| -> (String, Vec<String>) {
+        let out = Pullwatch::new()
+            .args([
+                "--runtime-endpoint",
+                "unix:///nonexistent/pullwatch-test.sock",
+                "--containerd-certs-dir",
+                certs.to_str().expect("UTF-8 path"),
+                "--runtime-version",
+                version,
+                "targets",
+                "--output",
+                "json",
+                "--registry",
+                "r.example",
+            ])
+            .run();
+        let targets = parse_json_lines(&out);
+        let ours = by_registry(&targets, "r.example");
+        let urls = ours["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (ours["rules"].as_str().unwrap_or_default().to_string(), urls)
+    };
+    assert_eq!(
+        endpoints_under("containerd/1.6.20"),
+        (
+            "containerd 1.6.20".to_string(),
+            vec!["https://r.example".to_string()]
+        )
+    );
+    assert_eq!(
+        endpoints_under("containerd/2.0.1"),
+        (
+            "containerd 2.0.1".to_string(),
+            vec!["https://mirror.example".to_string()]
+        )
+    );
+    let bad = Pullwatch::new()
+        .args(["--runtime-version", "podman/5.0", "targets"])
+        .run();
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("containerd and cri-o"),
+        "{}",
+        bad.stderr
     );
 }
