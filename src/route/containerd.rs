@@ -19,33 +19,7 @@ pub const HOSTS_FILE: &str = "hosts.toml";
 /// At most this many registry directories are listed (a bound on what `targets` reads).
 pub const MAX_DIRS: usize = 1000;
 
-/// How the containerd on this node reads hosts.toml, where versions differ.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Quirks {
-    /// containerd 1.6 and 1.7 before 1.7.25 reject a hosts.toml without a `[host]` table
-    /// ("invalid `host` tree", containerd#10027) and use the default route instead.
-    /// `None`: the version is not known.
-    pub needs_host_table: Option<bool>,
-}
-
-impl Quirks {
-    /// From `Version.runtime_version` (`1.6.20~ds1`, `v1.7.13`, `2.0.0`).
-    pub fn for_version(version: &str) -> Self {
-        let numbers: Vec<u32> = version
-            .trim_start_matches('v')
-            .split(|c: char| !c.is_ascii_digit())
-            .take(3)
-            .map_while(|n| n.parse().ok())
-            .collect();
-        let needs_host_table = match numbers.as_slice() {
-            [1, minor, ..] if *minor < 7 => Some(true),
-            [1, 7, patch] => Some(*patch < 25),
-            [_, _, ..] => Some(false),
-            _ => None,
-        };
-        Quirks { needs_host_table }
-    }
-}
+pub use super::containerd_rules::Quirks;
 
 /// The host directory containerd uses for `registry`, as its `hostPaths`: for `host:port` first
 /// `host_port_` (a name every filesystem takes), then `host:port`; else `_default`.
@@ -453,77 +427,115 @@ pub fn route(
     let hosts = configs
         .into_iter()
         .enumerate()
-        .map(|(i, config)| {
+        .flat_map(|(i, config)| {
             let role = if i == last {
                 Role::Upstream
             } else {
                 Role::Mirror
             };
             // The root entry without `server` is the registry itself.
-            let (scheme, host, port, skip_verify) = match config.server.clone() {
-                Some((scheme, host, port)) => (scheme, host, port, config.skip_verify),
-                None => implicit_upstream(&registry_host, registry_port, insecure, &config),
+            let attempts = match config.server.clone() {
+                Some((Scheme::Http, host, port))
+                    if has_tls_settings(&config)
+                        && quirks.https_first(Some(port).filter(|p| *p != 80)) =>
+                {
+                    vec![
+                        (Scheme::Https, host.clone(), port, config.skip_verify),
+                        (Scheme::Http, host, port, config.skip_verify),
+                    ]
+                }
+                Some((scheme, host, port)) => vec![(scheme, host, port, config.skip_verify)],
+                None => implicit_upstream(&registry_host, registry_port, insecure, &config, quirks),
             };
             let client_cert = config
                 .client
                 .first()
                 .map(|(cert, key)| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone())));
-            RouteHost {
-                endpoint: Endpoint {
-                    scheme,
-                    host,
-                    port,
-                    role,
-                    source: if config.server.is_none() && source == "default" {
-                        "default".into()
+            let fallback = attempts.len() > 1;
+            attempts
+                .into_iter()
+                .enumerate()
+                .map(|(attempt, (scheme, host, port, skip_verify))| {
+                    let mut source = if config.server.is_none() && source == "default" {
+                        "default".to_string()
                     } else {
                         source.clone()
-                    },
-                    tls: TlsOptions {
-                        ca_files: config.ca_files.clone(),
-                        client_cert,
-                        skip_verify: skip_verify.unwrap_or(false),
-                    },
-                    api_path: config.path.clone(),
-                    repository: None,
-                    namespace_query: true,
-                },
-                capabilities: if config.server.is_none() {
-                    Capabilities::ALL
-                } else {
-                    config.capabilities.unwrap_or(Capabilities::ALL)
-                },
-                location: None,
-                line: config.line,
-            }
+                    };
+                    if fallback && attempt > 0 {
+                        source.push_str(" (HTTP fallback)");
+                    }
+                    RouteHost {
+                        endpoint: Endpoint {
+                            scheme,
+                            host,
+                            port,
+                            role,
+                            source,
+                            tls: TlsOptions {
+                                ca_files: config.ca_files.clone(),
+                                client_cert: client_cert.clone(),
+                                skip_verify: skip_verify.unwrap_or(false),
+                            },
+                            api_path: config.path.clone(),
+                            repository: None,
+                            namespace_query: true,
+                        },
+                        capabilities: if config.server.is_none() {
+                            Capabilities::ALL
+                        } else {
+                            config.capabilities.unwrap_or(Capabilities::ALL)
+                        },
+                        location: None,
+                        line: config.line,
+                    }
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     Ok((hosts, problem))
 }
 
-/// The registry itself when hosts.toml names no `server`: HTTPS, except that containerd talks
-/// plain HTTP (without verifying) to a registry on localhost, and `--insecure-registry`.
+/// The registry itself when hosts.toml names no `server`: HTTPS; a registry on localhost as
+/// this containerd version treats it (plain HTTP, HTTPS first then HTTP, or by port; see
+/// [`Quirks::localhost_attempts`]); `--insecure-registry` plain HTTP.
 fn implicit_upstream(
     registry_host: &str,
     registry_port: Option<u16>,
     insecure: bool,
     config: &HostConfig,
-) -> (Scheme, String, u16, Option<bool>) {
+    quirks: Quirks,
+) -> Vec<(Scheme, String, u16, Option<bool>)> {
     let host = serving_host(registry_host).to_string();
-    if insecure || is_localhost(registry_host) {
-        let skip_verify = if insecure {
-            config.skip_verify
-        } else {
-            Some(true)
-        };
-        return (Scheme::Http, host, registry_port.unwrap_or(80), skip_verify);
+    if insecure {
+        return vec![(
+            Scheme::Http,
+            host,
+            registry_port.unwrap_or(80),
+            config.skip_verify,
+        )];
     }
-    (
+    if is_localhost(registry_host) {
+        return quirks
+            .localhost_attempts(registry_port)
+            .into_iter()
+            .map(|a| {
+                let scheme = if a.https { Scheme::Https } else { Scheme::Http };
+                (scheme, host.clone(), a.port, Some(a.skip_verify))
+            })
+            .collect();
+    }
+    vec![(
         Scheme::Https,
         host,
         registry_port.unwrap_or(443),
         config.skip_verify,
-    )
+    )]
+}
+
+/// `ca`, `client` or `skip_verify` written for the host: what makes containerd (from 1.6.25,
+/// 1.7.7) try HTTPS first on an `http://` host.
+fn has_tls_settings(config: &HostConfig) -> bool {
+    !config.ca_files.is_empty() || !config.client.is_empty() || config.skip_verify.is_some()
 }
 
 /// `localhost` or a loopback address, as containerd's `docker.IsLocalhost`.
@@ -540,9 +552,13 @@ mod tests {
 
     const V16: Quirks = Quirks {
         needs_host_table: Some(true),
+        localhost: super::super::containerd_rules::Localhost::PlainHttp,
+        http_with_tls: super::super::containerd_rules::HttpWithTls::PlainHttp,
     };
+    /// Only the `[host]` table rule of 2.x (its scheme rules are tested in containerd_rules).
     const V2: Quirks = Quirks {
         needs_host_table: Some(false),
+        ..V16
     };
 
     #[test]
@@ -550,7 +566,8 @@ mod tests {
         for (version, want) in [
             ("1.6.20~ds1", Some(true)),
             ("v1.7.13", Some(true)),
-            ("1.7.25", Some(false)),
+            ("1.7.25", Some(true)),
+            ("1.7.32", Some(false)),
             ("2.0.0", Some(false)),
             ("v2.1.1-k3s1", Some(false)),
             ("1.5.9", Some(true)),

@@ -2,6 +2,7 @@
 //! (mirrors first, then the upstream). Without runtime config, the route is the upstream alone.
 
 pub mod containerd;
+mod containerd_rules;
 pub mod crio;
 mod resolve;
 
