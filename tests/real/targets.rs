@@ -296,6 +296,51 @@ fn runtime_version_picks_the_rules_without_a_socket() {
             vec!["https://mirror.example".to_string()]
         )
     );
+    // A registry on a loopback port, no hosts.toml: plain HTTP up to 1.6.24, HTTPS first (without
+    // verification) and then plain HTTP from 1.6.25 on.
+    let local_under = |version: &str| -> Vec<(String, String)> {
+        let out = Pullwatch::new()
+            .args([
+                "--runtime-endpoint",
+                "unix:///nonexistent/pullwatch-test.sock",
+                "--containerd-certs-dir",
+                certs.to_str().expect("UTF-8 path"),
+                "--runtime-version",
+                version,
+                "targets",
+                "--output",
+                "json",
+                "--registry",
+                "127.0.0.1:5000",
+            ])
+            .run();
+        let targets = parse_json_lines(&out);
+        by_registry(&targets, "127.0.0.1:5000")["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| {
+                (
+                    e["endpoint"].as_str().unwrap_or_default().to_string(),
+                    e["source"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        local_under("containerd/1.6.20"),
+        [("http://127.0.0.1:5000".to_string(), "default".to_string())]
+    );
+    assert_eq!(
+        local_under("containerd/2.0.1"),
+        [
+            ("https://127.0.0.1:5000".to_string(), "default".to_string()),
+            (
+                "http://127.0.0.1:5000".to_string(),
+                "default (HTTP fallback)".to_string()
+            )
+        ]
+    );
     let bad = Pullwatch::new()
         .args(["--runtime-version", "podman/5.0", "targets"])
         .run();
