@@ -292,6 +292,7 @@ pub fn parse_hosts_toml(
     for (name, fields) in file.host.map(|h| h.0).unwrap_or_default() {
         let line = line_of(text, name.span().start);
         hosts.push(host_config(
+            quirks,
             Some(name.get_ref()),
             Some(line),
             fields,
@@ -311,11 +312,19 @@ pub fn parse_hosts_toml(
         .server
         .map(|s| s.into_inner())
         .filter(|s| !s.is_empty());
-    hosts.push(host_config(server.as_deref(), line, root, text, base_dir)?);
+    hosts.push(host_config(
+        quirks,
+        server.as_deref(),
+        line,
+        root,
+        text,
+        base_dir,
+    )?);
     Ok(hosts)
 }
 
 fn host_config(
+    quirks: Quirks,
     server: Option<&str>,
     line: Option<usize>,
     fields: HostFields,
@@ -363,6 +372,8 @@ fn host_config(
                     "pull" => caps.pull = true,
                     "resolve" => caps.resolve = true,
                     "push" => caps.push = true,
+                    // Known from 2.2 (OCI referrers); pullwatch asks no referrers of a host.
+                    "referrers" if quirks.referrers_capability => {}
                     _ => return Err(at(span, format!("unknown capability {name:?}"))),
                 }
             }
@@ -554,6 +565,7 @@ mod tests {
         needs_host_table: Some(true),
         localhost: super::super::containerd_rules::Localhost::PlainHttp,
         http_with_tls: super::super::containerd_rules::HttpWithTls::PlainHttp,
+        referrers_capability: false,
     };
     /// Only the `[host]` table rule of 2.x (its scheme rules are tested in containerd_rules).
     const V2: Quirks = Quirks {
@@ -644,6 +656,25 @@ ca = "root-ca.pem"
             )]
         );
         assert_eq!(hosts[3].line, Some(1));
+    }
+
+    #[test]
+    fn the_referrers_capability_is_known_from_2_2() {
+        let text = "[host.\"https://m.example\"]\n  capabilities = [\"pull\", \"resolve\", \"referrers\"]\n";
+        let base = Path::new("/etc/containerd/certs.d/r.example");
+        let hosts =
+            parse_hosts_toml(text, base, Quirks::for_version("2.2.0")).expect("2.2 knows it");
+        assert_eq!(
+            hosts[0].capabilities.map(|c| c.names()),
+            Some(vec!["pull", "resolve"])
+        );
+        let before = parse_hosts_toml(text, base, Quirks::for_version("2.1.4"))
+            .expect_err("2.1 discards the file");
+        assert!(
+            before.message.contains("unknown capability"),
+            "{}",
+            before.message
+        );
     }
 
     #[test]

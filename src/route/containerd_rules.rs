@@ -14,6 +14,9 @@ pub struct Quirks {
     pub localhost: Localhost,
     /// An `http://` host that also has TLS settings (`ca`, `client`, `skip_verify`).
     pub http_with_tls: HttpWithTls,
+    /// The `referrers` capability is known from 2.2.0 (OCI referrers, #12309); earlier releases
+    /// discard a hosts.toml that names it ("unknown capability").
+    pub referrers_capability: bool,
 }
 
 /// The scheme containerd uses for a registry on localhost / loopback without a hosts.toml.
@@ -94,6 +97,7 @@ impl Quirks {
             needs_host_table,
             localhost,
             http_with_tls,
+            referrers_capability: (major, minor) >= (2, 2),
         }
     }
 
@@ -212,6 +216,12 @@ mod tests {
                 http_with_tls: HttpWithTls::HttpsFirstUnless80,
             },
             Case {
+                version: "2.2.0",
+                needs_host_table: Some(false),
+                localhost: Localhost::ByPort,
+                http_with_tls: HttpWithTls::HttpsFirstUnless80,
+            },
+            Case {
                 version: "devel",
                 needs_host_table: None,
                 localhost: Localhost::PlainHttp,
@@ -226,6 +236,7 @@ mod tests {
                     needs_host_table: case.needs_host_table,
                     localhost: case.localhost,
                     http_with_tls: case.http_with_tls,
+                    referrers_capability: case.version.starts_with("2.2"),
                 },
                 "{}",
                 case.version
@@ -252,6 +263,8 @@ mod tests {
         let old = Quirks::for_version("1.6.20");
         assert!(!old.localhost_attempts(Some(5000))[0].https);
         assert!(rules.https_first(None) && !rules.https_first(Some(80)));
+        assert!(Quirks::for_version("v2.2.0").referrers_capability);
+        assert!(!Quirks::for_version("2.1.4").referrers_capability);
         let mid = Quirks::for_version("1.7.13");
         assert!(!mid.https_first(None) && mid.https_first(Some(5000)));
     }
