@@ -249,7 +249,7 @@ struct HostsFile {
 }
 
 /// `[host."…"]` tables in the order the file has them (containerd sorts them by line).
-struct OrderedHosts(Vec<(Spanned<String>, HostFields)>);
+struct OrderedHosts(Vec<(Spanned<String>, Spanned<HostFields>)>);
 
 impl<'de> Deserialize<'de> for OrderedHosts {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -261,7 +261,7 @@ impl<'de> Deserialize<'de> for OrderedHosts {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedHosts, A::Error> {
                 let mut hosts = Vec::new();
-                while let Some(entry) = map.next_entry::<Spanned<String>, HostFields>()? {
+                while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<HostFields>>()? {
                     hosts.push(entry);
                 }
                 Ok(OrderedHosts(hosts))
@@ -291,6 +291,20 @@ pub fn parse_hosts_toml(
     let mut hosts = Vec::new();
     for (name, fields) in file.host.map(|h| h.0).unwrap_or_default() {
         let line = line_of(text, name.span().start);
+        // containerd 2.x reads only `[host."…"]` tables: a host written inline is never used.
+        let inline = text
+            .get(fields.span().start..)
+            .is_some_and(|rest| rest.starts_with('{'));
+        if inline && quirks.ignores_inline_hosts {
+            tracing::warn!(
+                dir = %base_dir.display(),
+                line,
+                host = name.get_ref(),
+                "hosts.toml host written as an inline table: this containerd version ignores it"
+            );
+            continue;
+        }
+        let fields = fields.into_inner();
         hosts.push(host_config(
             quirks,
             Some(name.get_ref()),
@@ -566,6 +580,7 @@ mod tests {
         localhost: super::super::containerd_rules::Localhost::PlainHttp,
         http_with_tls: super::super::containerd_rules::HttpWithTls::PlainHttp,
         referrers_capability: false,
+        ignores_inline_hosts: false,
     };
     /// Only the `[host]` table rule of 2.x (its scheme rules are tested in containerd_rules).
     const V2: Quirks = Quirks {
@@ -674,6 +689,24 @@ ca = "root-ca.pem"
             before.message.contains("unknown capability"),
             "{}",
             before.message
+        );
+    }
+
+    #[test]
+    fn inline_host_tables_are_ignored_from_2_0() {
+        let text = "server = \"https://r.example\"\n[host]\n  \"https://inline.example\" = { capabilities = [\"pull\"] }\n[host.\"https://table.example\"]\n  capabilities = [\"pull\"]\n";
+        let base = Path::new("/etc/containerd/certs.d/r.example");
+        let servers = |version: &str| -> Vec<String> {
+            parse_hosts_toml(text, base, Quirks::for_version(version))
+                .expect("a usable file")
+                .into_iter()
+                .filter_map(|h| h.server.map(|(_, host, _)| host))
+                .collect()
+        };
+        assert_eq!(servers("2.0.0"), ["table.example", "r.example"]);
+        assert_eq!(
+            servers("1.7.32"),
+            ["inline.example", "table.example", "r.example"]
         );
     }
 

@@ -17,6 +17,9 @@ pub struct Quirks {
     /// The `referrers` capability is known from 2.2.0 (OCI referrers, #12309); earlier releases
     /// discard a hosts.toml that names it ("unknown capability").
     pub referrers_capability: bool,
+    /// 2.x reads hosts only from `[host."…"]` tables (its TOML walk takes table headers): a host
+    /// written as an inline table is silently ignored. 1.x reads it (unconfirmed upstream).
+    pub ignores_inline_hosts: bool,
 }
 
 /// The scheme containerd uses for a registry on localhost / loopback without a hosts.toml.
@@ -98,6 +101,7 @@ impl Quirks {
             localhost,
             http_with_tls,
             referrers_capability: (major, minor) >= (2, 2),
+            ignores_inline_hosts: major >= 2,
         }
     }
 
@@ -237,6 +241,7 @@ mod tests {
                     localhost: case.localhost,
                     http_with_tls: case.http_with_tls,
                     referrers_capability: case.version.starts_with("2.2"),
+                    ignores_inline_hosts: case.version.trim_start_matches('v').starts_with('2'),
                 },
                 "{}",
                 case.version
