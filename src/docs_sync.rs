@@ -252,6 +252,7 @@ fn sample_report() -> crate::report::Report {
             endpoint: "https://registry-1.docker.io".into(),
             role: Role::Upstream,
             source: "default".into(),
+            rules: Some("containerd 1.7.13".into()),
             checks: vec![
                 check(CheckKind::Dns, None),
                 check(CheckKind::Manifest, Some(Reason::ManifestUnknown)),

@@ -28,6 +28,10 @@ pub struct EndpointReport {
     pub endpoint: String,
     pub role: Role,
     pub source: String,
+    /// The runtime and version whose routing rules put this endpoint on the route
+    /// (`containerd 1.7.13`); absent when no runtime is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
     pub checks: Vec<CheckResult>,
 }
 
@@ -68,6 +72,7 @@ pub fn push_token_server(
         endpoint: url,
         role: server.role,
         source: server.source.clone(),
+        rules: None,
         checks,
     });
 }
@@ -89,8 +94,13 @@ impl Report {
         };
         let mut out = format!("{mark} {}: {verdict}\n", self.image);
         for endpoint in &self.endpoints {
+            let rules = endpoint
+                .rules
+                .as_deref()
+                .map(|rules| format!("; {rules} rules"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {} ({}, {})\n",
+                "  {} ({}, {}{rules})\n",
                 endpoint.endpoint,
                 endpoint.role.as_str(),
                 endpoint.source
@@ -145,6 +155,7 @@ mod tests {
                 endpoint: "https://registry.test".into(),
                 role: Role::Upstream,
                 source: "default".into(),
+                rules: None,
                 checks: vec![check(CheckKind::Dns, true), check(CheckKind::Tls, false)],
             }],
         };

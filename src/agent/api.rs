@@ -301,6 +301,7 @@ impl From<&EndpointReport> for pb::EndpointReport {
             endpoint: e.endpoint.clone(),
             role: e.role.as_str().to_string(),
             source: e.source.clone(),
+            rules: e.rules.clone(),
             checks: e.checks.iter().map(Into::into).collect(),
         }
     }
@@ -313,6 +314,7 @@ impl TryFrom<pb::EndpointReport> for EndpointReport {
             endpoint: e.endpoint,
             role: label("role", e.role)?,
             source: e.source,
+            rules: e.rules,
             checks: e
                 .checks
                 .into_iter()
@@ -424,6 +426,7 @@ mod tests {
                 endpoint: "https://registry.test".into(),
                 role: Role::Mirror,
                 source: "default".into(),
+                rules: Some("containerd 1.7.13".into()),
                 checks: vec![CheckResult {
                     check: CheckKind::Tls,
                     ok: false,

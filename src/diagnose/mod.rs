@@ -258,6 +258,7 @@ impl Diagnoser {
                 endpoint: endpoint.url(),
                 role: endpoint.role,
                 source: endpoint.source.clone(),
+                rules: self.routes.known_rules(),
                 checks,
             },
             token_server,

@@ -88,6 +88,12 @@ impl RouteConfig {
         self.with_runtime(kind, version)
     }
 
+    /// The runtime and version whose rules decide routes here (`containerd 1.7.13`), when one is
+    /// known: what every endpoint report names.
+    pub fn known_rules(&self) -> Option<String> {
+        self.runtime.map(|_| self.rules())
+    }
+
     /// Whose rules decide routes here, for people: `containerd 1.7.13`, `cri-o 1.30.2`, or
     /// that no runtime is known (containerd's config where it has a directory, else CRI-O's).
     pub fn rules(&self) -> String {

@@ -130,6 +130,13 @@ fn mirror_down_upstream_up_is_pullable_via_the_upstream_with_the_mirror_failure_
         assert_eq!(endpoints[0]["endpoint"], format!("http://{mirror}"));
         assert_eq!(endpoints[0]["role"], "mirror");
         assert_eq!(endpoints[0]["source"], path_str(&hosts));
+        // The report names the rules of the containerd that answered, at its version.
+        assert!(
+            endpoints[0]["rules"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("containerd 1.")),
+            "{report}"
+        );
         assert!(
             checks(&endpoints[0]).contains(&("tcp".into(), false, "tcp_refused".into())),
             "{report}"

@@ -141,6 +141,7 @@ mod tests {
                 endpoint: "https://missing.test".into(),
                 role: Role::Upstream,
                 source: "default".into(),
+                rules: None,
                 checks: vec![CheckResult {
                     check: CheckKind::Dns,
                     ok: false,

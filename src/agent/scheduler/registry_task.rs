@@ -313,6 +313,7 @@ impl Scheduler {
                 endpoint: url,
                 role: endpoint.role,
                 source: endpoint.source.clone(),
+                rules: self.diagnoser.routes.known_rules(),
                 checks: probe.checks.iter().chain(after_checks).cloned().collect(),
             });
             if let Some(server) = after.and_then(|l| l.token_server.as_ref()) {
