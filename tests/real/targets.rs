@@ -256,7 +256,8 @@ fn runtime_version_picks_the_rules_without_a_socket() {
         &certs.join("r.example/hosts.toml"),
         "server = \"https://mirror.example\"\n",
     );
-    let endpoints_under = |version: &str| -> (String, Vec<String>) {
+    // `targets --output json` for one registry, under one runtime version's rules.
+    let listed = |version: &str, registry: &str| -> Value {
         let out = Pullwatch::new()
             .args([
                 "--runtime-endpoint",
@@ -269,18 +270,22 @@ fn runtime_version_picks_the_rules_without_a_socket() {
                 "--output",
                 "json",
                 "--registry",
-                "r.example",
+                registry,
             ])
             .run();
-        let targets = parse_json_lines(&out);
-        let ours = by_registry(&targets, "r.example");
+        by_registry(&parse_json_lines(&out), registry).clone()
+    };
+    let field =
+        |endpoint: &Value, name: &str| endpoint[name].as_str().unwrap_or_default().to_string();
+    let endpoints_under = |version: &str| -> (String, Vec<String>) {
+        let ours = listed(version, "r.example");
         let urls = ours["endpoints"]
             .as_array()
             .expect("endpoints")
             .iter()
-            .map(|e| e["endpoint"].as_str().unwrap_or_default().to_string())
+            .map(|e| field(e, "endpoint"))
             .collect();
-        (ours["rules"].as_str().unwrap_or_default().to_string(), urls)
+        (field(&ours, "rules"), urls)
     };
     assert_eq!(
         endpoints_under("containerd/1.6.20"),
@@ -299,32 +304,11 @@ fn runtime_version_picks_the_rules_without_a_socket() {
     // A registry on a loopback port, no hosts.toml: plain HTTP up to 1.6.24, HTTPS first (without
     // verification) and then plain HTTP from 1.6.25 on.
     let local_under = |version: &str| -> Vec<(String, String)> {
-        let out = Pullwatch::new()
-            .args([
-                "--runtime-endpoint",
-                "unix:///nonexistent/pullwatch-test.sock",
-                "--containerd-certs-dir",
-                certs.to_str().expect("UTF-8 path"),
-                "--runtime-version",
-                version,
-                "targets",
-                "--output",
-                "json",
-                "--registry",
-                "127.0.0.1:5000",
-            ])
-            .run();
-        let targets = parse_json_lines(&out);
-        by_registry(&targets, "127.0.0.1:5000")["endpoints"]
+        listed(version, "127.0.0.1:5000")["endpoints"]
             .as_array()
             .expect("endpoints")
             .iter()
-            .map(|e| {
-                (
-                    e["endpoint"].as_str().unwrap_or_default().to_string(),
-                    e["source"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+            .map(|e| (field(e, "endpoint"), field(e, "source")))
             .collect()
     };
     assert_eq!(
