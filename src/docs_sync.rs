@@ -358,6 +358,8 @@ fn report_md_lists_every_field_of_targets_json() {
             ca_files: vec!["/etc/containers/certs.d/internal.example/ca.crt".into()],
             client_cert: Some("/etc/containers/certs.d/internal.example/client.cert".into()),
             skip_verify: false,
+            headers: vec!["x-mirror-token".into()],
+            dial_timeout: Some("5s".into()),
         }],
         problems: vec!["/etc/containers/registries.conf:3: unknown key".into()],
     };

@@ -38,6 +38,21 @@ pub fn build(
     if let Some(proxy) = proxy {
         builder = builder.proxy(reqwest::Proxy::all(proxy.url_with_credentials())?);
     }
+    // hosts.toml's `header`: on every request to this host, as containerd sends them.
+    if !endpoint.extras.headers.is_empty() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &endpoint.extras.headers {
+            // Checked when hosts.toml was read; a value is never logged (it may be a token).
+            if let (Ok(name), Ok(mut value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                value.set_sensitive(true);
+                headers.append(name, value);
+            }
+        }
+        builder = builder.default_headers(headers);
+    }
     builder.build()
 }
 

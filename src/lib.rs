@@ -10,6 +10,7 @@ pub mod diagnose;
 pub mod discovery;
 #[cfg(test)]
 mod docs_sync;
+pub mod go_duration;
 pub mod http_client;
 pub mod platform;
 pub mod proxy;

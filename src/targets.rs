@@ -45,6 +45,12 @@ pub struct ListedEndpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<String>,
     pub skip_verify: bool,
+    /// hosts.toml `header` names (never their values: one may be a token).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// hosts.toml `dial_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<String>,
 }
 
 impl ListedEndpoint {
@@ -75,6 +81,20 @@ impl ListedEndpoint {
                 }
             }),
             skip_verify: e.tls.skip_verify,
+            headers: {
+                let mut names: Vec<String> = e
+                    .extras
+                    .headers
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                names.dedup();
+                names
+            },
+            dial_timeout: e
+                .extras
+                .dial_timeout
+                .map(|d| humantime::format_duration(d).to_string()),
         }
     }
 }
@@ -186,6 +206,12 @@ impl Listing {
                 }
                 if e.skip_verify {
                     line.push_str("  skip_verify");
+                }
+                if !e.headers.is_empty() {
+                    line.push_str(&format!("  header {}", e.headers.join(",")));
+                }
+                if let Some(timeout) = &e.dial_timeout {
+                    line.push_str(&format!("  dial_timeout {timeout}"));
                 }
                 out.push_str(&line);
                 out.push('\n');

@@ -81,7 +81,11 @@ impl Diagnoser {
         let addresses = dns.addresses();
         probe.dns = Some(dns);
 
-        let per_address = self.timeout.mul_f64(0.9);
+        // hosts.toml's `dial_timeout` bounds each attempt, within the check's own bound.
+        let per_address = match endpoint.extras.dial_timeout {
+            Some(dial) => dial.min(self.timeout.mul_f64(0.9)),
+            None => self.timeout.mul_f64(0.9),
+        };
         let (result, tcp) = check::run(
             CheckKind::Tcp,
             self.timeout,

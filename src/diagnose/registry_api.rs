@@ -320,6 +320,7 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
         api_path: String::new(),
         repository: None,
         namespace_query: false,
+        extras: Default::default(),
     })
 }
 
@@ -388,6 +389,7 @@ mod tests {
             api_path: "/v2".into(),
             repository: None,
             namespace_query: false,
+            extras: Default::default(),
         };
         struct Case {
             realm: &'static str,
@@ -448,6 +450,7 @@ mod tests {
                 api_path: "/v2".into(),
                 repository: None,
                 namespace_query: false,
+                extras: Default::default(),
             },
         )
         .unwrap();

@@ -1,6 +1,7 @@
 //! containerd's registry hosts (`config_path`, e.g. /etc/containerd/certs.d): for a registry,
 //! `<dir>/<host[:port]>/hosts.toml` (else `_default/`), its `[host."…"]` in file order, then `server`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -8,9 +9,10 @@ use serde::de::{MapAccess, Visitor};
 use toml::Spanned;
 
 use super::{
-    Capabilities, ConfigProblem, Endpoint, RegistryNameError, Role, RouteHost, Scheme, line_of,
-    parse_server, serving_host, split_host_port,
+    Capabilities, ConfigProblem, Endpoint, HostExtras, RegistryNameError, Role, RouteHost, Scheme,
+    line_of, parse_server, serving_host, split_host_port,
 };
+use crate::go_duration::{GoDuration, parse_go_duration};
 use crate::trust::TlsOptions;
 
 /// The directory containerd falls back to when a registry has none of its own.
@@ -103,6 +105,8 @@ pub struct HostConfig {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     pub skip_verify: Option<bool>,
     pub line: Option<usize>,
+    /// `header` and `dial_timeout`.
+    pub extras: HostExtras,
 }
 
 impl HostConfig {
@@ -232,6 +236,8 @@ struct HostFields {
     skip_verify: Option<bool>,
     #[serde(default)]
     override_path: bool,
+    header: Option<BTreeMap<String, OneOrMany>>,
+    dial_timeout: Option<Spanned<String>>,
 }
 
 /// The file: `server` and the root's own [`HostFields`], spelled out rather than
@@ -245,6 +251,8 @@ struct HostsFile {
     skip_verify: Option<bool>,
     #[serde(default)]
     override_path: bool,
+    header: Option<BTreeMap<String, OneOrMany>>,
+    dial_timeout: Option<Spanned<String>>,
     host: Option<OrderedHosts>,
 }
 
@@ -320,6 +328,8 @@ pub fn parse_hosts_toml(
         client: file.client,
         skip_verify: file.skip_verify,
         override_path: file.override_path,
+        header: file.header,
+        dial_timeout: file.dial_timeout,
     };
     let line = file.server.as_ref().map(|s| line_of(text, s.span().start));
     let server = file
@@ -354,6 +364,36 @@ fn host_config(
         skip_verify: fields.skip_verify,
         ..HostConfig::registry_itself()
     };
+    if let Some(header) = fields.header {
+        for (name, values) in header {
+            let values = match values {
+                OneOrMany::One(value) => vec![value],
+                OneOrMany::Many(values) => values,
+            };
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || values
+                    .iter()
+                    .any(|v| http::HeaderValue::from_str(v).is_err())
+            {
+                // The value is not quoted: a header may carry a token.
+                return Err(ParseError {
+                    line,
+                    message: format!("header {name:?} is not a valid HTTP header"),
+                });
+            }
+            host.extras
+                .headers
+                .extend(values.into_iter().map(|v| (name.clone(), v)));
+        }
+    }
+    if let Some(timeout) = fields.dial_timeout {
+        let span = timeout.span();
+        host.extras.dial_timeout = match parse_go_duration(timeout.get_ref()) {
+            Ok(GoDuration::Positive(d)) if !d.is_zero() => Some(d),
+            Ok(_) => None,
+            Err(problem) => return Err(at(span, format!("dial_timeout: {problem}"))),
+        };
+    }
     if let Some(server) = server {
         let (scheme, name, port, path) = parse_server(server).map_err(|message| ParseError {
             line,
@@ -504,6 +544,7 @@ pub fn route(
                             api_path: config.path.clone(),
                             repository: None,
                             namespace_query: true,
+                            extras: config.extras.clone(),
                         },
                         capabilities: if config.server.is_none() {
                             Capabilities::ALL
@@ -708,6 +749,34 @@ ca = "root-ca.pem"
             servers("1.7.32"),
             ["inline.example", "table.example", "r.example"]
         );
+    }
+
+    #[test]
+    fn headers_and_dial_timeout_are_read_and_checked() {
+        let base = Path::new("/etc/containerd/certs.d/r.example");
+        let text = "[host.\"https://m.example\"]\n  dial_timeout = \"1m30s\"\n  [host.\"https://m.example\".header]\n    x-token = \"t0ken\"\n    x-many = [\"a\", \"b\"]\n";
+        let hosts = parse_hosts_toml(text, base, Quirks::default()).expect("a usable file");
+        let extras = &hosts[0].extras;
+        assert_eq!(
+            extras.dial_timeout,
+            Some(std::time::Duration::from_secs(90))
+        );
+        let names: Vec<&str> = extras.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-many", "x-many", "x-token"]);
+        for (bad, want) in [
+            (
+                "[host.\"https://m\"]\n  [host.\"https://m\".header]\n    \"bad name\" = \"t0ken\"\n",
+                "is not a valid HTTP header",
+            ),
+            (
+                "[host.\"https://m\"]\n  dial_timeout = \"soon\"\n",
+                "dial_timeout",
+            ),
+        ] {
+            let error = parse_hosts_toml(bad, base, Quirks::default()).expect_err(bad);
+            assert!(error.message.contains(want), "{}", error.message);
+            assert!(!error.message.contains("t0ken"), "{}", error.message);
+        }
     }
 
     #[test]

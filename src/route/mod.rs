@@ -65,6 +65,18 @@ pub struct Endpoint {
     /// registry itself, so that one mirror can serve many registries (spegel, Harbor proxies);
     /// CRI-O does not. See [`Endpoint::namespace_for`].
     pub namespace_query: bool,
+    /// hosts.toml's `header` and `dial_timeout` for this host.
+    pub extras: HostExtras,
+}
+
+/// What containerd's hosts.toml adds for one host: headers on every request to it, and its own
+/// bound on a connection attempt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostExtras {
+    /// `header`: sent with every request to the host. Shown by name only: a value may be a token.
+    pub headers: Vec<(String, String)>,
+    /// `dial_timeout`: how long one connection attempt may take (at most the check's own).
+    pub dial_timeout: Option<std::time::Duration>,
 }
 
 impl Endpoint {
@@ -336,6 +348,7 @@ pub fn default_route(
         api_path: "/v2".into(),
         repository: None,
         namespace_query: false,
+        extras: Default::default(),
     };
     Ok(Route {
         registry: registry.to_string(),

@@ -860,3 +860,66 @@ fn cri_o_insecure_skips_verification_over_https() {
         "{report}"
     );
 }
+
+/// hosts.toml `header` goes with every request to its host, from pullwatch as from containerd
+/// (the mirror sees both), and `targets` names it (never its value) with the `dial_timeout`.
+#[test]
+fn a_hosts_toml_header_reaches_the_mirror_like_containerds() {
+    let registry = Registry::start();
+    registry.push_image("team/app", "1.0");
+    let ctrd = Containerd::start();
+    let mirror = mirror_under("/v2", registry.addr());
+    let upstream = format!("127.0.0.1:{}", closed_port());
+    ctrd.write_hosts_toml(
+        &upstream,
+        &format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"3s\"\n  [host.\"http://{}\".header]\n    x-pullwatch-test = [\"secret-value-7\"]\n",
+            mirror.addr(),
+            mirror.addr()
+        ),
+    );
+    let (code, report) = diagnose(
+        &ctrd,
+        &["--via-runtime"],
+        &format!("{upstream}/team/app:1.0"),
+    );
+    assert_eq!(code, 0, "{report}");
+    let requests = mirror.requests();
+    let with_header = |agent: &str| {
+        requests.iter().any(|r| {
+            r.header("x-pullwatch-test") == Some("secret-value-7")
+                && r.header("user-agent").is_some_and(|ua| ua.contains(agent))
+        })
+    };
+    assert!(
+        with_header("pullwatch"),
+        "pullwatch sent no header: {requests:?}"
+    );
+    assert!(
+        with_header("containerd"),
+        "containerd sent no header: {requests:?}"
+    );
+    let listed = Pullwatch::new()
+        .args([
+            "--runtime-endpoint",
+            &ctrd.endpoint(),
+            "--containerd-certs-dir",
+            ctrd.certs_dir_str(),
+            "targets",
+            "--registry",
+            &upstream,
+        ])
+        .run();
+    assert!(
+        listed
+            .stdout
+            .contains("header x-pullwatch-test  dial_timeout 3s"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stdout.contains("secret-value-7"),
+        "{}",
+        listed.stdout
+    );
+}

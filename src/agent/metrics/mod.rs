@@ -171,6 +171,7 @@ pub(crate) fn every_family_filled() -> Metrics {
         api_path: "/v2".into(),
         repository: None,
         namespace_query: false,
+        extras: Default::default(),
     };
     // A failed http check after a handshake: every per-endpoint metric has a series.
     let probe = Probe {
@@ -277,6 +278,7 @@ mod tests {
             api_path: "/v2".into(),
             repository: None,
             namespace_query: false,
+            extras: Default::default(),
         }
     }
 

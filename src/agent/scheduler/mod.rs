@@ -379,6 +379,7 @@ mod tests {
             api_path: "/v2".into(),
             repository: None,
             namespace_query: false,
+            extras: Default::default(),
         }
     }
 

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use super::cache::CacheKeyType;
-use super::config::{GoDuration, parse_go_duration};
 use crate::credentials::Secret;
+use crate::go_duration::{GoDuration, parse_go_duration};
 
 /// The kubelet gives every plugin run one minute (`ExecPlugin`'s catch-all timeout).
 pub(super) const KUBELET_TIMEOUT: Duration = Duration::from_secs(60);

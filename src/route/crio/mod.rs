@@ -290,6 +290,7 @@ impl RegistriesConf {
                 api_path: "/v2".into(),
                 repository: asked.repository.clone(),
                 namespace_query: false,
+                extras: Default::default(),
             },
             capabilities,
             location: Some(location.to_string()),
