@@ -257,7 +257,7 @@ struct HostsFile {
 }
 
 /// `[host."…"]` tables in the order the file has them (containerd sorts them by line).
-struct OrderedHosts(Vec<(Spanned<String>, Spanned<HostFields>)>);
+struct OrderedHosts(Vec<(Spanned<String>, HostFields)>);
 
 impl<'de> Deserialize<'de> for OrderedHosts {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -269,7 +269,7 @@ impl<'de> Deserialize<'de> for OrderedHosts {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedHosts, A::Error> {
                 let mut hosts = Vec::new();
-                while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<HostFields>>()? {
+                while let Some(entry) = map.next_entry::<Spanned<String>, HostFields>()? {
                     hosts.push(entry);
                 }
                 Ok(OrderedHosts(hosts))
@@ -299,10 +299,13 @@ pub fn parse_hosts_toml(
     let mut hosts = Vec::new();
     for (name, fields) in file.host.map(|h| h.0).unwrap_or_default() {
         let line = line_of(text, name.span().start);
-        // containerd 2.x reads only `[host."…"]` tables: a host written inline is never used.
+        // containerd 2.x reads only `[host."…"]` tables: a host written inline (its key followed
+        // by `= {`, not by the `]` of a table header) is never used.
         let inline = text
-            .get(fields.span().start..)
-            .is_some_and(|rest| rest.starts_with('{'));
+            .get(name.span().end..)
+            .map(str::trim_start)
+            .and_then(|rest| rest.strip_prefix('='))
+            .is_some_and(|rest| rest.trim_start().starts_with('{'));
         if inline && quirks.ignores_inline_hosts {
             tracing::warn!(
                 dir = %base_dir.display(),
@@ -312,7 +315,6 @@ pub fn parse_hosts_toml(
             );
             continue;
         }
-        let fields = fields.into_inner();
         hosts.push(host_config(
             quirks,
             Some(name.get_ref()),
@@ -763,6 +765,11 @@ ca = "root-ca.pem"
         );
         let names: Vec<&str> = extras.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-many", "x-many", "x-token"]);
+        // A host table made only by its `header` sub-table is a host too (TOML's implicit table).
+        let implicit = "[host.\"https://m.example\".header]\n  x-token = \"t0ken\"\n";
+        let hosts = parse_hosts_toml(implicit, base, Quirks::for_version("2.0.0"))
+            .expect("an implicit host table");
+        assert_eq!(hosts[0].extras.headers.len(), 1);
         for (bad, want) in [
             (
                 "[host.\"https://m\"]\n  [host.\"https://m\".header]\n    \"bad name\" = \"t0ken\"\n",
