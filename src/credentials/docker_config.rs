@@ -153,21 +153,7 @@ impl Keyring {
     /// reference without tag), if any: keys matched in reverse-sorted order, then Docker Hub's
     /// default key for docker.io images.
     pub fn lookup(&self, registry: &str, repository: &str) -> Option<&Credential> {
-        let image = format!("{registry}/{repository}");
-        let target = Pattern::parse(&image)?;
-        self.entries
-            .iter()
-            .find(|(pattern, _)| pattern.matches(&target))
-            .or_else(|| {
-                (registry == DOCKER_HUB || registry == DEFAULT_REGISTRY_KEY)
-                    .then(|| {
-                        self.entries
-                            .iter()
-                            .find(|(pattern, _)| pattern.key == DEFAULT_REGISTRY_KEY)
-                    })
-                    .flatten()
-            })
-            .map(|(_, credential)| credential)
+        self.lookup_all(registry, repository).into_iter().next()
     }
 }
 

@@ -154,6 +154,27 @@ fn registry_status<'a>(status: &'a Value, registry: &str) -> Option<&'a Value> {
         .find(|r| r["registry"] == registry)
 }
 
+/// Waits until the registry is down for `reason` (a real failure: `registry_up` 0), and returns
+/// the metrics then.
+fn wait_down(agent: &Agent, name: &str, reason: &str) -> String {
+    let (metrics, _) =
+        agent.wait_metrics(&format!("the registry down with {reason}"), SETTLE, |m| {
+            sample(
+            m,
+            "pullwatch_endpoint_failure_reason",
+            &[("registry", name), ("reason", reason)],
+        ) == Some(1.0)
+            // Both are set in one round, but a scrape may fall between them.
+            && sample(m, "pullwatch_registry_up", &[("registry", name)]).is_some()
+        });
+    assert_eq!(
+        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
+        Some(0.0),
+        "{metrics}"
+    );
+    metrics
+}
+
 /// Nothing pullwatch wrote holds the password, plain or base64 (with or without the user).
 fn assert_no_secret(agent: &Agent, metrics: &str, status: &str) {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -319,20 +340,7 @@ fn wrong_credentials_are_a_real_failure() {
     node.kubelet_config("not-the-password");
     let agent = node.agent();
     let name = node.name.as_str();
-    let (metrics, _) = agent.wait_metrics("the registry down with auth_failed", SETTLE, |m| {
-        sample(
-            m,
-            "pullwatch_endpoint_failure_reason",
-            &[("registry", name), ("reason", "auth_failed")],
-        ) == Some(1.0)
-            // Both are set in one round, but a scrape may fall between them.
-            && sample(m, "pullwatch_registry_up", &[("registry", name)]).is_some()
-    });
-    assert_eq!(
-        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
-        Some(0.0),
-        "{metrics}"
-    );
+    let metrics = wait_down(&agent, name, "auth_failed");
     let (_, body) = agent.get("/api/v1/status");
     let status: Value = serde_json::from_str(&body).expect("status JSON");
     let ours = registry_status(&status, name).expect("the registry in the status");
@@ -393,20 +401,8 @@ fn a_failing_provider_is_credentials_unavailable_with_its_stderr() {
         node.plugin("echo 'AccessDeniedException: no ecr:GetAuthorizationToken' >&2\nexit 1");
     let agent = node.agent_with(&flags);
     let name = node.name.as_str();
-    let (metrics, _) = agent.wait_metrics("credentials_unavailable", SETTLE, |m| {
-        sample(
-            m,
-            "pullwatch_endpoint_failure_reason",
-            &[("registry", name), ("reason", "credentials_unavailable")],
-        ) == Some(1.0)
-            && sample(m, "pullwatch_registry_up", &[("registry", name)]).is_some()
-    });
     // A source the kubelet uses is broken: the node cannot pull either; a real failure.
-    assert_eq!(
-        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
-        Some(0.0),
-        "{metrics}"
-    );
+    wait_down(&agent, name, "credentials_unavailable");
     let (_, body) = agent.get("/api/v1/status");
     assert!(
         body.contains("credential provider ecr-login failed")
@@ -421,20 +417,7 @@ fn a_providers_refused_credentials_are_auth_failed_naming_it() {
     let flags = node.provider("not-the-password");
     let agent = node.agent_with(&flags);
     let name = node.name.as_str();
-    let (metrics, _) = agent.wait_metrics("auth_failed", SETTLE, |m| {
-        sample(
-            m,
-            "pullwatch_endpoint_failure_reason",
-            &[("registry", name), ("reason", "auth_failed")],
-        ) == Some(1.0)
-            // Both are set in one round, but a scrape may fall between them.
-            && sample(m, "pullwatch_registry_up", &[("registry", name)]).is_some()
-    });
-    assert_eq!(
-        sample(&metrics, "pullwatch_registry_up", &[("registry", name)]),
-        Some(0.0),
-        "{metrics}"
-    );
+    wait_down(&agent, name, "auth_failed");
     let (_, body) = agent.get("/api/v1/status");
     assert!(
         body.contains("(credentials: credential provider ecr-login)"),

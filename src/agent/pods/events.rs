@@ -24,7 +24,12 @@ const MAX_NAME: usize = 128;
 
 /// The cause the Event names: the kubelet's when its message had one, else this node's checks'.
 pub fn cause(failure: &Failure, report: &Report) -> Reason {
-    match (failure.reason, report.reason) {
+    best_cause(failure.reason, report.reason)
+}
+
+/// The kubelet's (runtime's) cause when its message names one, else what this node found.
+pub fn best_cause(said: Reason, found: Option<Reason>) -> Reason {
+    match (said, found) {
         (Reason::Unknown, Some(found)) => found,
         (said, _) => said,
     }

@@ -372,14 +372,11 @@ impl PodWatch {
     /// node's own diagnosis of the image (a bare `Back-off pulling image` must not stay `unknown`
     /// once the node found, say, `dns_servfail`).
     fn best_cause(&self, follow_ups: &FollowUps, pod: &PodId, image: &str, said: Reason) -> Reason {
-        if said != Reason::Unknown {
-            return said;
-        }
-        follow_ups
+        let found = follow_ups
             .diagnosed
             .get(&self.diagnosis_key(pod, image))
-            .and_then(|d| d.report.reason)
-            .unwrap_or(said)
+            .and_then(|d| d.report.reason);
+        events::best_cause(said, found)
     }
 
     /// What a diagnosis is for: the image, and with `--pull-secrets` the pod's secret names too
