@@ -338,6 +338,7 @@ mod tests {
             repository: None,
             namespace_query: false,
             extras: Default::default(),
+            http_fallback: None,
         }
     }
 

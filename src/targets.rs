@@ -42,9 +42,14 @@ pub struct ListedEndpoint {
     pub location: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ca_files: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<String>,
+    /// Client certificates (and keys), in order; a handshake presents the first one issued by a
+    /// CA the registry names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client_certs: Vec<String>,
     pub skip_verify: bool,
+    /// containerd tries HTTPS first here and retries over plain HTTP: when, and on which port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_fallback: Option<String>,
     /// hosts.toml `header` names (never their values: one may be a token).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
@@ -73,14 +78,20 @@ impl ListedEndpoint {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
-            client_cert: e.tls.client_cert.as_ref().map(|(cert, key)| {
-                if cert == key {
-                    cert.display().to_string()
-                } else {
-                    format!("{} + {}", cert.display(), key.display())
-                }
-            }),
+            client_certs: e
+                .tls
+                .client_certs
+                .iter()
+                .map(|(cert, key)| {
+                    if cert == key {
+                        cert.display().to_string()
+                    } else {
+                        format!("{} + {}", cert.display(), key.display())
+                    }
+                })
+                .collect(),
             skip_verify: e.tls.skip_verify,
+            http_fallback: e.http_fallback.map(|f| f.describe()),
             headers: {
                 let mut names: Vec<String> = e
                     .extras
@@ -201,11 +212,14 @@ impl Listing {
                 if !e.ca_files.is_empty() {
                     line.push_str(&format!("  ca {}", e.ca_files.join(",")));
                 }
-                if let Some(client) = &e.client_cert {
-                    line.push_str(&format!("  client {client}"));
+                if !e.client_certs.is_empty() {
+                    line.push_str(&format!("  client {}", e.client_certs.join(",")));
                 }
                 if e.skip_verify {
                     line.push_str("  skip_verify");
+                }
+                if let Some(fallback) = &e.http_fallback {
+                    line.push_str(&format!("  then {fallback}"));
                 }
                 if !e.headers.is_empty() {
                     line.push_str(&format!("  header {}", e.headers.join(",")));

@@ -22,7 +22,9 @@ pub struct Trust {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     pub ca_files: Vec<PathBuf>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Certificate and key files, in the configured order. The handshake presents the first
+    /// whose chain was issued by a CA the server names, as Go's TLS client (the runtime) picks.
+    pub client_certs: Vec<(PathBuf, PathBuf)>,
     pub skip_verify: bool,
 }
 
@@ -55,8 +57,11 @@ pub struct ClientAuthSlot(Arc<Mutex<Option<ClientAuthAsked>>>);
 pub struct ClientAuthAsked {
     /// The issuers it accepts client certificates from (DER distinguished names); may be empty.
     pub acceptable_issuers: Vec<Vec<u8>>,
-    /// The configured client certificate (the leaf) that was offered; `None`: none configured.
+    /// The configured client certificate (the leaf) that was offered; `None`: none configured,
+    /// or none of those configured was issued by a CA the server accepts.
     pub offered: Option<CertificateDer<'static>>,
+    /// How many client certificates are configured for the endpoint.
+    pub configured: usize,
 }
 
 impl ClientAuthSlot {
@@ -151,32 +156,11 @@ impl Trust {
             chain: chain.clone(),
             skip_verify: options.skip_verify,
         });
-        let key = match &options.client_cert {
-            None => None,
-            Some((cert, key)) => {
-                let certs = read_certificates(cert)?;
-                let key = read_private_key(key).map_err(|error| match error {
-                    // containerd reads a lone `client` file as certificate and key together.
-                    TrustError::ClientCert { path, message } if key == cert => {
-                        TrustError::ClientCert {
-                            path,
-                            message: format!(
-                                "{message}: a `client` entry that is one file must hold the key too; separate files go in pairs, client = [[\"cert.pem\", \"key.pem\"]]"
-                            ),
-                        }
-                    }
-                    other => other,
-                })?;
-                let certified =
-                    CertifiedKey::from_der(certs, key, &trust.provider).map_err(|e| {
-                        TrustError::ClientCert {
-                            path: cert.display().to_string(),
-                            message: e.to_string(),
-                        }
-                    })?;
-                Some(Arc::new(certified))
-            }
-        };
+        let pairs = options
+            .client_certs
+            .iter()
+            .map(|(cert, key)| load_client_pair(cert, key, &trust.provider))
+            .collect::<Result<Vec<_>, _>>()?;
         let client_auth = ClientAuthSlot::default();
         let mut config = ClientConfig::builder_with_provider(trust.provider.clone())
             .with_safe_default_protocol_versions()
@@ -184,7 +168,7 @@ impl Trust {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(RecordingClientCert {
-                key,
+                pairs,
                 asked: client_auth.clone(),
             }));
         // What a Go client (the runtime) offers.
@@ -231,29 +215,90 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
         .ok_or_else(|| fail("no PEM private key in the file".into()))
 }
 
-/// Offers the configured client certificate, if any, whenever a server asks for one, and
-/// remembers that it asked, for which issuers, and what was offered.
+/// One configured client certificate, its key, and the issuers of its chain (raw DER names),
+/// which decide whether a server's certificate request matches it.
+#[derive(Debug)]
+struct ClientPair {
+    key: Arc<CertifiedKey>,
+    issuers: Vec<Vec<u8>>,
+}
+
+/// Reads one `client` pair (a lone file holds both, as containerd reads it).
+fn load_client_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<ClientPair, TrustError> {
+    let certs = read_certificates(cert)?;
+    let private = read_private_key(key).map_err(|error| match error {
+        TrustError::ClientCert { path, message } if key == cert => TrustError::ClientCert {
+            path,
+            message: format!(
+                "{message}: a `client` entry that is one file must hold the key too; separate files go in pairs, client = [[\"cert.pem\", \"key.pem\"]]"
+            ),
+        },
+        other => other,
+    })?;
+    let issuers = certs
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, parsed)| parsed.issuer().as_raw().to_vec())
+        })
+        .collect();
+    let key =
+        CertifiedKey::from_der(certs, private, provider).map_err(|e| TrustError::ClientCert {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(ClientPair {
+        key: Arc::new(key),
+        issuers,
+    })
+}
+
+/// Offers a configured client certificate whenever a server asks for one, chosen as Go's TLS
+/// client (containerd, CRI-O) chooses among several (`crypto/tls`, `getClientCertificate` and
+/// `CertificateRequestInfo.SupportsCertificate`): the first whose key can sign with a scheme the
+/// server accepts and, when the server names acceptable CAs, one of whose chain's issuers is
+/// among them; none matching, no certificate at all. Remembers what was asked and offered.
 #[derive(Debug)]
 struct RecordingClientCert {
-    key: Option<Arc<CertifiedKey>>,
+    pairs: Vec<ClientPair>,
     asked: ClientAuthSlot,
+}
+
+impl RecordingClientCert {
+    fn choose(&self, acceptable: &[&[u8]], sigschemes: &[SignatureScheme]) -> Option<&ClientPair> {
+        self.pairs.iter().find(|pair| {
+            pair.key.key.choose_scheme(sigschemes).is_some()
+                && (acceptable.is_empty()
+                    || pair
+                        .issuers
+                        .iter()
+                        .any(|issuer| acceptable.contains(&issuer.as_slice())))
+        })
+    }
 }
 
 impl ResolvesClientCert for RecordingClientCert {
     fn resolve(
         &self,
         root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
+        sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
+        let chosen = self.choose(root_hint_subjects, sigschemes);
         self.asked.record(ClientAuthAsked {
             acceptable_issuers: root_hint_subjects.iter().map(|s| s.to_vec()).collect(),
-            offered: self.key.as_ref().and_then(|k| k.cert.first().cloned()),
+            offered: chosen.and_then(|pair| pair.key.cert.first().cloned()),
+            configured: self.pairs.len(),
         });
-        self.key.clone()
+        chosen.map(|pair| pair.key.clone())
     }
 
     fn has_certs(&self) -> bool {
-        self.key.is_some()
+        !self.pairs.is_empty()
     }
 }
 

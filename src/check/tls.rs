@@ -3,11 +3,14 @@
 //! when the server asks for a client certificate (mutual TLS), its verdict on the answer too.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use x509_parser::extensions::GeneralName;
@@ -77,6 +80,9 @@ pub struct TlsFailed {
     pub reason: Reason,
     pub message: String,
     pub chain: Vec<CertSummary>,
+    /// The server answered the hello in plain HTTP (its first bytes were `HTTP/`): what Go's TLS
+    /// client reports as a `RecordHeaderError`, and what makes containerd fall back to HTTP.
+    pub plain_http: bool,
 }
 
 impl TlsFailed {
@@ -86,6 +92,7 @@ impl TlsFailed {
             reason: super::tcp::classify_io(error),
             message: format!("connect: {error}"),
             chain: vec![],
+            plain_http: false,
         }
     }
 }
@@ -117,9 +124,12 @@ where
         reason: Reason::TlsHandshake,
         message: format!("{server_name:?} is not a valid TLS server name: {e}"),
         chain: vec![],
+        plain_http: false,
     })?;
     let chain = &client.chain;
     client.client_auth.clear();
+    let first_bytes = FirstBytes::default();
+    let stream = first_bytes.wrap(stream);
     match TlsConnector::from(client.config.clone())
         .connect(name, stream)
         .await
@@ -151,6 +161,7 @@ where
                     reason: Reason::TlsHandshake,
                     message: client_auth_refused(&asked, alert),
                     chain: outcome.chain,
+                    plain_http: false,
                 });
             }
             Ok(outcome)
@@ -167,8 +178,72 @@ where
                 reason,
                 message,
                 chain: certificates,
+                plain_http: first_bytes.get().starts_with(b"HTTP/"),
             })
         }
+    }
+}
+
+/// The first bytes the server sent, kept past the handshake's failure (which consumes the stream)
+/// to tell a plain-HTTP answer from other garbage, as Go's TLS client does.
+#[derive(Clone, Default)]
+struct FirstBytes(Arc<Mutex<Vec<u8>>>);
+
+impl FirstBytes {
+    const KEEP: usize = 5;
+
+    fn wrap<S>(&self, inner: S) -> Recorded<S> {
+        Recorded {
+            inner,
+            first: self.clone(),
+        }
+    }
+
+    fn get(&self) -> Vec<u8> {
+        self.0.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// A stream that copies the first [`FirstBytes::KEEP`] bytes it reads into its [`FirstBytes`].
+struct Recorded<S> {
+    inner: S,
+    first: FirstBytes,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Ok(mut first) = self.first.0.lock()
+            && first.len() < FirstBytes::KEEP
+        {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(FirstBytes::KEEP - first.len());
+            first.extend_from_slice(&new[..take]);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -259,9 +334,16 @@ fn client_auth_refused(asked: &ClientAuthAsked, alert: AlertDescription) -> Stri
             } else {
                 format!(" issued by {}", issuers.join(" or "))
             };
-            format!(
-                "the registry requires a client certificate{from} (mutual TLS) and refused the connection without one (alert {alert:?}); none is configured for this endpoint: set {where_set}"
-            )
+            if asked.configured == 0 {
+                format!(
+                    "the registry requires a client certificate{from} (mutual TLS) and refused the connection without one (alert {alert:?}); none is configured for this endpoint: set {where_set}"
+                )
+            } else {
+                format!(
+                    "the registry requires a client certificate{from} (mutual TLS) and refused the connection without one (alert {alert:?}); none of the {} configured for this endpoint is issued by a CA it accepts, so none is sent (as the runtime's TLS client does): configure one it accepts ({where_set})",
+                    asked.configured
+                )
+            }
         }
         Some(sent) => {
             let sent = sent

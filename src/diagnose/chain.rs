@@ -7,12 +7,14 @@ use tokio::net::TcpStream;
 
 use super::{Diagnoser, Link, OnCheck, Probe};
 use crate::check::dns::DnsOutcome;
-use crate::check::tls::TlsFailed;
-use crate::check::{self, CheckKind, CheckResult};
+use crate::check::tcp::{TcpFailed, TcpOutcome};
+use crate::check::tls::{TlsFailed, TlsOutcome};
+use crate::check::{self, CheckKind, CheckResult, Failed};
 use crate::http_client;
 use crate::proxy::{self, Proxy};
 use crate::reason::Reason;
-use crate::route::{Endpoint, Scheme};
+use crate::route::{Endpoint, HttpFallback, Scheme};
+use crate::trust::TlsClient;
 
 impl Diagnoser {
     /// Runs dns → tcp → tls → http against one endpoint, stopping at the first failure.
@@ -35,7 +37,8 @@ impl Diagnoser {
         let Some(link) = self.reach(endpoint, &mut probe, on_check).await else {
             return (probe, None);
         };
-        let ping = check::http::check(&link.client, endpoint, link.proxied);
+        let served = link.via.as_ref().unwrap_or(endpoint);
+        let ping = check::http::check(&link.client, served, link.proxied);
         let ran = check::run(CheckKind::Http, self.timeout, ping).await;
         let failed_status = ran.error().and_then(|e| e.status);
         let (result, http) = ran.split();
@@ -81,18 +84,26 @@ impl Diagnoser {
         let addresses = dns.addresses();
         probe.dns = Some(dns);
 
-        // hosts.toml's `dial_timeout` bounds each attempt, within the check's own bound.
-        let per_address = match endpoint.extras.dial_timeout {
-            Some(dial) => dial.min(self.timeout.mul_f64(0.9)),
-            None => self.timeout.mul_f64(0.9),
-        };
-        let (result, tcp) = check::run(
-            CheckKind::Tcp,
-            self.timeout,
-            check::tcp::check(&addresses, port, per_address),
-        )
-        .await
-        .split();
+        let ran = self.tcp(endpoint, &addresses, port).await;
+        // containerd (1.7.24+, 2.x) retries over plain HTTP on port 80 when HTTPS to a host
+        // written without a port cannot connect.
+        let fallback = endpoint.http_fallback.filter(|f| f.on_connect_failure);
+        if let (Err(_), Some(fallback), None) = (&ran.outcome, fallback, proxy) {
+            let http = plain_http(endpoint, fallback.port);
+            let (mut retry, tcp) = self.tcp(&http, &addresses, fallback.port).await.split();
+            retry.detail = format!(
+                "HTTPS to port {port}: {}; {}: {}",
+                ran.record.detail,
+                fallback_rule(&fallback),
+                retry.detail
+            );
+            record(probe, retry);
+            let tcp = tcp?;
+            let target = tcp.reachable()[0];
+            probe.tcp = Some(tcp);
+            return self.link(endpoint, Some(http), target, None, None, probe, on_check);
+        }
+        let (result, tcp) = ran.split();
         record(probe, blame_proxy(result, proxy));
         let tcp = tcp?;
         let target = tcp.reachable()[0];
@@ -113,27 +124,96 @@ impl Diagnoser {
                 let stream = self.connect(endpoint, target, proxy).await?;
                 check::tls::check(stream, &endpoint.host, client).await
             };
-            let (result, tls) = check::run(CheckKind::Tls, self.timeout, handshake)
-                .await
-                .split();
+            let ran = check::run(CheckKind::Tls, self.timeout, handshake).await;
+            if let Some(fallback) = endpoint.http_fallback.filter(|f| falls_back(f, &ran)) {
+                // The HTTPS attempt's failure is what sends containerd to plain HTTP: the tls
+                // step passes, saying so; the HTTP steps go to the plain-HTTP endpoint.
+                let mut note = ran.record;
+                note.detail = format!("{}; {}", note.detail, fallback_rule(&fallback));
+                note.ok = true;
+                note.reason = None;
+                record(probe, note);
+                let http = plain_http(endpoint, fallback.port);
+                let http_proxy = self.proxies.for_endpoint(&http);
+                let target = SocketAddr::new(target.ip(), fallback.port);
+                return self.link(
+                    endpoint,
+                    Some(http),
+                    target,
+                    None,
+                    http_proxy,
+                    probe,
+                    on_check,
+                );
+            }
+            let (result, tls) = ran.split();
             record(probe, result);
             probe.tls = Some(tls?);
         }
+        self.link(
+            endpoint,
+            None,
+            target,
+            tls_client.as_ref(),
+            proxy,
+            probe,
+            on_check,
+        )
+    }
 
+    /// The tcp check to `port` of `addresses`; hosts.toml's `dial_timeout` bounds each attempt,
+    /// within the check's own bound.
+    async fn tcp(
+        &self,
+        endpoint: &Endpoint,
+        addresses: &[IpAddr],
+        port: u16,
+    ) -> check::Ran<TcpOutcome, TcpFailed> {
+        let per_address = match endpoint.extras.dial_timeout {
+            Some(dial) => dial.min(self.timeout.mul_f64(0.9)),
+            None => self.timeout.mul_f64(0.9),
+        };
+        check::run(
+            CheckKind::Tcp,
+            self.timeout,
+            check::tcp::check(addresses, port, per_address),
+        )
+        .await
+    }
+
+    /// The client for the HTTP steps, pinned to `target` (or the proxy); `via`: the plain-HTTP
+    /// endpoint of containerd's fallback, when taken.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the pieces the chain has gathered so far"
+    )]
+    fn link(
+        &self,
+        endpoint: &Endpoint,
+        via: Option<Endpoint>,
+        target: SocketAddr,
+        tls_client: Option<&TlsClient>,
+        proxy: Option<&Proxy>,
+        probe: &mut Probe,
+        on_check: OnCheck<'_>,
+    ) -> Option<Link> {
         let connect_to = proxy.is_none().then_some(target);
         match http_client::build(
-            endpoint,
+            via.as_ref().unwrap_or(endpoint),
             connect_to,
-            tls_client.as_ref(),
+            tls_client,
             proxy,
             self.timeout,
         ) {
             Ok(client) => Some(Link {
                 client,
                 proxied: proxy.is_some(),
+                via,
             }),
             Err(error) => {
-                record(probe, config_failure(CheckKind::Http, error.to_string()));
+                let result = config_failure(CheckKind::Http, error.to_string());
+                on_check(endpoint, &result);
+                probe.checks.push(result);
                 None
             }
         }
@@ -158,10 +238,38 @@ impl Diagnoser {
                         reason: Reason::ProxyError,
                         message: e.to_string(),
                         chain: vec![],
+                        plain_http: false,
                     })
             }
         }
     }
+}
+
+/// The plain-HTTP endpoint containerd's fallback talks to: the same host on `port`.
+fn plain_http(endpoint: &Endpoint, port: u16) -> Endpoint {
+    Endpoint {
+        scheme: Scheme::Http,
+        port,
+        http_fallback: None,
+        ..endpoint.clone()
+    }
+}
+
+/// Whether the HTTPS attempt's failure sends containerd to plain HTTP: a plain-HTTP answer
+/// always, a handshake timeout by version (`isTLSError` in `remotes/docker/resolver.go`).
+fn falls_back(fallback: &HttpFallback, ran: &check::Ran<TlsOutcome, TlsFailed>) -> bool {
+    match &ran.outcome {
+        Ok(_) => false,
+        Err(Failed::Error(error)) => error.plain_http,
+        Err(Failed::TimedOut) => fallback.on_handshake_timeout,
+    }
+}
+
+fn fallback_rule(fallback: &HttpFallback) -> String {
+    format!(
+        "the runtime falls back to plain HTTP ({})",
+        fallback.describe()
+    )
 }
 
 /// A host that is an IP literal: no lookup, as in the runtime.

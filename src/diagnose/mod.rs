@@ -90,6 +90,9 @@ pub struct Probe {
 pub struct Link {
     pub client: reqwest::Client,
     pub proxied: bool,
+    /// The plain-HTTP endpoint the HTTP steps use when containerd's HTTP fallback was taken;
+    /// `None`: the endpoint itself.
+    pub via: Option<Endpoint>,
 }
 
 impl Probe {

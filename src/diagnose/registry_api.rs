@@ -55,7 +55,9 @@ impl Diagnoser {
         platform: Option<&Platform>,
         on_check: OnCheck<'_>,
     ) -> ApiProbe {
-        let base_url = endpoint.url();
+        // After containerd's HTTP fallback, the requests go to the plain-HTTP endpoint.
+        let served = link.via.as_ref().unwrap_or(endpoint);
+        let base_url = served.url();
         // The endpoint's API root and the repository as the runtime asks it there.
         let repository = endpoint.repository.as_deref().unwrap_or(image.repository());
         let target = manifest::ManifestTarget {
@@ -64,7 +66,7 @@ impl Diagnoser {
             registry: image.registry(),
             repository,
             reference: image.manifest_reference(),
-            namespace: endpoint.namespace_for(image.registry()),
+            namespace: served.namespace_for(image.registry()),
         };
         let mut plan = auth::plan(http.status, http.challenge.as_deref());
         // An open /v2/ may still want a token per repository (Quay does): the runtime learns it
@@ -79,7 +81,7 @@ impl Diagnoser {
         let mut token_server = None;
         let mut token_link = Some(link.clone());
         if let Ok(Plan::Bearer(bearer)) = &plan
-            && let Some(server) = token_endpoint(&bearer.realm, endpoint)
+            && let Some(server) = token_endpoint(&bearer.realm, served)
         {
             let mut probe = Probe::default();
             token_link = self.reach(&server, &mut probe, on_check).await;
@@ -103,7 +105,7 @@ impl Diagnoser {
         let mut chosen: Option<ApiProbe> = None;
         for offered in candidates {
             let attempt = Attempt {
-                endpoint,
+                endpoint: served,
                 link,
                 token_link: token_link.as_ref(),
                 token_server: token_server.as_ref(),
@@ -321,6 +323,7 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
         repository: None,
         namespace_query: false,
         extras: Default::default(),
+        http_fallback: None,
     })
 }
 
@@ -390,6 +393,7 @@ mod tests {
             repository: None,
             namespace_query: false,
             extras: Default::default(),
+            http_fallback: None,
         };
         struct Case {
             realm: &'static str,
@@ -451,6 +455,7 @@ mod tests {
                 repository: None,
                 namespace_query: false,
                 extras: Default::default(),
+                http_fallback: None,
             },
         )
         .unwrap();

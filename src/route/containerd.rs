@@ -22,6 +22,7 @@ pub const HOSTS_FILE: &str = "hosts.toml";
 pub const MAX_DIRS: usize = 1000;
 
 pub use super::containerd_rules::Quirks;
+use super::containerd_rules::{Attempt, HttpFallback};
 
 /// The host directory containerd uses for `registry`, as its `hostPaths`: for `host:port` first
 /// `host_port_` (a name every filesystem takes), then `host:port`; else `_default`.
@@ -95,8 +96,9 @@ pub fn configured_registries(root: &Path) -> (Vec<String>, Option<ConfigProblem>
 /// One host as hosts.toml describes it (the last one is the `server`, maybe implicit).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostConfig {
-    /// `None` for the root entry without `server`: the registry itself.
-    pub server: Option<(Scheme, String, u16)>,
+    /// `None` for the root entry without `server`: the registry itself. The port as written
+    /// (`None`: none written), since containerd's scheme rules look at what was written.
+    pub server: Option<(Scheme, String, Option<u16>)>,
     /// The API root: `/v2`, the server's path + `/v2`, or its path alone with `override_path`.
     pub path: String,
     pub capabilities: Option<Capabilities>,
@@ -494,70 +496,60 @@ pub fn route(
     let hosts = configs
         .into_iter()
         .enumerate()
-        .flat_map(|(i, config)| {
+        .map(|(i, config)| {
             let role = if i == last {
                 Role::Upstream
             } else {
                 Role::Mirror
             };
             // The root entry without `server` is the registry itself.
-            let attempts = match config.server.clone() {
-                Some((Scheme::Http, host, port))
-                    if has_tls_settings(&config)
-                        && quirks.https_first(Some(port).filter(|p| *p != 80)) =>
-                {
-                    vec![
-                        (Scheme::Https, host.clone(), port, config.skip_verify),
-                        (Scheme::Http, host, port, config.skip_verify),
-                    ]
+            let (scheme, host, port, skip_verify, http_fallback) = match config.server.clone() {
+                Some((Scheme::Http, host, port)) if has_tls_settings(&config) => {
+                    let a = quirks.http_with_tls_attempt(port, config.skip_verify.unwrap_or(false));
+                    (scheme_of(&a), host, a.port, config.skip_verify, a.fallback)
                 }
-                Some((scheme, host, port)) => vec![(scheme, host, port, config.skip_verify)],
+                Some((scheme, host, port)) => {
+                    let port = port.unwrap_or(scheme.default_port());
+                    (scheme, host, port, config.skip_verify, None)
+                }
                 None => implicit_upstream(&registry_host, registry_port, insecure, &config, quirks),
             };
-            let client_cert = config
+            let source = if config.server.is_none() && source == "default" {
+                "default".to_string()
+            } else {
+                source.clone()
+            };
+            let client_certs = config
                 .client
-                .first()
-                .map(|(cert, key)| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone())));
-            let fallback = attempts.len() > 1;
-            attempts
-                .into_iter()
-                .enumerate()
-                .map(|(attempt, (scheme, host, port, skip_verify))| {
-                    let mut source = if config.server.is_none() && source == "default" {
-                        "default".to_string()
-                    } else {
-                        source.clone()
-                    };
-                    if fallback && attempt > 0 {
-                        source.push_str(" (HTTP fallback)");
-                    }
-                    RouteHost {
-                        endpoint: Endpoint {
-                            scheme,
-                            host,
-                            port,
-                            role,
-                            source,
-                            tls: TlsOptions {
-                                ca_files: config.ca_files.clone(),
-                                client_cert: client_cert.clone(),
-                                skip_verify: skip_verify.unwrap_or(false),
-                            },
-                            api_path: config.path.clone(),
-                            repository: None,
-                            namespace_query: true,
-                            extras: config.extras.clone(),
-                        },
-                        capabilities: if config.server.is_none() {
-                            Capabilities::ALL
-                        } else {
-                            config.capabilities.unwrap_or(Capabilities::ALL)
-                        },
-                        location: None,
-                        line: config.line,
-                    }
-                })
-                .collect::<Vec<_>>()
+                .iter()
+                .map(|(cert, key)| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone())))
+                .collect();
+            RouteHost {
+                endpoint: Endpoint {
+                    scheme,
+                    host,
+                    port,
+                    role,
+                    source,
+                    tls: TlsOptions {
+                        ca_files: config.ca_files.clone(),
+                        client_certs,
+                        skip_verify: skip_verify.unwrap_or(false),
+                    },
+                    api_path: config.path.clone(),
+                    repository: None,
+                    namespace_query: true,
+                    extras: config.extras.clone(),
+                    http_fallback,
+                },
+                capabilities: if config.server.is_none() {
+                    Capabilities::ALL
+                } else {
+                    config.capabilities.unwrap_or(Capabilities::ALL)
+                },
+                location: None,
+                line: config.line,
+            }
         })
         .collect();
     Ok((hosts, problem))
@@ -565,39 +557,33 @@ pub fn route(
 
 /// The registry itself when hosts.toml names no `server`: HTTPS; a registry on localhost as
 /// this containerd version treats it (plain HTTP, HTTPS first then HTTP, or by port; see
-/// [`Quirks::localhost_attempts`]); `--insecure-registry` plain HTTP.
+/// [`Quirks::localhost_attempt`]); `--insecure-registry` plain HTTP.
 fn implicit_upstream(
     registry_host: &str,
     registry_port: Option<u16>,
     insecure: bool,
     config: &HostConfig,
     quirks: Quirks,
-) -> Vec<(Scheme, String, u16, Option<bool>)> {
+) -> (Scheme, String, u16, Option<bool>, Option<HttpFallback>) {
     let host = serving_host(registry_host).to_string();
     if insecure {
-        return vec![(
-            Scheme::Http,
-            host,
-            registry_port.unwrap_or(80),
-            config.skip_verify,
-        )];
+        let port = registry_port.unwrap_or(80);
+        return (Scheme::Http, host, port, config.skip_verify, None);
     }
     if is_localhost(registry_host) {
-        return quirks
-            .localhost_attempts(registry_port)
-            .into_iter()
-            .map(|a| {
-                let scheme = if a.https { Scheme::Https } else { Scheme::Http };
-                (scheme, host.clone(), a.port, Some(a.skip_verify))
-            })
-            .collect();
+        let a = quirks.localhost_attempt(registry_port);
+        return (scheme_of(&a), host, a.port, Some(a.skip_verify), a.fallback);
     }
-    vec![(
-        Scheme::Https,
-        host,
-        registry_port.unwrap_or(443),
-        config.skip_verify,
-    )]
+    let port = registry_port.unwrap_or(443);
+    (Scheme::Https, host, port, config.skip_verify, None)
+}
+
+fn scheme_of(attempt: &Attempt) -> Scheme {
+    if attempt.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    }
 }
 
 /// `ca`, `client` or `skip_verify` written for the host: what makes containerd (from 1.6.25,
@@ -624,6 +610,10 @@ mod tests {
         http_with_tls: super::super::containerd_rules::HttpWithTls::PlainHttp,
         referrers_capability: false,
         ignores_inline_hosts: false,
+        fallback: super::super::containerd_rules::FallbackTriggers {
+            handshake_timeout: false,
+            connect_failure_without_port: false,
+        },
     };
     /// Only the `[host]` table rule of 2.x (its scheme rules are tested in containerd_rules).
     const V2: Quirks = Quirks {
@@ -673,7 +663,7 @@ ca = "root-ca.pem"
         assert_eq!(hosts.len(), 4);
         assert_eq!(
             hosts[0].server,
-            Some((Scheme::Https, "zmirror.example".into(), 5000))
+            Some((Scheme::Https, "zmirror.example".into(), Some(5000)))
         );
         assert_eq!(hosts[0].line, Some(4));
         assert_eq!(
@@ -696,7 +686,7 @@ ca = "root-ca.pem"
         );
         assert_eq!(
             hosts[1].server,
-            Some((Scheme::Http, "amirror.local".into(), 80))
+            Some((Scheme::Http, "amirror.local".into(), None))
         );
         assert_eq!(hosts[1].path, "/proxy/v2");
         assert_eq!(hosts[1].skip_verify, Some(true));
@@ -705,7 +695,7 @@ ca = "root-ca.pem"
         assert_eq!(hosts[3].path, "/v2");
         assert_eq!(
             hosts[3].server,
-            Some((Scheme::Https, "registry-1.docker.io".into(), 443))
+            Some((Scheme::Https, "registry-1.docker.io".into(), None))
         );
         assert_eq!(
             hosts[3].ca_files,
@@ -963,11 +953,11 @@ ca = "root-ca.pem"
             vec![root.join("10.0.0.5:5000/ca.crt")]
         );
         assert_eq!(
-            hosts[0].endpoint.tls.client_cert,
-            Some((
+            hosts[0].endpoint.tls.client_certs,
+            [(
                 root.join("10.0.0.5:5000/client.cert"),
                 root.join("10.0.0.5:5000/client.key")
-            ))
+            )]
         );
 
         // Malformed: reported, and the registry itself is the route.

@@ -3,6 +3,7 @@
 
 pub mod containerd;
 mod containerd_rules;
+pub use containerd_rules::HttpFallback;
 pub mod crio;
 mod resolve;
 
@@ -43,6 +44,16 @@ pub enum Scheme {
     Https,
 }
 
+impl Scheme {
+    /// 80 or 443: the port of a URL that names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
 /// One `scheme://host:port` the runtime contacts for a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -67,6 +78,9 @@ pub struct Endpoint {
     pub namespace_query: bool,
     /// hosts.toml's `header` and `dial_timeout` for this host.
     pub extras: HostExtras,
+    /// containerd tries this endpoint over HTTPS first and retries over plain HTTP on some
+    /// failures (a registry on localhost, an `http://` host with TLS settings); `None`: no retry.
+    pub http_fallback: Option<HttpFallback>,
 }
 
 /// What containerd's hosts.toml adds for one host: headers on every request to it, and its own
@@ -237,7 +251,8 @@ impl ConfiguredRoute {
 
 /// Splits `scheme://host[:port][/path]` (scheme optional: https) into its parts; the port
 /// defaults by scheme. `Err` names what is wrong.
-pub(crate) fn parse_server(server: &str) -> Result<(Scheme, String, u16, String), String> {
+/// `scheme://host[:port][/path]` as hosts.toml writes a host; the port as written (`None`: none).
+pub(crate) fn parse_server(server: &str) -> Result<(Scheme, String, Option<u16>, String), String> {
     let (scheme, rest) = match server.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),
         Some(("http", rest)) => (Scheme::Http, rest),
@@ -250,10 +265,6 @@ pub(crate) fn parse_server(server: &str) -> Result<(Scheme, String, u16, String)
     };
     let (host, port) =
         split_host_port(authority).map_err(|e| format!("{server:?}: {}", e.problem))?;
-    let port = port.unwrap_or(match scheme {
-        Scheme::Http => 80,
-        Scheme::Https => 443,
-    });
     // As Go's path.Clean: no empty or `.` segments, no trailing `/`.
     let path = path
         .split('/')
@@ -349,6 +360,7 @@ pub fn default_route(
         repository: None,
         namespace_query: false,
         extras: Default::default(),
+        http_fallback: None,
     };
     Ok(Route {
         registry: registry.to_string(),

@@ -23,6 +23,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Clone)]
 pub struct RegistryBuilder {
     listen_ip: Option<Ipv4Addr>,
+    port: Option<u16>,
     tls: Option<(PathBuf, PathBuf)>,
     client_cas: Option<PathBuf>,
     htpasswd: Option<(String, String)>,
@@ -49,6 +50,12 @@ impl RegistryBuilder {
     /// to be reached from inside that netns).
     pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
         self.listen_ip = Some(ip);
+        self
+    }
+
+    /// Listens on this port (e.g. 80, on an address of its own) instead of a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -89,7 +96,7 @@ impl RegistryBuilder {
         // A free port found by binding :0 can be taken again before the registry binds
         // it; then the registry exits with "address already in use" and we try another.
         for _ in 0..5 {
-            let addr = SocketAddr::from((ip, free_port(ip)));
+            let addr = SocketAddr::from((ip, self.port.unwrap_or_else(|| free_port(ip))));
             let config_path = dir.path().join("config.yml");
             std::fs::write(
                 &config_path,

@@ -16,6 +16,7 @@ mod credential_provider;
 mod deploy;
 mod diagnose_network;
 mod harness_smoke;
+mod https_first;
 mod kube_pods;
 mod node_credentials;
 mod pod_pull_secrets;

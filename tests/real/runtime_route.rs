@@ -15,7 +15,7 @@ use testkit::registry::Registry;
 use testkit::scripted::{Response, ScriptedServer};
 
 /// `pullwatch diagnose --output json [DIAGNOSE FLAGS] IMAGE` against `ctrd` and its certs.d.
-fn diagnose(ctrd: &Containerd, flags: &[&str], image: &str) -> (i32, Value) {
+pub(crate) fn diagnose(ctrd: &Containerd, flags: &[&str], image: &str) -> (i32, Value) {
     let (code, reports) = Pullwatch::new()
         .args([
             "--runtime-endpoint",
@@ -31,7 +31,7 @@ fn diagnose(ctrd: &Containerd, flags: &[&str], image: &str) -> (i32, Value) {
 }
 
 /// The checks of one endpoint as (check, ok, reason).
-fn checks(endpoint: &Value) -> Vec<(String, bool, String)> {
+pub(crate) fn checks(endpoint: &Value) -> Vec<(String, bool, String)> {
     endpoint["checks"]
         .as_array()
         .expect("checks")
@@ -46,7 +46,7 @@ fn checks(endpoint: &Value) -> Vec<(String, bool, String)> {
         .collect()
 }
 
-fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
     endpoint["checks"]
         .as_array()?
         .iter()
@@ -54,7 +54,7 @@ fn check_named<'a>(endpoint: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// Every check of the endpoint passed, and it got as far as each of `through`.
-fn passed(endpoint: &Value, through: &[&str]) -> bool {
+pub(crate) fn passed(endpoint: &Value, through: &[&str]) -> bool {
     let checks = checks(endpoint);
     checks.iter().all(|(_, ok, _)| *ok)
         && through
@@ -63,11 +63,11 @@ fn passed(endpoint: &Value, through: &[&str]) -> bool {
 }
 
 /// A check's evidence, or "" when the check is missing.
-fn detail(check: Option<&Value>) -> &str {
+pub(crate) fn detail(check: Option<&Value>) -> &str {
     check.and_then(|c| c["detail"].as_str()).unwrap_or_default()
 }
 
-fn path_str(path: &Path) -> String {
+pub(crate) fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
 
@@ -483,7 +483,7 @@ fn a_hosts_toml_client_certificate_passes_mutual_tls_for_pullwatch_and_for_conta
         );
     }
 
-    // A certificate from a CA the registry does not trust.
+    // A certificate from a CA the registry does not name.
     let rogue = TestCa::new("pullwatch rogue CA").client_cert("node-2");
     let (_, code, report) = with_client(&format!(
         "client = [[\"{}\", \"{}\"]]",
@@ -494,11 +494,45 @@ fn a_hosts_toml_client_certificate_passes_mutual_tls_for_pullwatch_and_for_conta
     let endpoint = &report["endpoints"][0];
     let tls_check = check_named(endpoint, "tls").expect("tls check");
     assert_eq!(tls_check["reason"], "tls_handshake", "{report}");
+    // Go's TLS client sends no certificate the server's named CAs did not issue, and neither
+    // does pullwatch: the evidence says which CA it wanted and why nothing was sent.
     assert!(
-        detail(Some(tls_check))
-            .contains("refused the client certificate CN=node-2 issued by CN=pullwatch rogue CA")
-            && detail(Some(tls_check))
-                .contains("it accepts certificates issued by CN=pullwatch client CA"),
+        detail(Some(tls_check)).contains("requires a client certificate issued by CN=pullwatch client CA")
+            && detail(Some(tls_check)).contains(
+                "none of the 1 configured for this endpoint is issued by a CA it accepts, so none is sent"
+            ),
+        "{report}"
+    );
+    assert_eq!(
+        check_named(endpoint, "runtime").expect("runtime check")["ok"],
+        false,
+        "{report}"
+    );
+
+    // Several pairs: Go's TLS client (containerd) presents the first one issued by a CA the
+    // registry names in its request, not the first listed; pullwatch presents the same one.
+    let pair = |c: &testkit::certs::ClientCert| {
+        format!(
+            "[\"{}\", \"{}\"]",
+            path_str(&c.cert_path),
+            path_str(&c.key_path)
+        )
+    };
+    let (_, code, report) = with_client(&format!("client = [{}, {}]", pair(&rogue), pair(&client)));
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        passed(&report["endpoints"][0], &["manifest", "runtime"]),
+        "{report}"
+    );
+    // None of them from an accepted CA: none is sent, by either.
+    let other = TestCa::new("pullwatch other CA").client_cert("node-3");
+    let (_, code, report) = with_client(&format!("client = [{}, {}]", pair(&rogue), pair(&other)));
+    assert_eq!(code, 1, "{report}");
+    let endpoint = &report["endpoints"][0];
+    assert!(
+        detail(check_named(endpoint, "tls")).contains(
+            "none of the 2 configured for this endpoint is issued by a CA it accepts, so none is sent"
+        ),
         "{report}"
     );
     assert_eq!(

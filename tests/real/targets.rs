@@ -302,28 +302,38 @@ fn runtime_version_picks_the_rules_without_a_socket() {
         )
     );
     // A registry on a loopback port, no hosts.toml: plain HTTP up to 1.6.24, HTTPS first (without
-    // verification) and then plain HTTP from 1.6.25 on.
-    let local_under = |version: &str| -> Vec<(String, String)> {
+    // verification) then plain HTTP on the same port from 1.6.25 on: one endpoint, its fallback
+    // named.
+    let local_under = |version: &str| -> Vec<(String, String, String)> {
         listed(version, "127.0.0.1:5000")["endpoints"]
             .as_array()
             .expect("endpoints")
             .iter()
-            .map(|e| (field(e, "endpoint"), field(e, "source")))
+            .map(|e| {
+                (
+                    field(e, "endpoint"),
+                    field(e, "source"),
+                    field(e, "http_fallback"),
+                )
+            })
             .collect()
     };
     assert_eq!(
         local_under("containerd/1.6.20"),
-        [("http://127.0.0.1:5000".to_string(), "default".to_string())]
+        [(
+            "http://127.0.0.1:5000".to_string(),
+            "default".to_string(),
+            String::new()
+        )]
     );
     assert_eq!(
         local_under("containerd/2.0.1"),
-        [
-            ("https://127.0.0.1:5000".to_string(), "default".to_string()),
-            (
-                "http://127.0.0.1:5000".to_string(),
-                "default (HTTP fallback)".to_string()
-            )
-        ]
+        [(
+            "https://127.0.0.1:5000".to_string(),
+            "default".to_string(),
+            "HTTP on port 5000 when the server answers plain HTTP or the TLS handshake times out"
+                .to_string()
+        )]
     );
     let bad = Pullwatch::new()
         .args(["--runtime-version", "podman/5.0", "targets"])

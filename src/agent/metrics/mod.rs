@@ -172,6 +172,7 @@ pub(crate) fn every_family_filled() -> Metrics {
         repository: None,
         namespace_query: false,
         extras: Default::default(),
+        http_fallback: None,
     };
     // A failed http check after a handshake: every per-endpoint metric has a series.
     let probe = Probe {
@@ -279,6 +280,7 @@ mod tests {
             repository: None,
             namespace_query: false,
             extras: Default::default(),
+            http_fallback: None,
         }
     }
 

@@ -266,10 +266,12 @@ impl RegistriesConf {
                 let certs = cert_files(&dir.join(registry));
                 TlsOptions {
                     ca_files: certs.ca_files,
-                    client_cert: certs
+                    // containers/image loads every pair; Go's TLS client picks among them.
+                    client_certs: certs
                         .client
-                        .first()
-                        .map(|(c, k)| (c.clone(), k.clone().unwrap_or_else(|| c.clone()))),
+                        .iter()
+                        .map(|(c, k)| (c.clone(), k.clone().unwrap_or_else(|| c.clone())))
+                        .collect(),
                     skip_verify: false,
                 }
             }
@@ -291,6 +293,7 @@ impl RegistriesConf {
                 repository: asked.repository.clone(),
                 namespace_query: false,
                 extras: Default::default(),
+                http_fallback: None,
             },
             capabilities,
             location: Some(location.to_string()),
