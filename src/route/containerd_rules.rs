@@ -351,8 +351,10 @@ mod tests {
     /// tag: `if host.scheme == "http" && explicitTLS`, and the port test beside it).
     #[test]
     fn http_hosts_with_tls_settings() {
-        // (version, written port, HTTPS first on, fallback port)
-        let rows: [(&str, Option<u16>, Option<(u16, u16)>); 10] = [
+        /// HTTPS tried on this port, then plain HTTP on that one; `None`: plain HTTP only.
+        type HttpsThenHttp = Option<(u16, u16)>;
+        // (version, written port, what containerd does)
+        let rows: [(&str, Option<u16>, HttpsThenHttp); 10] = [
             ("1.6.20", None, None),
             ("1.6.20", Some(5000), None),
             ("1.7.7", None, Some((443, 80))),
