@@ -226,11 +226,12 @@ async fn credential_provider_timeout_kills_the_plugin_and_its_children() {
     node.config(&provider("slow", "[\"registry.test\"]", ""));
     let providers = node.load();
     let started = Instant::now();
+    // 3 s: enough for the plugin to start and speak on a loaded machine, far below its 30 s.
     let answer = providers
-        .lookup("registry.test/app", Duration::from_secs(1))
+        .lookup("registry.test/app", Duration::from_secs(3))
         .await;
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     assert_eq!(answer.failures.len(), 1, "{answer:?}");
     let message = &answer.failures[0].message;
     assert!(message.contains("did not answer within "), "{message}");
