@@ -22,7 +22,7 @@ pub const HOSTS_FILE: &str = "hosts.toml";
 pub const MAX_DIRS: usize = 1000;
 
 pub use super::containerd_rules::Quirks;
-use super::containerd_rules::{Attempt, HttpFallback};
+use super::containerd_rules::{Attempt, HttpFallback, is_localhost};
 
 /// The host directory containerd uses for `registry`, as its `hostPaths`: for `host:port` first
 /// `host_port_` (a name every filesystem takes), then `host:port`; else `_default`.
@@ -592,13 +592,6 @@ fn has_tls_settings(config: &HostConfig) -> bool {
     !config.ca_files.is_empty() || !config.client.is_empty() || config.skip_verify.is_some()
 }
 
-/// `localhost` or a loopback address, as containerd's `docker.IsLocalhost`.
-fn is_localhost(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
 
 #[cfg(test)]
 mod tests {

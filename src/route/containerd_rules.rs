@@ -225,6 +225,14 @@ impl Quirks {
     }
 }
 
+/// `localhost` or a loopback address, as containerd's `docker.IsLocalhost`.
+pub fn is_localhost(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
