@@ -101,7 +101,15 @@ impl Diagnoser {
             let tcp = tcp?;
             let target = tcp.reachable()[0];
             probe.tcp = Some(tcp);
-            return self.link(endpoint, Some(http), target, None, None, probe, on_check);
+            return self.link(
+                endpoint,
+                Some(http),
+                Some(target),
+                None,
+                None,
+                probe,
+                on_check,
+            );
         }
         let (result, tcp) = ran.split();
         record(probe, blame_proxy(result, proxy));
@@ -135,7 +143,10 @@ impl Diagnoser {
                 record(probe, note);
                 let http = plain_http(endpoint, fallback.port);
                 let http_proxy = self.proxies.for_endpoint(&http);
-                let target = SocketAddr::new(target.ip(), fallback.port);
+                // The address the tcp check reached, unless that was a proxy's.
+                let target = proxy
+                    .is_none()
+                    .then(|| SocketAddr::new(target.ip(), fallback.port));
                 return self.link(
                     endpoint,
                     Some(http),
@@ -153,7 +164,7 @@ impl Diagnoser {
         self.link(
             endpoint,
             None,
-            target,
+            Some(target),
             tls_client.as_ref(),
             proxy,
             probe,
@@ -181,8 +192,8 @@ impl Diagnoser {
         .await
     }
 
-    /// The client for the HTTP steps, pinned to `target` (or the proxy); `via`: the plain-HTTP
-    /// endpoint of containerd's fallback, when taken.
+    /// The client for the HTTP steps, pinned to `target` (or the proxy; `None`: resolved by the
+    /// client); `via`: the plain-HTTP endpoint of containerd's fallback, when taken.
     #[allow(
         clippy::too_many_arguments,
         reason = "the pieces the chain has gathered so far"
@@ -191,13 +202,13 @@ impl Diagnoser {
         &self,
         endpoint: &Endpoint,
         via: Option<Endpoint>,
-        target: SocketAddr,
+        target: Option<SocketAddr>,
         tls_client: Option<&TlsClient>,
         proxy: Option<&Proxy>,
         probe: &mut Probe,
         on_check: OnCheck<'_>,
     ) -> Option<Link> {
-        let connect_to = proxy.is_none().then_some(target);
+        let connect_to = target.filter(|_| proxy.is_none());
         match http_client::build(
             via.as_ref().unwrap_or(endpoint),
             connect_to,

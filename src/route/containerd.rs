@@ -592,7 +592,6 @@ fn has_tls_settings(config: &HostConfig) -> bool {
     !config.ca_files.is_empty() || !config.client.is_empty() || config.skip_verify.is_some()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
