@@ -11,6 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::bounded_file;
+
 /// The trust store every check uses: system roots plus `--ca-file`s, ring as the one provider.
 #[derive(Clone)]
 pub struct Trust {
@@ -210,7 +212,7 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustE
         path: path.display().to_string(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem = bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| fail(format!("not PEM: {e}")))?;
@@ -225,7 +227,7 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
         path: path.display().to_string(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem = bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| fail(format!("not PEM: {e}")))?
         .ok_or_else(|| fail("no PEM private key in the file".into()))
@@ -317,6 +319,10 @@ mod tests {
         let cases = [
             (PathBuf::from("/nonexistent/ca.pem"), "No such file"),
             (not_pem, "no PEM certificate"),
+            (
+                PathBuf::from("/dev/zero"),
+                "is a character device, not a regular file",
+            ),
         ];
         for (path, want) in cases {
             let error = Trust::load(std::slice::from_ref(&path))

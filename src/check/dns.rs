@@ -30,11 +30,8 @@ pub struct DnsResolver {
 /// A resolv.conf that cannot be used; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
-    #[error("--resolv-conf {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("--resolv-conf {0}")]
+    Read(#[from] crate::bounded_file::FileError),
     #[error("--resolv-conf {path}: {message}")]
     Parse { path: String, message: String },
     #[error("--resolv-conf {path}: no nameserver lines")]
@@ -51,10 +48,7 @@ impl DnsResolver {
     /// Reads and parses `path` once (at start-up), so a bad file is a clear error, not a failed check.
     pub fn from_resolv_conf(path: &Path) -> Result<Self, ResolvConfError> {
         let shown = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| ResolvConfError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let data = crate::bounded_file::read(path, crate::bounded_file::RESOLV_CONF)?;
         // hickory logs each bad line and then fails with a bare "no nameservers found": a file
         // without a usable nameserver is refused here first, naming the file and the line.
         match scan_nameservers(&data) {

@@ -12,6 +12,7 @@ use super::{
     Capabilities, ConfigProblem, Endpoint, HostExtras, RegistryNameError, Role, RouteHost, Scheme,
     line_of, parse_server, serving_host, split_host_port,
 };
+use crate::bounded_file;
 use crate::go_duration::{GoDuration, parse_go_duration};
 use crate::trust::TlsOptions;
 
@@ -148,14 +149,14 @@ pub fn read_host_dir(dir: &Path, quirks: Quirks) -> HostDir {
         source: dir.to_path_buf(),
         problem,
     };
-    let text = match std::fs::read_to_string(&file) {
+    let text = match bounded_file::read_to_string(&file, bounded_file::ROUTE_CONFIG) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return fallback(None),
+        Err(error) if error.is_not_found() => return fallback(None),
         Err(error) => {
             return fallback(Some(ConfigProblem {
                 file,
                 line: None,
-                message: error.to_string(),
+                message: error.problem.to_string(),
             }));
         }
     };
