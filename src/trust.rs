@@ -156,7 +156,12 @@ impl Trust {
         let key = match &options.client_cert {
             None => None,
             Some((cert, key)) => {
-                let certs = read_certificates(cert)?;
+                let certs = read_certificates(cert).map_err(|error| match error {
+                    TrustError::CaFile { path, message } => {
+                        TrustError::ClientCert { path, message }
+                    }
+                    other => other,
+                })?;
                 let key = read_private_key(key).map_err(|error| match error {
                     // containerd reads a lone `client` file as certificate and key together.
                     TrustError::ClientCert { path, message } if key == cert => {
@@ -212,7 +217,8 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustE
         path: path.display().to_string(),
         message,
     };
-    let pem = bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
+    let pem =
+        bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| fail(format!("not PEM: {e}")))?;
@@ -227,7 +233,8 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
         path: path.display().to_string(),
         message,
     };
-    let pem = bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
+    let pem =
+        bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| fail(format!("not PEM: {e}")))?
         .ok_or_else(|| fail("no PEM private key in the file".into()))

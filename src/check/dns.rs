@@ -233,15 +233,35 @@ impl std::fmt::Display for FamilyError {
 }
 
 /// The dns check failed: no usable address.
-#[derive(Debug, thiserror::Error)]
-#[error("{host}: A {a}, AAAA {aaaa} (nameserver {nameservers})")]
+#[derive(Debug)]
 pub struct LookupFailed {
     host: String,
     a: FamilyAnswer,
     aaaa: FamilyAnswer,
     nameservers: String,
     reason: Reason,
+    /// Why `host` is no DNS name (then nothing was asked, as in the runtime's resolver).
+    invalid_name: Option<String>,
 }
+
+impl std::fmt::Display for LookupFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (host, a, aaaa) = (&self.host, &self.a, &self.aaaa);
+        match &self.invalid_name {
+            Some(problem) => write!(
+                f,
+                "{host}: not a DNS name ({problem}); no query sent: the runtime's Go resolver answers \"no such host\" to it"
+            ),
+            None => write!(
+                f,
+                "{host}: A {a}, AAAA {aaaa} (nameserver {})",
+                self.nameservers
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LookupFailed {}
 
 impl CheckError for LookupFailed {
     fn reason(&self) -> Reason {
@@ -251,6 +271,20 @@ impl CheckError for LookupFailed {
 
 /// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently.
 pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, LookupFailed> {
+    if let Some(problem) = super::dns_name::problem(host) {
+        let not_asked = FamilyAnswer {
+            result: Err(FamilyError::NoData),
+            took: Duration::ZERO,
+        };
+        return Err(LookupFailed {
+            host: host.to_string(),
+            a: not_asked.clone(),
+            aaaa: not_asked,
+            nameservers: resolver.nameservers.clone(),
+            reason: Reason::DnsNxdomain,
+            invalid_name: Some(problem),
+        });
+    }
     let (mut a, mut aaaa) = tokio::join!(
         lookup(&resolver.resolver, host, RecordType::A),
         lookup(&resolver.resolver, host, RecordType::AAAA)
@@ -277,6 +311,7 @@ pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, Loo
             aaaa,
             nameservers: resolver.nameservers.clone(),
             reason,
+            invalid_name: None,
         });
     }
     Ok(DnsOutcome {

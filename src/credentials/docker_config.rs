@@ -49,12 +49,13 @@ impl Keyring {
     /// Reads (size-capped, regular files only) and parses the file at `path`, named `origin` in
     /// errors (`--docker-config FILE`).
     pub fn load(origin: &str, path: &Path) -> Result<Self, CredentialsError> {
-        let text = bounded_file::read_to_string(path, bounded_file::DOCKER_CONFIG).map_err(|e| {
-            CredentialsError {
-                origin: origin.to_string(),
-                problem: e.problem.to_string(),
-            }
-        })?;
+        let text =
+            bounded_file::read_to_string(path, bounded_file::DOCKER_CONFIG).map_err(|e| {
+                CredentialsError {
+                    origin: origin.to_string(),
+                    problem: e.problem.to_string(),
+                }
+            })?;
         Self::parse(origin, &text)
     }
 

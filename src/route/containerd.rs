@@ -184,7 +184,9 @@ pub(crate) fn cert_files(dir: &Path) -> HostConfig {
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
+                // containerd reads every `*.crt`/`*.cert`/`*.key` that is not a directory: a
+                // FIFO or device among them fails the tls check, named, instead of being skipped.
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect()
         })

@@ -33,9 +33,8 @@ pub async fn infer() -> Result<kube::Config, String> {
     };
     let mut config = match from_file {
         Ok(config) => config,
-        Err(kubeconfig) => kube::Config::incluster().map_err(|in_cluster| {
-            format!("{kubeconfig}; in-cluster: {in_cluster}")
-        })?,
+        Err(kubeconfig) => kube::Config::incluster()
+            .map_err(|in_cluster| format!("{kubeconfig}; in-cluster: {in_cluster}"))?,
     };
     config.apply_debug_overrides();
     Ok(config)
@@ -192,10 +191,31 @@ mod tests {
         )
         .unwrap();
         let cases = [
-            (PathBuf::from("/dev/zero"), "/dev/zero: is a character device, not a regular file".to_string()),
-            (fifo.clone(), format!("{}: is a FIFO (named pipe), not a regular file", fifo.display())),
-            (big.clone(), format!("{}: 8388609 bytes, more than the 8 MiB a kubeconfig may have", big.display())),
-            (ca_zero.clone(), format!("{}: /dev/zero: is a character device, not a regular file", ca_zero.display())),
+            (
+                PathBuf::from("/dev/zero"),
+                "/dev/zero: is a character device, not a regular file".to_string(),
+            ),
+            (
+                fifo.clone(),
+                format!(
+                    "{}: is a FIFO (named pipe), not a regular file",
+                    fifo.display()
+                ),
+            ),
+            (
+                big.clone(),
+                format!(
+                    "{}: 8388609 bytes, more than the 8 MiB a kubeconfig may have",
+                    big.display()
+                ),
+            ),
+            (
+                ca_zero.clone(),
+                format!(
+                    "{}: /dev/zero: is a character device, not a regular file",
+                    ca_zero.display()
+                ),
+            ),
         ];
         for (path, want) in cases {
             let error = read_bounded(vec![path]).unwrap_err();

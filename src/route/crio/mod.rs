@@ -80,7 +80,9 @@ pub fn load(conf: &Path) -> RegistriesConf {
             let mut names: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
+                // Not only regular files: containers/image reads every `*.conf` that is not a
+                // directory, so a FIFO or a device there is reported, not skipped.
+                .filter(|p| !p.is_dir() && p.extension().is_some_and(|e| e == "conf"))
                 .collect();
             names.sort();
             if names.len() > MAX_DROP_INS {
