@@ -179,7 +179,9 @@ mod tests {
     fn read_bounded(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
         let (tx, rx) = mpsc::channel();
         let path = path.to_path_buf();
-        std::thread::spawn(move || tx.send(read(&path, kind)));
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&path, kind));
+        });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the read blocked for 10 s")
     }
@@ -244,7 +246,9 @@ mod tests {
         }
         // A FIFO swapped in after the first look: the open itself does not wait for a writer.
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(read_opened(&fifo, TINY)));
+        std::thread::spawn(move || {
+            let _ = tx.send(read_opened(&fifo, TINY));
+        });
         let opened = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("opening a FIFO blocked for 10 s");

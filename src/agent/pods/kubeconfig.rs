@@ -144,7 +144,9 @@ mod tests {
 
     fn read_bounded(paths: Vec<PathBuf>) -> Result<Kubeconfig, KubeconfigError> {
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(read(&paths)));
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&paths));
+        });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("reading the kubeconfig blocked for 10 s")
     }
