@@ -219,17 +219,23 @@ impl CommonFlags {
         }
     }
 
+    /// Each `--insecure-registry` is a registry name a flag may give (`targets` and the engine).
+    pub fn check_insecure_registries(&self) -> Result<(), ConfigError> {
+        for registry in &self.insecure_registries {
+            check_registry_flag(registry).map_err(|problem| {
+                ConfigError(format!("--insecure-registry {registry:?}: {problem}"))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Validates everything the checks need and builds the engine.
     pub fn diagnoser(&self) -> Result<Diagnoser, ConfigError> {
         let resolver = DnsResolver::from_resolv_conf(&self.resolv_conf)
             .map_err(|e| ConfigError(e.to_string()))?;
         let trust =
             Trust::load(&self.ca_files).map_err(|e| ConfigError(format!("--ca-file: {e}")))?;
-        for registry in &self.insecure_registries {
-            check_registry_flag(registry).map_err(|problem| {
-                ConfigError(format!("--insecure-registry {registry:?}: {problem}"))
-            })?;
-        }
+        self.check_insecure_registries()?;
         let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError(e.to_string()))?;
         let mut credentials = NodeCredentials::load(&self.docker_config, &self.kubelet_root_dir)

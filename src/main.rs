@@ -271,6 +271,7 @@ fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> Resul
         pullwatch::route::check_registry_flag(registry)
             .map_err(|problem| Fail::usage(format!("--registry {registry:?}: {problem}")))?;
     }
+    common.check_insecure_registries().map_err(Fail::usage)?;
     let located = common.runtime_socket().map_err(Fail::usage)?;
     let runtime = async_runtime()?;
     let found = runtime.block_on(async {

@@ -33,6 +33,21 @@ fn text(path: &Path) -> &str {
     path.to_str().expect("UTF-8 tempdir")
 }
 
+/// `agent` with valid flags but `--kubernetes`, so only the file under test can be wrong.
+fn agent_args<'a>(socket: &'a Path, kubernetes: &'a str) -> Vec<&'a str> {
+    vec![
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-socket",
+        text(socket),
+        "--node-name",
+        "n1",
+        "--kubernetes",
+        kubernetes,
+    ]
+}
+
 /// Global flags naming a bad file, and what the error must say.
 struct Case<'a> {
     global: Vec<&'a str>,
@@ -113,20 +128,7 @@ fn flag_files_that_are_devices_fifos_or_huge_are_bad_flags_named_at_once() {
         // diagnose: a usage error (2); the agent: bad configuration (64). Both name the file.
         let runs = [
             (vec!["diagnose", "nginx"], 2),
-            (
-                vec![
-                    "agent",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--api-socket",
-                    text(&socket),
-                    "--node-name",
-                    "n1",
-                    "--kubernetes",
-                    "off",
-                ],
-                64,
-            ),
+            (agent_args(&socket, "off"), 64),
         ];
         for (command, code) in runs {
             let mut args = case.global.clone();
@@ -165,17 +167,7 @@ fn a_kubeconfig_that_is_a_device_or_a_fifo_is_bad_configuration_named() {
         let out = Pullwatch::new()
             .env("KUBECONFIG", kubeconfig)
             .env("KUBERNETES_SERVICE_HOST", "")
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-socket",
-                text(&socket),
-                "--node-name",
-                "n1",
-                "--kubernetes",
-                "on",
-            ])
+            .args(agent_args(&socket, "on"))
             .timeout(RUN_LIMIT)
             .run();
         assert_eq!(out.exit_code(), 64, "stderr:\n{}", out.stderr);

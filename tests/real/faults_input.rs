@@ -90,7 +90,8 @@ fn bad_registry_and_timeout_flags_are_refused_naming_flag_and_value() {
     }
 
     // The one-shot commands refuse them too, with their usage exit code (2).
-    let one_shot: [&[&str]; 4] = [
+    let one_shot: [&[&str]; 5] = [
+        &["--insecure-registry", "a b", "targets"],
         &[
             "--insecure-registry",
             "registry.test/team",
