@@ -14,7 +14,7 @@ use crate::diagnose::{Diagnoser, PullSettings};
 use crate::platform::Platform;
 use crate::proxy::ProxySettings;
 use crate::route::RuntimeKind;
-use crate::route::{RouteConfig, split_host_port};
+use crate::route::{RouteConfig, check_registry_flag};
 use crate::trust::Trust;
 
 /// A credential provider's plugins may take this many check timeouts for one image (they call
@@ -186,11 +186,15 @@ pub const RUNTIME_SOCKETS: [&str; 4] = [
 #[error("{0}")]
 pub struct ConfigError(String);
 
+/// The shortest `--timeout`: below it even a healthy registry on the next rack fails some check
+/// (a TLS handshake alone takes milliseconds), so every verdict would be a timeout.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
 fn parse_timeout(value: &str) -> Result<Duration, String> {
     let duration =
         humantime::parse_duration(value).map_err(|e| format!("{e} (expected e.g. 5s, 500ms)"))?;
-    if duration.is_zero() || duration > Duration::from_secs(300) {
-        return Err("must be more than 0 and at most 5m".into());
+    if duration < MIN_TIMEOUT || duration > Duration::from_secs(300) {
+        return Err("must be between 100ms and 5m".into());
     }
     Ok(duration)
 }
@@ -215,16 +219,23 @@ impl CommonFlags {
         }
     }
 
+    /// Each `--insecure-registry` is a registry name a flag may give (`targets` and the engine).
+    pub fn check_insecure_registries(&self) -> Result<(), ConfigError> {
+        for registry in &self.insecure_registries {
+            check_registry_flag(registry).map_err(|problem| {
+                ConfigError(format!("--insecure-registry {registry:?}: {problem}"))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Validates everything the checks need and builds the engine.
     pub fn diagnoser(&self) -> Result<Diagnoser, ConfigError> {
         let resolver = DnsResolver::from_resolv_conf(&self.resolv_conf)
             .map_err(|e| ConfigError(e.to_string()))?;
         let trust =
             Trust::load(&self.ca_files).map_err(|e| ConfigError(format!("--ca-file: {e}")))?;
-        for registry in &self.insecure_registries {
-            split_host_port(registry)
-                .map_err(|e| ConfigError(format!("--insecure-registry: {e}")))?;
-        }
+        self.check_insecure_registries()?;
         let proxies = ProxySettings::from_env(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError(e.to_string()))?;
         let mut credentials = NodeCredentials::load(&self.docker_config, &self.kubelet_root_dir)
@@ -261,7 +272,8 @@ mod tests {
     fn timeouts() {
         assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
-        for bad in ["0s", "fast", "10m", "-1s", ""] {
+        assert_eq!(parse_timeout("100ms"), Ok(Duration::from_millis(100)));
+        for bad in ["0s", "1ns", "99ms", "fast", "10m", "-1s", ""] {
             assert!(parse_timeout(bad).is_err(), "{bad}");
         }
     }

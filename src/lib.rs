@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod bounded_file;
 pub mod check;
 pub mod config;
 pub mod credentials;

@@ -268,9 +268,10 @@ async fn identify_runtime(
 /// `targets`: the registries of the runtime's images, of its config files and of `--registry`.
 fn targets(common: &CommonFlags, output: Output, registries: &[String]) -> Result<ExitCode, Fail> {
     for registry in registries {
-        pullwatch::route::split_host_port(registry)
-            .map_err(|error| Fail::usage(format!("--registry: {error}")))?;
+        pullwatch::route::check_registry_flag(registry)
+            .map_err(|problem| Fail::usage(format!("--registry {registry:?}: {problem}")))?;
     }
+    common.check_insecure_registries().map_err(Fail::usage)?;
     let located = common.runtime_socket().map_err(Fail::usage)?;
     let runtime = async_runtime()?;
     let found = runtime.block_on(async {

@@ -44,6 +44,16 @@ impl ImageRef {
         // accepts; the registry itself is the one the kubelet's grammar (above) found.
         let parsed = Reference::try_from(format!("{CHECKED_UNDER}/{remainder}").as_str())
             .map_err(|e| fail(explain(input, &e)))?;
+        // distribution/reference's ErrNameTooLong counts the normalised name, registry included.
+        let name_length = domain.len() + 1 + parsed.repository().len();
+        if name_length > NAME_TOTAL_LENGTH_MAX {
+            return Err(fail(format!(
+                "the name (registry and repository) has {name_length} characters, more than {NAME_TOTAL_LENGTH_MAX}"
+            )));
+        }
+        if let Some(problem) = parsed.digest().and_then(digest_problem) {
+            return Err(fail(problem));
+        }
         let repository = parsed.repository().to_string();
         let reference = match (parsed.tag(), parsed.digest()) {
             (Some(tag), Some(digest)) => {
@@ -87,6 +97,21 @@ impl std::fmt::Display for ImageRef {
     }
 }
 
+/// distribution/reference's `NameTotalLengthMax`.
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// go-digest's check, stricter than the reference grammar: the encoded part of a sha256, sha384
+/// or sha512 digest is lower-case hex (`[a-f0-9]`); upper case is "invalid checksum digest format".
+fn digest_problem(digest: &str) -> Option<String> {
+    let (algorithm, encoded) = digest.split_once(':')?;
+    let lower_hex = encoded
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (!lower_hex).then(|| {
+        format!("invalid checksum digest format: a {algorithm} digest is lower-case hex (0-9, a-f)")
+    })
+}
+
 /// A registry name no reference uses, under which the rest of a reference is checked.
 const CHECKED_UNDER: &str = "registry.invalid";
 
@@ -126,7 +151,7 @@ fn split_domain(input: &str) -> (String, String) {
 
 /// distribution/reference's domain grammar: host name components of letters, digits and inner
 /// `-`, joined by `.`, or an IPv6 address in brackets; then an optional `:port` of digits.
-fn valid_domain(domain: &str) -> bool {
+pub(crate) fn valid_domain(domain: &str) -> bool {
     let (host, port) = match domain.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(':') && !port.contains(']') => (host, Some(port)),
         _ => (domain, None),
@@ -287,6 +312,14 @@ mod tests {
             ("nginx:bad!tag", "invalid reference format"),
             ("repo@sha256:abc", "digest"),
             ("repo@md5:0123456789abcdef0123456789abcdef", "digest"),
+            (
+                "repo@sha256:ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789",
+                "invalid checksum digest format: a sha256 digest is lower-case hex",
+            ),
+            (
+                "repo:1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ABCDEF",
+                "lower-case hex",
+            ),
         ];
         for (input, want) in cases {
             let err = ImageRef::parse(input).expect_err(input);
@@ -297,6 +330,27 @@ mod tests {
                 "names the input: {text}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod name_length {
+    use super::*;
+
+    /// normalize.go/reference.go: the normalised name, registry included, is at most 255 characters.
+    #[test]
+    fn counts_the_registry_like_distribution_reference() {
+        let host = format!("{}test", "a.".repeat(148));
+        assert_eq!(host.len(), 300);
+        let error = ImageRef::parse(&format!("{host}/app:1.0")).unwrap_err();
+        assert!(
+            error.problem.contains("has 304 characters, more than 255"),
+            "{error}"
+        );
+        // docker.io/library/ counts too.
+        let long = "a".repeat(255 - "docker.io/library/".len());
+        assert!(ImageRef::parse(&long).is_ok());
+        assert!(ImageRef::parse(&format!("{long}b")).is_err());
     }
 }
 

@@ -11,6 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::bounded_file;
+
 /// The trust store every check uses: system roots plus `--ca-file`s, ring as the one provider.
 #[derive(Clone)]
 pub struct Trust {
@@ -194,7 +196,8 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustE
         path: path.display().to_string(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem =
+        bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| fail(format!("not PEM: {e}")))?;
@@ -209,7 +212,8 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
         path: path.display().to_string(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem =
+        bounded_file::read(path, bounded_file::PEM).map_err(|e| fail(e.problem.to_string()))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| fail(format!("not PEM: {e}")))?
         .ok_or_else(|| fail("no PEM private key in the file".into()))
@@ -229,7 +233,11 @@ fn load_client_pair(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<ClientPair, TrustError> {
-    let certs = read_certificates(cert)?;
+    // A client certificate that cannot be read is named as one, not as a CA file.
+    let certs = read_certificates(cert).map_err(|error| match error {
+        TrustError::CaFile { path, message } => TrustError::ClientCert { path, message },
+        other => other,
+    })?;
     let private = read_private_key(key).map_err(|error| match error {
         TrustError::ClientCert { path, message } if key == cert => TrustError::ClientCert {
             path,
@@ -362,6 +370,10 @@ mod tests {
         let cases = [
             (PathBuf::from("/nonexistent/ca.pem"), "No such file"),
             (not_pem, "no PEM certificate"),
+            (
+                PathBuf::from("/dev/zero"),
+                "is a character device, not a regular file",
+            ),
         ];
         for (path, want) in cases {
             let error = Trust::load(std::slice::from_ref(&path))

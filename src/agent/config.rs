@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::agent::pods::Mode as KubernetesMode;
-use crate::route::split_host_port;
+use crate::route::check_registry_flag;
 
 /// The agent's own flags (the shared ones are [`crate::config::CommonFlags`]).
 #[derive(Args, Debug, Clone)]
@@ -181,17 +181,10 @@ impl AgentFlags {
         let mut registries: Vec<String> = Vec::with_capacity(self.registries.len());
         for registry in &self.registries {
             let registry = registry.trim();
-            if registry.contains('/') {
-                return Err(AgentConfigError {
-                    flag: "--registry",
-                    value: registry.to_string(),
-                    problem: "a registry is host[:port], without a scheme or path".into(),
-                });
-            }
-            split_host_port(registry).map_err(|e| AgentConfigError {
+            check_registry_flag(registry).map_err(|problem| AgentConfigError {
                 flag: "--registry",
                 value: registry.to_string(),
-                problem: e.problem.to_string(),
+                problem,
             })?;
             if !registries.iter().any(|r| r == registry) {
                 registries.push(registry.to_string());

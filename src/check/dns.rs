@@ -30,11 +30,8 @@ pub struct DnsResolver {
 /// A resolv.conf that cannot be used; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
-    #[error("--resolv-conf {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("--resolv-conf {0}")]
+    Read(#[from] crate::bounded_file::FileError),
     #[error("--resolv-conf {path}: {message}")]
     Parse { path: String, message: String },
     #[error("--resolv-conf {path}: no nameserver lines")]
@@ -51,10 +48,7 @@ impl DnsResolver {
     /// Reads and parses `path` once (at start-up), so a bad file is a clear error, not a failed check.
     pub fn from_resolv_conf(path: &Path) -> Result<Self, ResolvConfError> {
         let shown = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| ResolvConfError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let data = crate::bounded_file::read(path, crate::bounded_file::RESOLV_CONF)?;
         // hickory logs each bad line and then fails with a bare "no nameservers found": a file
         // without a usable nameserver is refused here first, naming the file and the line.
         match scan_nameservers(&data) {
@@ -239,15 +233,35 @@ impl std::fmt::Display for FamilyError {
 }
 
 /// The dns check failed: no usable address.
-#[derive(Debug, thiserror::Error)]
-#[error("{host}: A {a}, AAAA {aaaa} (nameserver {nameservers})")]
+#[derive(Debug)]
 pub struct LookupFailed {
     host: String,
     a: FamilyAnswer,
     aaaa: FamilyAnswer,
     nameservers: String,
     reason: Reason,
+    /// Why `host` is no DNS name (then nothing was asked, as in the runtime's resolver).
+    invalid_name: Option<String>,
 }
+
+impl std::fmt::Display for LookupFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (host, a, aaaa) = (&self.host, &self.a, &self.aaaa);
+        match &self.invalid_name {
+            Some(problem) => write!(
+                f,
+                "{host}: not a DNS name ({problem}); no query sent: the runtime's Go resolver answers \"no such host\" to it"
+            ),
+            None => write!(
+                f,
+                "{host}: A {a}, AAAA {aaaa} (nameserver {})",
+                self.nameservers
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LookupFailed {}
 
 impl CheckError for LookupFailed {
     fn reason(&self) -> Reason {
@@ -257,6 +271,20 @@ impl CheckError for LookupFailed {
 
 /// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently.
 pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, LookupFailed> {
+    if let Some(problem) = super::dns_name::problem(host) {
+        let not_asked = FamilyAnswer {
+            result: Err(FamilyError::NoData),
+            took: Duration::ZERO,
+        };
+        return Err(LookupFailed {
+            host: host.to_string(),
+            a: not_asked.clone(),
+            aaaa: not_asked,
+            nameservers: resolver.nameservers.clone(),
+            reason: Reason::DnsNxdomain,
+            invalid_name: Some(problem),
+        });
+    }
     let (mut a, mut aaaa) = tokio::join!(
         lookup(&resolver.resolver, host, RecordType::A),
         lookup(&resolver.resolver, host, RecordType::AAAA)
@@ -283,6 +311,7 @@ pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, Loo
             aaaa,
             nameservers: resolver.nameservers.clone(),
             reason,
+            invalid_name: None,
         });
     }
     Ok(DnsOutcome {

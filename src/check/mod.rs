@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod dns;
+pub mod dns_name;
 pub mod http;
 pub mod manifest;
 pub mod runtime;

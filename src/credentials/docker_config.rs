@@ -2,12 +2,15 @@
 //! map), matched to an image the way the kubelet's keyring matches keys. Error messages name keys
 //! and fields, never a value.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{Credential, Secret};
+use crate::bounded_file;
 use crate::route::DOCKER_HUB;
 
 /// Why a docker config cannot be used: names where it came from (`--docker-config FILE`, a pull
@@ -43,12 +46,16 @@ pub struct Keyring {
 const DEFAULT_REGISTRY_KEY: &str = "index.docker.io";
 
 impl Keyring {
-    /// Reads and parses the file at `path`, named `origin` in errors (`--docker-config FILE`).
+    /// Reads (size-capped, regular files only) and parses the file at `path`, named `origin` in
+    /// errors (`--docker-config FILE`).
     pub fn load(origin: &str, path: &Path) -> Result<Self, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CredentialsError {
-            origin: origin.to_string(),
-            problem: format!("cannot read: {e}"),
-        })?;
+        let text =
+            bounded_file::read_to_string(path, bounded_file::DOCKER_CONFIG).map_err(|e| {
+                CredentialsError {
+                    origin: origin.to_string(),
+                    problem: e.problem.to_string(),
+                }
+            })?;
         Self::parse(origin, &text)
     }
 
@@ -59,34 +66,39 @@ impl Keyring {
             origin: origin.to_string(),
             problem,
         };
-        // Parsed into a Value first: serde_json's syntax errors name a position, never content,
-        // while typed errors could quote a value (a password).
-        let value: Value =
+        // The syntax of the whole first: serde_json's syntax errors name a position, never
+        // content, while typed errors could quote a value (a password). Then only the top level
+        // and `auths` are split, each entry kept as its raw text (borrowed from `text`) and
+        // decoded alone: memory stays in proportion to the file, with no tree of it all.
+        let whole: &RawValue =
             serde_json::from_str(text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
-        let Value::Object(top) = value else {
-            return Err(fail("expected a JSON object with \"auths\"".into()));
-        };
-        let (auths, section) = match top.get("auths") {
-            Some(Value::Object(auths)) => (auths.clone(), "auths"),
-            Some(_) => return Err(fail("\"auths\" is not an object".into())),
-            // The legacy .dockercfg form: the map of registries is the whole file.
-            None => (legacy_entries(&top), ""),
-        };
+        let top = raw_object(whole)
+            .ok_or_else(|| fail("expected a JSON object with \"auths\"".into()))?;
         if top.contains_key("credsStore") || top.contains_key("credHelpers") {
             tracing::warn!(
                 origin,
                 "credential helpers (credsStore/credHelpers) are not used by the kubelet nor by pullwatch; only \"auths\" counts"
             );
         }
+        let (auths, section) = match top.get("auths") {
+            Some(auths) => (
+                raw_object(auths).ok_or_else(|| fail("\"auths\" is not an object".into()))?,
+                "auths",
+            ),
+            // The legacy .dockercfg form: the map of registries is the whole file.
+            None => (legacy_entries(&top), ""),
+        };
         let mut entries = Vec::with_capacity(auths.len());
-        for (key, entry) in &auths {
+        for (key, raw) in &auths {
             let field = if section.is_empty() {
                 format!("{key:?}")
             } else {
                 format!("{section}[{key:?}]")
             };
             let pattern = Pattern::parse(key).ok_or_else(|| fail(format!("{field}: empty key")))?;
-            match entry_credential(entry).map_err(|problem| fail(format!("{field}: {problem}")))? {
+            let entry: Value = serde_json::from_str(raw.get())
+                .map_err(|e| fail(format!("{field}: not valid JSON: {e}")))?;
+            match entry_credential(&entry).map_err(|problem| fail(format!("{field}: {problem}")))? {
                 Some((username, password)) => entries.push((
                     pattern,
                     Credential {
@@ -157,15 +169,25 @@ impl Keyring {
     }
 }
 
+/// A JSON object's members, each value still raw text; `None` when it is not an object. A later
+/// duplicate key wins, as in Go's `encoding/json` (and serde_json's `Value`).
+fn raw_object(raw: &RawValue) -> Option<BTreeMap<String, &RawValue>> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}
+
 /// In a legacy `.dockercfg`, every top-level object that looks like a credential entry.
-fn legacy_entries(top: &Map<String, Value>) -> Map<String, Value> {
-    top.iter()
-        .filter(|(_, v)| {
-            v.as_object().is_some_and(|o| {
-                o.contains_key("auth") || o.contains_key("username") || o.contains_key("password")
-            })
+fn legacy_entries<'a>(top: &BTreeMap<String, &'a RawValue>) -> BTreeMap<String, &'a RawValue> {
+    let looks_like_an_entry = |raw: &RawValue| {
+        raw_object(raw).is_some_and(|o| {
+            o.contains_key("auth") || o.contains_key("username") || o.contains_key("password")
         })
-        .map(|(k, v)| (k.clone(), v.clone()))
+    };
+    top.iter()
+        .filter(|(_, raw)| looks_like_an_entry(raw))
+        .map(|(key, raw)| (key.clone(), *raw))
         .collect()
 }
 
@@ -403,7 +425,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let auths: Map<String, Value> = case
+            let auths: serde_json::Map<String, Value> = case
                 .keys
                 .iter()
                 .map(|k| {
@@ -535,6 +557,33 @@ mod tests {
             missing.contains("/nonexistent/config.json: cannot read"),
             "{missing}"
         );
+        let device = Keyring::load("--docker-config /dev/zero", Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            device,
+            "--docker-config /dev/zero: is a character device, not a regular file"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_whitespace_read_as_go_reads_them() {
+        // encoding/json: a later duplicate key wins, at the top level and in `auths`.
+        let ring = keyring(&format!(
+            " \n {{\"auths\": {{\"r.test\": {{\"auth\": \"{}\"}}, \"r.test\": {{\"auth\": \"{}\"}}}}}} \n",
+            b64("first:pw"),
+            b64("second:pw")
+        ));
+        assert_eq!(ring.lookup("r.test", "app").unwrap().username, "second");
+        let ring = keyring(&format!(
+            r#"{{"auths": 1, "auths": {{"r.test": {{"auth": "{}"}}}}}}"#,
+            b64("last:pw")
+        ));
+        assert_eq!(ring.lookup("r.test", "app").unwrap().username, "last");
+        for not_an_object in ["[]", "\"auths\"", "null", " 5 "] {
+            let error = Keyring::parse("x", not_an_object).unwrap_err().to_string();
+            assert!(error.contains("expected a JSON object"), "{error}");
+        }
     }
 
     #[test]

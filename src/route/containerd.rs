@@ -12,6 +12,7 @@ use super::{
     Capabilities, ConfigProblem, Endpoint, HostExtras, RegistryNameError, Role, RouteHost, Scheme,
     line_of, parse_server, serving_host, split_host_port,
 };
+use crate::bounded_file;
 use crate::go_duration::{GoDuration, parse_go_duration};
 use crate::trust::TlsOptions;
 
@@ -150,14 +151,14 @@ pub fn read_host_dir(dir: &Path, quirks: Quirks) -> HostDir {
         source: dir.to_path_buf(),
         problem,
     };
-    let text = match std::fs::read_to_string(&file) {
+    let text = match bounded_file::read_to_string(&file, bounded_file::ROUTE_CONFIG) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return fallback(None),
+        Err(error) if error.is_not_found() => return fallback(None),
         Err(error) => {
             return fallback(Some(ConfigProblem {
                 file,
                 line: None,
-                message: error.to_string(),
+                message: error.problem.to_string(),
             }));
         }
     };
@@ -185,7 +186,9 @@ pub(crate) fn cert_files(dir: &Path) -> HostConfig {
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
+                // containerd reads every `*.crt`/`*.cert`/`*.key` that is not a directory: a
+                // FIFO or device among them fails the tls check, named, instead of being skipped.
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect()
         })

@@ -328,6 +328,30 @@ pub fn split_host_port(registry: &str) -> Result<(String, Option<u16>), Registry
     Ok((host.to_string(), port))
 }
 
+/// A registry named on the command line (`--registry`, `--insecure-registry`): `host[:port]`
+/// whose host an image reference can name (distribution/reference's domain grammar) and DNS can
+/// carry (labels up to 63 characters, names up to 253). Anything else could never match an
+/// image nor resolve: a bad flag, not a registry that is always down. `Err` says why.
+pub fn check_registry_flag(registry: &str) -> Result<(), String> {
+    if registry.contains('/') && !registry.contains("://") {
+        return Err("no path allowed: a registry is host[:port], e.g. registry.local:5000".into());
+    }
+    let (host, _) = split_host_port(registry).map_err(|e| e.problem.to_string())?;
+    if !crate::reference::valid_domain(registry) {
+        return Err(
+            "not a registry host[:port]: letters, digits, '-' and '.', or an IPv6 address in brackets"
+                .into(),
+        );
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    match crate::check::dns_name::problem(&host) {
+        Some(problem) => Err(format!("not a DNS name: {problem}")),
+        None => Ok(()),
+    }
+}
+
 /// The route when no runtime config says otherwise: the upstream itself, over HTTPS unless the
 /// registry is declared insecure (then plain HTTP, as the runtime does).
 pub fn default_route(
@@ -538,6 +562,49 @@ mod tests {
                 "{}",
                 case.url
             );
+        }
+    }
+
+    #[test]
+    fn registry_flags_are_names_a_reference_and_dns_can_carry() {
+        struct Case {
+            value: String,
+            want: Result<(), &'static str>,
+        }
+        let case = |value: &str, want| Case {
+            value: value.to_string(),
+            want,
+        };
+        let cases = [
+            case("registry.local", Ok(())),
+            case("registry.local:5000", Ok(())),
+            case("10.0.0.5:5000", Ok(())),
+            case("[::1]:5000", Ok(())),
+            case(&format!("{}.test", "a".repeat(63)), Ok(())),
+            case("a b", Err("not a registry host[:port]")),
+            case("reg_istry.local", Err("not a registry host[:port]")),
+            case("registry.local/team", Err("no path allowed")),
+            case("registry.local:5000/", Err("no path allowed")),
+            case("https://registry.local", Err("no scheme allowed")),
+            case("registry.local:0", Err("port must be 1-65535")),
+            case(
+                &format!("{}.test", "a".repeat(64)),
+                Err("not a DNS name: label 1 has 64 characters, more than 63"),
+            ),
+            case(
+                &format!("{}test", "a.".repeat(148)),
+                Err("not a DNS name: 300 characters, more than 253"),
+            ),
+        ];
+        for case in cases {
+            let got = check_registry_flag(&case.value);
+            match (got, case.want) {
+                (Ok(()), Ok(())) => {}
+                (Err(problem), Err(want)) => {
+                    assert!(problem.starts_with(want), "{:?}: {problem}", case.value)
+                }
+                (got, want) => panic!("{:?}: got {got:?}, want {want:?}", case.value),
+            }
         }
     }
 

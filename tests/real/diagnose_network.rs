@@ -710,7 +710,7 @@ fn bad_input_is_a_one_line_usage_error() {
         ),
         (
             &["--insecure-registry", "http://x", "diagnose", "nginx"],
-            "--insecure-registry: registry \"http://x\": no scheme allowed: give host[:port]",
+            "--insecure-registry \"http://x\": no scheme allowed: give host[:port]",
             true,
         ),
     ];

@@ -15,6 +15,8 @@ mod containerd_errors;
 mod credential_provider;
 mod deploy;
 mod diagnose_network;
+mod faults_files;
+mod faults_input;
 mod harness_smoke;
 mod https_first;
 mod kube_pods;

@@ -3,6 +3,7 @@
 
 mod events;
 pub mod failures;
+mod kubeconfig;
 pub mod secrets;
 mod watch;
 
@@ -55,7 +56,7 @@ pub enum KubeError {
     #[error(
         "--kubernetes: no usable kubeconfig (KUBECONFIG, ~/.kube/config) nor in-cluster credentials: {0}"
     )]
-    Config(#[from] kube::config::InferConfigError),
+    Config(String),
     #[error("--kubernetes: cannot build the API client: {0}")]
     Client(#[from] kube::Error),
 }
@@ -65,7 +66,7 @@ pub enum KubeError {
 /// API server accepts.
 pub async fn connect(metrics: Arc<Metrics>) -> Result<kube::Client, KubeError> {
     crate::trust::install_ring_provider();
-    let mut config = kube::Config::infer().await?;
+    let mut config = kubeconfig::infer().await.map_err(KubeError::Config)?;
     // The watcher retries with its own jittered backoff and says so; the client's retry of 429/503
     // (for minutes) would hide an API server outage from `pullwatch_kubernetes_watch_up`.
     config.default_retry = false;

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::bounded_file;
 use crate::go_duration::{GoDuration, parse_go_duration};
 
 use serde_json::{Map, Value};
@@ -14,8 +15,6 @@ use super::matcher::SchemelessUrl;
 pub(super) const CONFIG_FLAG: &str = "--image-credential-provider-config";
 /// The kubelet flag that names the plugins' directory.
 pub(super) const BIN_DIR_FLAG: &str = "--image-credential-provider-bin-dir";
-/// A config file larger than this is refused unread (real ones are a few hundred bytes).
-const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// A config directory with more matching files than this is refused.
 const MAX_CONFIG_FILES: usize = 100;
 /// The config's API group: the kubelet decodes v1, v1beta1 and v1alpha1 of it.
@@ -123,8 +122,8 @@ pub(super) fn read(path: &Path) -> Result<Vec<ProviderSpec>, ProviderConfigError
     let mut providers: Vec<ProviderSpec> = Vec::new();
     for file in files {
         let origin = format!("{CONFIG_FLAG} {}", file.display());
-        let text =
-            read_capped(&file).map_err(|problem| ProviderConfigError::new(&origin, problem))?;
+        let text = bounded_file::read_to_string(&file, bounded_file::PROVIDER_CONFIG)
+            .map_err(|e| ProviderConfigError::new(&origin, e.problem.to_string()))?;
         for provider in parse(&origin, &text)? {
             if let Some(first) = providers.iter().find(|p| p.name == provider.name) {
                 return Err(ProviderConfigError::new(
@@ -141,21 +140,6 @@ pub(super) fn read(path: &Path) -> Result<Vec<ProviderSpec>, ProviderConfigError
         }
     }
     Ok(providers)
-}
-
-/// The file's text, refused when larger than [`MAX_CONFIG_BYTES`] or not UTF-8.
-fn read_capped(file: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    let handle = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    handle
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!("larger than {MAX_CONFIG_BYTES} bytes"));
-    }
-    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// Parses and validates one config file's text, named `origin` in errors.

@@ -8,6 +8,7 @@ use super::containerd::cert_files;
 use super::{
     Capabilities, ConfigProblem, Endpoint, Role, RouteHost, Scheme, serving_host, split_host_port,
 };
+use crate::bounded_file;
 use crate::trust::TlsOptions;
 
 mod parse;
@@ -79,7 +80,9 @@ pub fn load(conf: &Path) -> RegistriesConf {
             let mut names: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
+                // Not only regular files: containers/image reads every `*.conf` that is not a
+                // directory, so a FIFO or a device there is reported, not skipped.
+                .filter(|p| !p.is_dir() && p.extension().is_some_and(|e| e == "conf"))
                 .collect();
             names.sort();
             if names.len() > MAX_DROP_INS {
@@ -102,14 +105,14 @@ pub fn load(conf: &Path) -> RegistriesConf {
         }),
     }
     for (path, drop_in) in files {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match bounded_file::read_to_string(&path, bounded_file::ROUTE_CONFIG) {
             Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !drop_in => continue,
+            Err(error) if error.is_not_found() && !drop_in => continue,
             Err(error) => {
                 merged.problems.push(ConfigProblem {
                     file: path,
                     line: None,
-                    message: format!("{error}; {}", every_pull_fails(drop_in)),
+                    message: format!("{}; {}", error.problem, every_pull_fails(drop_in)),
                 });
                 continue;
             }
