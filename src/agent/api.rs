@@ -12,10 +12,11 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
+use super::listener::{self, Protocol};
 use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
 use crate::agent::status::PodFailure;
@@ -108,17 +109,19 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener` until `cancel`.
-pub async fn serve(
-    listener: UnixListener,
-    api: Api,
-    cancel: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_CONCURRENT_DIAGNOSES)
-        .add_service(PullwatchServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
-        .await
+/// Serves the API on `listener` until `cancel`; every connection within
+/// [`listener::API_LIMITS`].
+pub async fn serve(listener: UnixListener, api: Api, cancel: CancellationToken) {
+    let routes = tonic::service::Routes::new(PullwatchServer::new(api));
+    listener::serve(
+        "api",
+        listener,
+        routes,
+        Protocol::Http2,
+        listener::API_LIMITS,
+        cancel,
+    )
+    .await;
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseEvent, tonic::Status>> + Send>>;
@@ -609,7 +612,6 @@ mod tests {
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
-            .unwrap()
             .unwrap()
             .unwrap();
     }

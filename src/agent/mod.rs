@@ -7,6 +7,7 @@ pub mod config_watch;
 pub mod discovery;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod pods;
@@ -241,13 +242,13 @@ impl Agent {
         let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
         let token = cancel.clone();
         tasks.spawn(async move {
-            let result = http::serve(listener, endpoints, token).await;
-            ("http", result.map_err(|e| e.to_string()))
+            http::serve(listener, endpoints, token).await;
+            ("http", Ok(()))
         });
         let token = cancel.clone();
         tasks.spawn(async move {
-            let result = api::serve(socket, api, token).await;
-            ("api", result.map_err(|e| e.to_string()))
+            api::serve(socket, api, token).await;
+            ("api", Ok(()))
         });
         let token = cancel.clone();
         tasks.spawn(async move {
