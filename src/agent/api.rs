@@ -1,7 +1,6 @@
 //! The agent's own gRPC API (proto/pullwatch/v1) on a unix socket: `Status`, and `Diagnose`, which
 //! streams each check as it completes; the client `diagnose --agent` uses; report ⇄ proto conversions.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
+pub use super::api_socket::{SocketError, bind};
 use super::listener::{self, Protocol};
 use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
@@ -43,47 +43,6 @@ const MAX_IMAGE_LEN: usize = 512;
 const MAX_CONCURRENT_DIAGNOSES: usize = 4;
 /// Connecting to the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the API socket cannot be served.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketError {
-    #[error("--api-socket {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("--api-socket {path}: another process is serving it")]
-    InUse { path: String },
-    #[error("--api-socket {path}: exists and is not a socket")]
-    NotASocket { path: String },
-}
-
-/// Binds the API socket: creates its directory, replaces a stale socket (never another file, never
-/// a live one), and makes it owner-only, since `Diagnose` probes what the caller names.
-pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
-    let shown = path.display().to_string();
-    let io = |source| SocketError::Io {
-        path: shown.clone(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse { path: shown });
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => return Err(SocketError::NotASocket { path: shown }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
-}
 
 /// The service behind the socket.
 pub struct Api {
@@ -614,20 +573,5 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_live_socket_is_never_replaced_and_a_stale_one_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/pw.sock");
-        let listener = bind(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(matches!(bind(&path), Err(SocketError::InUse { .. })));
-        drop(listener);
-        bind(&path).unwrap();
-        let file = dir.path().join("file");
-        std::fs::write(&file, "x").unwrap();
-        assert!(matches!(bind(&file), Err(SocketError::NotASocket { .. })));
     }
 }

@@ -2,6 +2,7 @@
 //! task in one JoinSet under one cancellation token, and drain within a grace period on SIGTERM/SIGINT.
 
 pub mod api;
+mod api_socket;
 pub mod config;
 pub mod config_watch;
 pub mod discovery;
