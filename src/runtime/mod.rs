@@ -25,6 +25,9 @@ use crate::route::RuntimeKind;
 /// Largest CRI message sent or accepted (ListImages on a busy node is big).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The one call whose running out of time says nothing about the runtime's health.
+const PULL_IMAGE: &str = "PullImage";
+
 /// How much longer than a call's deadline the outer bound waits.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 
@@ -62,7 +65,7 @@ impl RuntimeError {
     pub fn reason(&self) -> Reason {
         match self {
             RuntimeError::Unavailable { .. } => Reason::RuntimeError,
-            RuntimeError::Timeout { call, .. } if *call == "PullImage" => Reason::PullTimeout,
+            RuntimeError::Timeout { call, .. } if *call == PULL_IMAGE => Reason::PullTimeout,
             RuntimeError::Timeout { .. } => Reason::RuntimeError,
             RuntimeError::Call { message, .. } => match classify_runtime_message(message) {
                 Reason::Unknown => Reason::RuntimeError,
@@ -382,7 +385,7 @@ impl RuntimeClient {
             sandbox_config: None,
         };
         let response = self
-            .call("PullImage", timeout, async move |timeout| {
+            .call(PULL_IMAGE, timeout, async move |timeout| {
                 image_client(channel)
                     .pull_image(bounded(request, timeout))
                     .await
@@ -445,13 +448,13 @@ impl RuntimeClient {
                 conn.last_error = None;
                 Ok(response.into_inner())
             }
-            // tonic enforces the request's deadline on this side too.
-            Ok(Err(status)) if caused_by::<tonic::TimeoutExpired>(&status) => {
-                Err(RuntimeError::Timeout {
-                    call: name,
-                    socket: self.endpoint(),
-                    after: timeout,
-                })
+            // tonic enforces the request's deadline on this side too; a runtime that gives up on
+            // its own deadline first answers DeadlineExceeded: out of time either way.
+            Ok(Err(status))
+                if caused_by::<tonic::TimeoutExpired>(&status)
+                    || status.code() == tonic::Code::DeadlineExceeded && name != PULL_IMAGE =>
+            {
+                Err(self.timed_out(&mut conn, name, timeout))
             }
             Ok(Err(status)) if is_transport_failure(&status) => {
                 let message = transport_message(&status);
@@ -470,12 +473,30 @@ impl RuntimeClient {
                     message: status.message().to_string(),
                 })
             }
-            Err(_) => Err(RuntimeError::Timeout {
-                call: name,
-                socket: self.endpoint(),
-                after: timeout,
-            }),
+            Err(_) => Err(self.timed_out(&mut conn, name, timeout)),
         }
+    }
+
+    /// A call out of time. A runtime that cannot answer `Version`, `Status` or a listing in time
+    /// is hung, not up: a failure like a broken connection (dropped, re-made after the backoff, so
+    /// calls do not pile up on it). A slow `PullImage` is the registry's or the network's doing
+    /// (`pull_timeout`), as for the kubelet: the runtime is not counted down for it.
+    fn timed_out(
+        &self,
+        conn: &mut Connection,
+        name: &'static str,
+        timeout: Duration,
+    ) -> RuntimeError {
+        let error = RuntimeError::Timeout {
+            call: name,
+            socket: self.endpoint(),
+            after: timeout,
+        };
+        if name != PULL_IMAGE {
+            conn.channel = None;
+            Self::failed(conn, &self.backoff, error.to_string());
+        }
+        error
     }
 
     fn failed(conn: &mut Connection, backoff: &Backoff, message: String) {
@@ -572,5 +593,61 @@ mod tests {
         assert!(!state.up);
         assert_eq!(state.consecutive_failures, 1);
         assert!(state.socket.starts_with("unix:///"));
+    }
+
+    /// A socket that accepts every connection and never answers: a hung runtime.
+    fn hung_runtime(path: &Path) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut held = vec![];
+            while let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_hung_runtime_is_down_but_a_slow_pull_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hung.sock");
+        let _runtime = hung_runtime(&socket);
+        let client =
+            RuntimeClient::new(&socket, Duration::from_millis(300)).with_backoff(Backoff {
+                base: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            });
+
+        let pull = client
+            .pull_image(
+                "registry.test/app@sha256:00",
+                None,
+                Duration::from_millis(300),
+            )
+            .await
+            .expect_err("nothing answers");
+        assert!(matches!(pull, RuntimeError::Timeout { .. }), "{pull}");
+        assert_eq!(pull.reason(), Reason::PullTimeout);
+        let state = client.state().await;
+        assert!(state.up, "a slow pull took the runtime down: {state:?}");
+
+        let version = client.version().await.expect_err("nothing answers");
+        assert!(matches!(version, RuntimeError::Timeout { .. }), "{version}");
+        assert_eq!(version.reason(), Reason::RuntimeError);
+        let state = client.state().await;
+        assert!(!state.up, "a hung runtime looks up: {state:?}");
+        assert_eq!(state.consecutive_failures, 1);
+        assert!(
+            state
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("Version got no answer"),
+            "{state:?}"
+        );
+        // Within the backoff, no call waits on the hung runtime again.
+        let started = std::time::Instant::now();
+        let again = client.status().await.expect_err("still hung");
+        assert!(matches!(again, RuntimeError::Unavailable { .. }), "{again}");
+        assert!(started.elapsed() < Duration::from_millis(300));
     }
 }
