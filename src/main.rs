@@ -450,8 +450,7 @@ mod tests {
             .block_on(pullwatch::agent::api::connect(Path::new(
                 "/nonexistent/pullwatch.sock",
             )))
-            .err()
-            .expect("nothing listens there");
+            .expect_err("nothing listens there");
         assert!(matches!(unreachable, ClientError::Connect { .. }));
         let cases = [
             (unreachable, 1),

@@ -102,6 +102,24 @@ async fn a_half_sent_request_is_closed_at_the_header_deadline() {
 }
 
 #[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let (addr, cancel, server) = start().await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(MAX_HTTP1_BUFFER)
+    );
+    // The server may close before it has read everything.
+    let _ = client.write_all(head.as_bytes()).await;
+    let mut answer = vec![];
+    let _ = tokio::time::timeout(SLACK, client.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    cancel.cancel();
+    tokio::time::timeout(SLACK, server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_keep_alive_connection_lives_for_the_idle_timeout_and_no_longer() {
     let (addr, cancel, server) = start().await;
     let mut client = TcpStream::connect(addr).await.unwrap();
