@@ -69,12 +69,31 @@ fn probe(addr: SocketAddr, path: &str) -> bool {
     attempt().unwrap_or(false)
 }
 
+/// A client stream whose reads can be bounded.
+trait Timed: Read {
+    fn read_timeout(&self, timeout: Duration);
+}
+
+impl Timed for TcpStream {
+    fn read_timeout(&self, timeout: Duration) {
+        self.set_read_timeout(Some(timeout))
+            .expect("set a read timeout");
+    }
+}
+
+impl Timed for UnixStream {
+    fn read_timeout(&self, timeout: Duration) {
+        self.set_read_timeout(Some(timeout))
+            .expect("set a read timeout");
+    }
+}
+
 /// Whether the peer closed `stream` by `deadline` (EOF or reset), reading whatever it sends.
-fn closed_by(stream: &mut impl Read, set_timeout: impl Fn(Duration), deadline: Instant) -> bool {
+fn closed_by(stream: &mut impl Timed, deadline: Instant) -> bool {
     let mut buf = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        set_timeout(left.max(Duration::from_millis(1)));
+        stream.read_timeout(left.max(Duration::from_millis(1)));
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
@@ -89,6 +108,15 @@ fn closed_by(stream: &mut impl Read, set_timeout: impl Fn(Duration), deadline: I
             Err(_) => return true,
         }
     }
+}
+
+/// How many of the connections, each opened at its instant, the agent left open past the header
+/// deadline (with slack) from their opening.
+fn outlived_the_deadline(held: &mut [(Instant, impl Timed)]) -> usize {
+    held.iter_mut()
+        .map(|(opened, stream)| closed_by(stream, *opened + HEADER_TIMEOUT + SLACK))
+        .filter(|closed| !closed)
+        .count()
 }
 
 /// Probes `/healthz` and `/metrics` every 200 ms until `stop`: each result, in order.
@@ -145,18 +173,7 @@ fn half_sent_requests_are_closed_in_time_and_never_lock_out_probes_or_pin_memory
         std::thread::sleep(Duration::from_secs(1));
     }
     // Every one is closed by the agent within the header deadline of its opening.
-    let mut still_open = 0;
-    for (opened, stream) in &mut held {
-        let timeouts = stream.try_clone().expect("clone the stream");
-        let set = |d| {
-            timeouts
-                .set_read_timeout(Some(d))
-                .expect("set a read timeout")
-        };
-        if !closed_by(stream, set, *opened + HEADER_TIMEOUT + SLACK) {
-            still_open += 1;
-        }
-    }
+    let still_open = outlived_the_deadline(&mut held);
     stop.store(true, Ordering::Relaxed);
     let probes = probes.join().expect("the prober");
     let peak = peak.join().expect("the RSS sampler");
@@ -233,18 +250,7 @@ fn half_sent_api_connections_are_closed_and_diagnose_still_answers() {
     assert_eq!(out.exit_code(), 1, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("tcp_refused"), "{}", out.stdout);
 
-    let mut still_open = 0;
-    for (opened, stream) in &mut held {
-        let timeouts = stream.try_clone().expect("clone the stream");
-        let set = |d| {
-            timeouts
-                .set_read_timeout(Some(d))
-                .expect("set a read timeout")
-        };
-        if !closed_by(stream, set, *opened + HEADER_TIMEOUT + SLACK) {
-            still_open += 1;
-        }
-    }
+    let still_open = outlived_the_deadline(&mut held);
     assert_eq!(
         still_open,
         0,
