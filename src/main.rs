@@ -386,9 +386,9 @@ fn diagnose_via_agent(
     let answer = runtime.block_on(async { tokio::time::timeout(deadline, call).await });
     let reports = match answer {
         Ok(Ok(reports)) => reports,
-        Ok(Err(error)) => return Err(Fail::usage(format!("--agent: {error}"))),
+        Ok(Err(error)) => return Err(agent_failure(&error)),
         Err(_) => {
-            return Err(Fail::usage(format!(
+            return Err(Fail::internal(format!(
                 "--agent: no complete answer within {}",
                 humantime::format_duration(deadline)
             )));
@@ -399,6 +399,19 @@ fn diagnose_via_agent(
         printed.print(report);
     }
     Ok(printed.exit_code())
+}
+
+/// An agent that cannot be reached, fails or answers badly is no usage error (exit 1, as for an
+/// image not pullable: no verdict here); only a request the agent refuses as invalid is (exit 2).
+fn agent_failure(error: &pullwatch::agent::api::ClientError) -> Fail {
+    use pullwatch::agent::api::ClientError;
+    let message = format!("--agent: {error}");
+    match error {
+        ClientError::Rpc(status) if status.code() == tonic::Code::InvalidArgument => {
+            Fail::usage(message)
+        }
+        _ => Fail::internal(message),
+    }
 }
 
 fn async_runtime() -> Result<tokio::runtime::Runtime, Fail> {
@@ -427,6 +440,39 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+
+    #[test]
+    fn an_unreachable_or_failing_agent_is_not_a_usage_error() {
+        use pullwatch::agent::api::ClientError;
+        let unreachable = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pullwatch::agent::api::connect(Path::new(
+                "/nonexistent/pullwatch.sock",
+            )))
+            .expect_err("nothing listens there");
+        assert!(matches!(unreachable, ClientError::Connect { .. }));
+        let cases = [
+            (unreachable, 1),
+            (ClientError::Rpc(tonic::Status::unavailable("gone")), 1),
+            (
+                ClientError::Rpc(tonic::Status::resource_exhausted("busy")),
+                1,
+            ),
+            (ClientError::Incomplete, 1),
+            (ClientError::Schema("reason x".into()), 1),
+            (
+                ClientError::Rpc(tonic::Status::invalid_argument("33 images")),
+                2,
+            ),
+        ];
+        for (error, code) in cases {
+            let fail = agent_failure(&error);
+            assert_eq!(fail.code, code, "{error}");
+            assert!(fail.message.starts_with("--agent: "), "{}", fail.message);
+        }
+    }
 
     /// docs/flags.md against the command line, both ways: every long flag of every command (the
     /// global ones under "Global flags") has a row with its `PULLWATCH_*` variable and default, and

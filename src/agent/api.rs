@@ -1,7 +1,6 @@
 //! The agent's own gRPC API (proto/pullwatch/v1) on a unix socket: `Status`, and `Diagnose`, which
 //! streams each check as it completes; the client `diagnose --agent` uses; report ⇄ proto conversions.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +11,12 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
+pub use super::api_socket::{SocketError, bind};
+use super::listener::{self, Protocol};
 use super::scheduler::Scheduler;
 use super::status::{RegistryStatus, Status, StatusBoard};
 use crate::agent::status::PodFailure;
@@ -43,47 +44,6 @@ const MAX_CONCURRENT_DIAGNOSES: usize = 4;
 /// Connecting to the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why the API socket cannot be served.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketError {
-    #[error("--api-socket {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("--api-socket {path}: another process is serving it")]
-    InUse { path: String },
-    #[error("--api-socket {path}: exists and is not a socket")]
-    NotASocket { path: String },
-}
-
-/// Binds the API socket: creates its directory, replaces a stale socket (never another file, never
-/// a live one), and makes it owner-only, since `Diagnose` probes what the caller names.
-pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
-    let shown = path.display().to_string();
-    let io = |source| SocketError::Io {
-        path: shown.clone(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse { path: shown });
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => return Err(SocketError::NotASocket { path: shown }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
-}
-
 /// The service behind the socket.
 pub struct Api {
     /// Diagnoses go through the scheduler's per-endpoint slots, like the agent's own checks.
@@ -108,17 +68,19 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener` until `cancel`.
-pub async fn serve(
-    listener: UnixListener,
-    api: Api,
-    cancel: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_CONCURRENT_DIAGNOSES)
-        .add_service(PullwatchServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
-        .await
+/// Serves the API on `listener` until `cancel`; every connection within
+/// [`listener::API_LIMITS`].
+pub async fn serve(listener: UnixListener, api: Api, cancel: CancellationToken) {
+    let routes = tonic::service::Routes::new(PullwatchServer::new(api));
+    listener::serve(
+        "api",
+        listener,
+        routes,
+        Protocol::Http2,
+        listener::API_LIMITS,
+        cancel,
+    )
+    .await;
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseEvent, tonic::Status>> + Send>>;
@@ -610,22 +572,6 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
-            .unwrap()
             .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_live_socket_is_never_replaced_and_a_stale_one_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/pw.sock");
-        let listener = bind(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(matches!(bind(&path), Err(SocketError::InUse { .. })));
-        drop(listener);
-        bind(&path).unwrap();
-        let file = dir.path().join("file");
-        std::fs::write(&file, "x").unwrap();
-        assert!(matches!(bind(&file), Err(SocketError::NotASocket { .. })));
     }
 }

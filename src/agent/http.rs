@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimitLayer;
 
 use super::health::Liveness;
+use super::listener::{self, Protocol};
 use super::metrics::Metrics;
 use super::status::StatusBoard;
 
@@ -37,15 +38,18 @@ pub fn router(endpoints: Endpoints) -> Router {
         .with_state(endpoints)
 }
 
-/// Serves until `cancel`, then finishes the requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    endpoints: Endpoints,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(endpoints))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+/// Serves until `cancel`, then finishes the requests in flight; every connection within
+/// [`listener::HTTP_LIMITS`].
+pub async fn serve(listener: TcpListener, endpoints: Endpoints, cancel: CancellationToken) {
+    listener::serve(
+        "http",
+        listener,
+        router(endpoints),
+        Protocol::Http1,
+        listener::HTTP_LIMITS,
+        cancel,
+    )
+    .await;
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> Response {

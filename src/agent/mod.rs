@@ -2,16 +2,19 @@
 //! task in one JoinSet under one cancellation token, and drain within a grace period on SIGTERM/SIGINT.
 
 pub mod api;
+mod api_socket;
 pub mod config;
 pub mod config_watch;
 pub mod discovery;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod scheduler;
 pub mod status;
+mod tasks;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -33,6 +35,7 @@ use self::pods::{KubeError, Mode as KubernetesMode, PodWatch};
 use self::scheduler::Scheduler;
 use self::scheduler::WatchedRegistry;
 use self::status::StatusBoard;
+use self::tasks::{Outcome, Tasks};
 use crate::diagnose::Diagnoser;
 use crate::runtime::RuntimeClient;
 
@@ -238,30 +241,30 @@ impl Agent {
         };
         let api = api::Api::new(Arc::clone(&scheduler), Arc::clone(&status), cancel.clone());
 
-        let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+        let mut tasks = Tasks::default();
         let token = cancel.clone();
-        tasks.spawn(async move {
-            let result = http::serve(listener, endpoints, token).await;
-            ("http", result.map_err(|e| e.to_string()))
+        tasks.spawn("http", async move {
+            http::serve(listener, endpoints, token).await;
+            Ok(())
         });
         let token = cancel.clone();
-        tasks.spawn(async move {
-            let result = api::serve(socket, api, token).await;
-            ("api", result.map_err(|e| e.to_string()))
+        tasks.spawn("api", async move {
+            api::serve(socket, api, token).await;
+            Ok(())
         });
         let token = cancel.clone();
-        tasks.spawn(async move {
+        tasks.spawn("scheduler", async move {
             scheduler.run(targets, token).await;
-            ("scheduler", Ok(()))
+            Ok(())
         });
         let token = cancel.clone();
-        tasks.spawn(async move {
+        tasks.spawn("node watch", async move {
             node.run(runtime_up, discovered, token).await;
-            ("node watch", Ok(()))
+            Ok(())
         });
         if let Some(pod_watch) = pod_watch {
             let token = cancel.clone();
-            tasks.spawn(async move { ("pod watch", pod_watch.run(token).await) });
+            tasks.spawn("pod watch", async move { pod_watch.run(token).await });
         }
         info!(
             node = config.node_name,
@@ -274,15 +277,15 @@ impl Agent {
         let mut failed = None;
         tokio::select! {
             () = shutdown => info!("shutting down"),
-            Some(joined) = tasks.join_next() => {
-                let name = report(joined);
+            Some((name, outcome)) = tasks.join_next() => {
+                report(name, outcome);
                 failed = Some(name);
             }
         }
         cancel.cancel();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while let Some(joined) = tasks.join_next().await {
-                report(joined);
+            while let Some((name, outcome)) = tasks.join_next().await {
+                report(name, outcome);
             }
         })
         .await;
@@ -321,20 +324,10 @@ fn max_quiet(config: &AgentConfig, timeout: Duration) -> Duration {
     config.interval * 2 + timeout * TIMEOUTS_PER_ROUND * queue.max(1) + Duration::from_secs(30)
 }
 
-/// Logs how a task ended; returns its name.
-fn report(
-    joined: Result<(&'static str, Result<(), String>), tokio::task::JoinError>,
-) -> &'static str {
-    match joined {
-        Ok((name, Ok(()))) => name,
-        Ok((name, Err(error))) => {
-            error!(task = name, %error, "task failed");
-            name
-        }
-        Err(error) => {
-            error!(%error, "task panicked");
-            "unnamed"
-        }
+/// Logs how a task ended.
+fn report(name: &'static str, outcome: Outcome) {
+    if let Err(error) = outcome {
+        error!(task = name, %error, "task failed");
     }
 }
 

@@ -104,7 +104,8 @@ impl NodeWatch {
             }
         });
         Refresh {
-            up: true,
+            // Up only if no call of this look timed out: Version alone answering is not enough.
+            up: client.state().await.up,
             facts: RuntimeFacts {
                 version: Some(version),
                 conditions: status.map(|s| s.conditions).unwrap_or_default(),

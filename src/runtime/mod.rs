@@ -25,6 +25,9 @@ use crate::route::RuntimeKind;
 /// Largest CRI message sent or accepted (ListImages on a busy node is big).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The one call whose running out of time says nothing about the runtime's health.
+const PULL_IMAGE: &str = "PullImage";
+
 /// How much longer than a call's deadline the outer bound waits.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 
@@ -62,7 +65,7 @@ impl RuntimeError {
     pub fn reason(&self) -> Reason {
         match self {
             RuntimeError::Unavailable { .. } => Reason::RuntimeError,
-            RuntimeError::Timeout { call, .. } if *call == "PullImage" => Reason::PullTimeout,
+            RuntimeError::Timeout { call, .. } if *call == PULL_IMAGE => Reason::PullTimeout,
             RuntimeError::Timeout { .. } => Reason::RuntimeError,
             RuntimeError::Call { message, .. } => match classify_runtime_message(message) {
                 Reason::Unknown => Reason::RuntimeError,
@@ -382,7 +385,7 @@ impl RuntimeClient {
             sandbox_config: None,
         };
         let response = self
-            .call("PullImage", timeout, async move |timeout| {
+            .call(PULL_IMAGE, timeout, async move |timeout| {
                 image_client(channel)
                     .pull_image(bounded(request, timeout))
                     .await
@@ -445,13 +448,13 @@ impl RuntimeClient {
                 conn.last_error = None;
                 Ok(response.into_inner())
             }
-            // tonic enforces the request's deadline on this side too.
-            Ok(Err(status)) if caused_by::<tonic::TimeoutExpired>(&status) => {
-                Err(RuntimeError::Timeout {
-                    call: name,
-                    socket: self.endpoint(),
-                    after: timeout,
-                })
+            // tonic enforces the request's deadline on this side too; a runtime that gives up on
+            // its own deadline first answers DeadlineExceeded: out of time either way.
+            Ok(Err(status))
+                if caused_by::<tonic::TimeoutExpired>(&status)
+                    || status.code() == tonic::Code::DeadlineExceeded && name != PULL_IMAGE =>
+            {
+                Err(self.timed_out(&mut conn, name, timeout))
             }
             Ok(Err(status)) if is_transport_failure(&status) => {
                 let message = transport_message(&status);
@@ -470,12 +473,30 @@ impl RuntimeClient {
                     message: status.message().to_string(),
                 })
             }
-            Err(_) => Err(RuntimeError::Timeout {
-                call: name,
-                socket: self.endpoint(),
-                after: timeout,
-            }),
+            Err(_) => Err(self.timed_out(&mut conn, name, timeout)),
         }
+    }
+
+    /// A call out of time. A runtime that cannot answer `Version`, `Status` or a listing in time
+    /// is hung, not up: a failure like a broken connection (dropped, re-made after the backoff, so
+    /// calls do not pile up on it). A slow `PullImage` is the registry's or the network's doing
+    /// (`pull_timeout`), as for the kubelet: the runtime is not counted down for it.
+    fn timed_out(
+        &self,
+        conn: &mut Connection,
+        name: &'static str,
+        timeout: Duration,
+    ) -> RuntimeError {
+        let error = RuntimeError::Timeout {
+            call: name,
+            socket: self.endpoint(),
+            after: timeout,
+        };
+        if name != PULL_IMAGE {
+            conn.channel = None;
+            Self::failed(conn, &self.backoff, error.to_string());
+        }
+        error
     }
 
     fn failed(conn: &mut Connection, backoff: &Backoff, message: String) {
@@ -551,26 +572,4 @@ fn transport_message(status: &tonic::Status) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_missing_socket_is_a_reported_state_and_backs_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = RuntimeClient::new(dir.path().join("none.sock"), Duration::from_secs(1))
-            .with_backoff(Backoff {
-                base: Duration::from_secs(60),
-                max: Duration::from_secs(60),
-            });
-        let first = client.version().await.expect_err("no runtime");
-        assert!(matches!(first, RuntimeError::Unavailable { .. }), "{first}");
-        assert_eq!(first.reason(), Reason::RuntimeError);
-        // Within the backoff, no new connection is attempted.
-        let second = client.version().await.expect_err("no runtime");
-        assert!(second.to_string().contains("next reconnect in"), "{second}");
-        let state = client.state().await;
-        assert!(!state.up);
-        assert_eq!(state.consecutive_failures, 1);
-        assert!(state.socket.starts_with("unix:///"));
-    }
-}
+mod tests;

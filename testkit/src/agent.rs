@@ -82,6 +82,11 @@ impl Agent {
         panic!("agent did not start; stderr:\n{last_stderr}");
     }
 
+    /// Its process id (for `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.running.as_ref().map(Running::pid).unwrap_or_default()
+    }
+
     /// Where it serves `/metrics`.
     pub fn addr(&self) -> SocketAddr {
         self.addr

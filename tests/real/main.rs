@@ -17,6 +17,7 @@ mod deploy;
 mod diagnose_network;
 mod faults_files;
 mod faults_input;
+mod faults_listeners;
 mod harness_smoke;
 mod https_first;
 mod kube_pods;
