@@ -90,6 +90,8 @@ pub struct Probe {
 pub struct Link {
     pub client: reqwest::Client,
     pub proxied: bool,
+    /// The address the client is pinned to (`None` through a proxy).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 impl Probe {
