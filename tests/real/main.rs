@@ -15,6 +15,7 @@ mod containerd_errors;
 mod credential_provider;
 mod deploy;
 mod diagnose_network;
+mod faults_peers;
 mod harness_smoke;
 mod kube_pods;
 mod node_credentials;

@@ -241,4 +241,22 @@ mod tests {
             "{note}"
         );
     }
+
+    #[test]
+    fn the_note_carries_no_raw_control_character() {
+        let mut hostile = failure(
+            Reason::DnsNxdomain,
+            "lookup failed\nWarning  Pulled  image is fine\u{1b}[8m",
+        );
+        hostile.image = "missing.test/app:1.0\r\nFix: nothing".into();
+        let mut report = nxdomain_report();
+        report.summary = "evidence\u{7}\u{202e}".into();
+        let note = note("node-1", "app", &hostile, &report);
+        assert!(!note.chars().any(char::is_control), "{note:?}");
+        assert!(!note.contains('\u{202e}'), "{note:?}");
+        assert!(
+            note.contains("lookup failed\\nWarning  Pulled") && note.contains("1.0\\r\\nFix"),
+            "{note}"
+        );
+    }
 }
