@@ -102,6 +102,18 @@ fn diagnose(resolv_conf: &str, port: u16, timeout: &str, extra: &[&str]) -> Valu
     reports.remove(0)
 }
 
+/// [`diagnose`] of a token-protected registry whose `/v2/` answers `v2`, with alice's credentials.
+fn with_credentials(dns: &DnsServer, dir: &tempfile::TempDir, v2: Response) -> Value {
+    let registry = registry(v2, true);
+    let config = docker_config(dir, &format!("{HOST}:{}", registry.port()));
+    diagnose(
+        dns.resolv_conf_str(),
+        registry.port(),
+        "3s",
+        &["--docker-config", &config],
+    )
+}
+
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["endpoints"][0]["checks"]
         .as_array()
@@ -193,14 +205,7 @@ fn token_lifetimes_are_lenient_and_unusable_token_answers_say_so() {
         // The realm is the registry's own host (one endpoint), as distribution's token server is.
         let tokens = token_server(Ipv4Addr::LOCALHOST, body.clone());
         let realm = format!("http://{HOST}:{}/token", tokens.port());
-        let registry = registry(bearer_v2(&realm), true);
-        let config = docker_config(&dir, &format!("{HOST}:{}", registry.port()));
-        let report = diagnose(
-            dns.resolv_conf_str(),
-            registry.port(),
-            "3s",
-            &["--docker-config", &config],
-        );
+        let report = with_credentials(&dns, &dir, bearer_v2(&realm));
         let auth = check(&report, "auth");
         match want {
             Ok(lifetime) => {
@@ -231,14 +236,7 @@ fn realms_at_addresses_the_route_does_not_name_get_no_request_and_no_credentials
     ] {
         let tokens = token_server(ip, json!({"token": TOKEN, "expires_in": 300}));
         let realm = format!("http://{realm_host}:{}/latest/meta-data/", tokens.port());
-        let registry = registry(bearer_v2(&realm), true);
-        let config = docker_config(&dir, &format!("{HOST}:{}", registry.port()));
-        let report = diagnose(
-            dns.resolv_conf_str(),
-            registry.port(),
-            "3s",
-            &["--docker-config", &config],
-        );
+        let report = with_credentials(&dns, &dir, bearer_v2(&realm));
         assert_eq!(report["pullable"], false, "{report}");
         assert_eq!(report["reason"], "not_a_registry", "{report}");
         let evidence = detail(&report, "auth");
@@ -266,14 +264,7 @@ fn a_cleartext_realm_on_another_host_gets_no_credentials() {
         json!({"token": "tok-anonymous", "expires_in": 300}),
     );
     let realm = format!("http://{AUTH_HOST}:{}/token", tokens.port());
-    let registry = registry(bearer_v2(&realm), true);
-    let config = docker_config(&dir, &format!("{HOST}:{}", registry.port()));
-    let report = diagnose(
-        dns.resolv_conf_str(),
-        registry.port(),
-        "3s",
-        &["--docker-config", &config],
-    );
+    let report = with_credentials(&dns, &dir, bearer_v2(&realm));
     assert_eq!(tokens.requests().len(), 1, "{:?}", tokens.requests());
     assert!(no_credentials(&tokens), "{:?}", tokens.requests());
     assert_eq!(report["pullable"], false, "{report}");
