@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::peer_guard::{self, Named};
 use crate::proxy::Proxy;
 use crate::route::Endpoint;
 use crate::trust::TlsClient;
@@ -22,18 +23,38 @@ pub fn build(
     proxy: Option<&Proxy>,
     timeout: Duration,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    let named = Named {
+        host: endpoint.host.clone(),
+        address: connect_to.map(|addr| addr.ip()),
+    };
+    // A redirect to a loopback or link-local address the route does not name is not followed
+    // (the 3xx is the answer); reqwest drops Authorization on a redirect to another host.
+    let guard = named.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if guard.refuses_url(attempt.url()).is_some() {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .redirect(redirects)
         .pool_max_idle_per_host(1)
         .no_proxy();
     if let Some(tls) = tls {
         builder = builder.use_preconfigured_tls((*tls.config).clone());
     }
     if let Some(addr) = connect_to {
-        builder = builder.resolve(&endpoint.host, addr);
+        // The endpoint's own host is pinned; any other name (a redirect's) resolves without the
+        // internal addresses the route does not name.
+        builder = builder
+            .dns_resolver(peer_guard::resolver(named))
+            .resolve(&endpoint.host, addr);
     }
     if let Some(proxy) = proxy {
         builder = builder.proxy(reqwest::Proxy::all(proxy.url_with_credentials())?);

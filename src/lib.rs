@@ -13,6 +13,7 @@ pub mod discovery;
 mod docs_sync;
 pub mod go_duration;
 pub mod http_client;
+pub mod peer_guard;
 pub mod platform;
 pub mod proxy;
 pub mod reason;

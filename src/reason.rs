@@ -132,7 +132,7 @@ impl Reason {
             Reason::TlsHandshake => format!("{endpoint} does not speak TLS as expected: if it is plain HTTP, configure it as an insecure registry on the runtime, or enable TLS on it; if it requires a client certificate, give the runtime one (hosts.toml `client`)"),
             Reason::ProxyError => "the HTTP proxy refused or failed: check HTTPS_PROXY/NO_PROXY for the runtime and the proxy's allow-list".into(),
             Reason::NotARegistry => format!("{endpoint} answers but is not a registry API (/v2/): check the host name, port and any load balancer path routing"),
-            Reason::RegistryUnavailable => format!("{registry} is failing on its side (5xx): check the registry's health or status page, then retry"),
+            Reason::RegistryUnavailable => format!("{registry} is failing on its side (5xx, or an answer no runtime can use): check the registry's health or status page, then retry"),
             Reason::AuthRequired => format!("create an imagePullSecret for {registry} and reference it from the pod (or the service account)"),
             Reason::CredentialsUnavailable => format!("a credential source the kubelet uses for {registry} failed (see the evidence): fix the credential provider plugin or its config, or the referenced pull secret (present, of type kubernetes.io/dockerconfigjson, well-formed)"),
             Reason::AuthFailed => format!("the credentials for {registry} were rejected: update the imagePullSecret's username/password or token"),

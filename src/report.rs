@@ -92,7 +92,9 @@ impl Report {
         } else {
             "NOT pullable"
         };
-        let mut out = format!("{mark} {}: {verdict}\n", self.image);
+        // A terminal gets no raw control character from any field, whoever filled it in.
+        let shown = crate::text::escape;
+        let mut out = format!("{mark} {}: {verdict}\n", shown(&self.image));
         for endpoint in &self.endpoints {
             let rules = endpoint
                 .rules
@@ -101,9 +103,9 @@ impl Report {
                 .unwrap_or_default();
             out.push_str(&format!(
                 "  {} ({}, {}{rules})\n",
-                endpoint.endpoint,
+                shown(&endpoint.endpoint),
                 endpoint.role.as_str(),
-                endpoint.source
+                shown(&endpoint.source)
             ));
             for check in &endpoint.checks {
                 let mark = if check.ok { "✓" } else { "✗" };
@@ -112,16 +114,16 @@ impl Report {
                 out.push_str(&format!(
                     "    {mark} {:<8} {seconds:>7}  {}\n",
                     check.check.as_str(),
-                    check.detail
+                    shown(&check.detail)
                 ));
             }
         }
         match (self.reason, &self.fix) {
             (Some(reason), Some(fix)) => {
-                out.push_str(&format!("  Cause: {reason}: {}\n", self.summary));
-                out.push_str(&format!("  Fix: {fix}\n"));
+                out.push_str(&format!("  Cause: {reason}: {}\n", shown(&self.summary)));
+                out.push_str(&format!("  Fix: {}\n", shown(fix)));
             }
-            _ => out.push_str(&format!("  {}\n", self.summary)),
+            _ => out.push_str(&format!("  {}\n", shown(&self.summary))),
         }
         out
     }

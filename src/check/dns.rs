@@ -1,5 +1,6 @@
 //! The `dns` check: resolve a registry host with the node's resolver config, cache off,
-//! A and AAAA asked apart and timed, so a broken family or a slow server is visible.
+//! A and AAAA asked apart and timed, so a broken family or a slow server is visible. Either family
+//! suffices, as for the runtime's (Go's) resolver; the whole lookup ends within the check's budget.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -269,8 +270,18 @@ impl CheckError for LookupFailed {
     }
 }
 
-/// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently.
-pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, LookupFailed> {
+/// Resolves `host` (a name, not an IP literal) with A and AAAA asked concurrently, each through
+/// every search domain, all of it within `budget`. One family's addresses suffice, as in Go's
+/// resolver (containerd, CRI-O), which waits for both answers, takes what either gave and fails
+/// only when neither did: a server that answers A but drops AAAA still resolves, its AAAA shown as
+/// timed out. `budget` is shorter than the caller's timeout, so the family that never answers is
+/// cut here and the one that did is not lost with it.
+pub async fn check(
+    resolver: &DnsResolver,
+    host: &str,
+    budget: Duration,
+) -> Result<DnsOutcome, LookupFailed> {
+    let deadline = tokio::time::Instant::now() + budget;
     if let Some(problem) = super::dns_name::problem(host) {
         let not_asked = FamilyAnswer {
             result: Err(FamilyError::NoData),
@@ -286,8 +297,8 @@ pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, Loo
         });
     }
     let (mut a, mut aaaa) = tokio::join!(
-        lookup(&resolver.resolver, host, RecordType::A),
-        lookup(&resolver.resolver, host, RecordType::AAAA)
+        lookup(&resolver.resolver, host, RecordType::A, deadline),
+        lookup(&resolver.resolver, host, RecordType::AAAA, deadline)
     );
     // hickory says only "no connections available" when no query could be sent: ask the OS why.
     if [&a, &aaaa]
@@ -323,9 +334,23 @@ pub async fn check(resolver: &DnsResolver, host: &str) -> Result<DnsOutcome, Loo
     })
 }
 
-async fn lookup(resolver: &TokioResolver, host: &str, record_type: RecordType) -> FamilyAnswer {
+/// One family's lookup through the search list, given up at `deadline` (a timeout then: whatever
+/// resolv.conf's `timeout`, `attempts` and search list add up to, the check's bound wins).
+async fn lookup(
+    resolver: &TokioResolver,
+    host: &str,
+    record_type: RecordType,
+    deadline: tokio::time::Instant,
+) -> FamilyAnswer {
     let start = Instant::now();
-    let result = match resolver.lookup(host, record_type).await {
+    let Ok(answer) = tokio::time::timeout_at(deadline, resolver.lookup(host, record_type)).await
+    else {
+        return FamilyAnswer {
+            result: Err(FamilyError::Timeout),
+            took: start.elapsed(),
+        };
+    };
+    let result = match answer {
         Ok(lookup) => {
             let mut addresses: Vec<IpAddr> = lookup
                 .answers()

@@ -116,6 +116,18 @@ fn judge(path: String, status: u16, headers: &HeaderMap) -> Result<HttpOutcome, 
             format!("{answered} without Docker-Distribution-API-Version: not a registry API"),
         ),
         429 => fail(Reason::RateLimited, answered),
+        // A redirect the client stopped at: to a loopback or link-local address the route does
+        // not name, or to no usable place at all.
+        300..=399 => fail(
+            Reason::NotARegistry,
+            match header("location") {
+                Some(to) => format!(
+                    "{answered}, a redirect to {} that pullwatch does not follow (a loopback or link-local address the route does not name): not a registry API",
+                    super::auth::quote(&to)
+                ),
+                None => format!("{answered}: not a registry API"),
+            },
+        ),
         403 => fail(
             Reason::Forbidden,
             format!("{answered}: the registry refuses this client"),
@@ -185,13 +197,22 @@ mod tests {
             );
             h
         };
-        let cases: [(u16, HeaderMap, Option<Reason>); 9] = [
+        let metadata = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "location",
+                HeaderValue::from_static("http://169.254.169.254/latest/meta-data/"),
+            );
+            h
+        };
+        let cases: [(u16, HeaderMap, Option<Reason>); 10] = [
             (200, registry(), None),
             (401, registry(), None),
             (401, challenge_only(), None),
             (200, HeaderMap::new(), Some(Reason::NotARegistry)),
             (404, registry(), Some(Reason::NotARegistry)),
             (302, HeaderMap::new(), Some(Reason::NotARegistry)),
+            (302, metadata(), Some(Reason::NotARegistry)),
             (503, registry(), Some(Reason::RegistryUnavailable)),
             (429, HeaderMap::new(), Some(Reason::RateLimited)),
             (403, HeaderMap::new(), Some(Reason::Forbidden)),

@@ -512,18 +512,32 @@ async fn index_platforms(
             format!("{headline}; GET {path} answered {}", status_text(status)),
         ));
     }
-    let body = read_capped(response, MAX_INDEX_BYTES).await.map_err(|e| {
-        let failed = request_failed(&e, proxied);
-        fail(
-            failed.reason,
-            format!("GET {path} failed: {}", failed.message),
-        )
-    })?;
+    let body = read_capped(response, MAX_INDEX_BYTES + 1)
+        .await
+        .map_err(|e| {
+            let failed = request_failed(&e, proxied);
+            fail(
+                failed.reason,
+                format!("GET {path} failed: {}", failed.message),
+            )
+        })?;
+    // An index no runtime reads (it refuses a manifest over 4 MiB; an endless body never ends) is
+    // the registry failing on its side, as a 5xx is: not an unknown.
+    if body.len() > MAX_INDEX_BYTES {
+        return Err(fail(
+            Reason::RegistryUnavailable,
+            format!(
+                "the index of {} is over {} MiB (cut there): no runtime reads an index that large; GET {path}",
+                target.name(),
+                MAX_INDEX_BYTES >> 20
+            ),
+        ));
+    }
     let index: Index = serde_json::from_slice(&body).map_err(|e| {
         fail(
-            Reason::Unknown,
+            Reason::RegistryUnavailable,
             format!(
-                "the index of {} cannot be read: {e}; GET {path}",
+                "the index of {} is not a valid index: {e}; GET {path}",
                 target.name()
             ),
         )
@@ -625,6 +639,7 @@ mod tests {
                 username: None,
                 expires_in: Duration::from_secs(300),
                 cached: false,
+                withheld: None,
             },
             authorization: None,
         };
@@ -642,6 +657,7 @@ mod tests {
                 username: Some("alice".into()),
                 expires_in: Duration::from_secs(300),
                 cached: false,
+                withheld: None,
             },
             authorization: None,
         };

@@ -141,7 +141,8 @@ where
             check: kind,
             ok: outcome.is_ok(),
             seconds,
-            detail,
+            // Evidence quotes peers (headers, realms, bodies): escaped and capped in this one place.
+            detail: crate::text::evidence(&detail),
             reason,
         },
         outcome,

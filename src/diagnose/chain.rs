@@ -71,10 +71,12 @@ impl Diagnoser {
 
         let (result, dns) = match host.parse::<IpAddr>() {
             Ok(ip) => literal_address(ip),
+            // The lookup's own bound is inside the check's, so one family's answer outlives
+            // the other's silence (as tcp's per-address bound below).
             Err(_) => check::run(
                 CheckKind::Dns,
                 self.timeout,
-                check::dns::check(&self.resolver, &host),
+                check::dns::check(&self.resolver, &host, self.timeout.mul_f64(0.9)),
             )
             .await
             .split(),
@@ -220,6 +222,7 @@ impl Diagnoser {
                 client,
                 proxied: proxy.is_some(),
                 via,
+                address: connect_to,
             }),
             Err(error) => {
                 let result = config_failure(CheckKind::Http, error.to_string());

@@ -93,6 +93,8 @@ pub struct Link {
     /// The plain-HTTP endpoint the HTTP steps use when containerd's HTTP fallback was taken;
     /// `None`: the endpoint itself.
     pub via: Option<Endpoint>,
+    /// The address the client is pinned to (`None` through a proxy).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 impl Probe {

@@ -4,11 +4,14 @@
 use reqwest::Url;
 
 use super::{Diagnoser, Link, OnCheck, Probe, TokenServerProbe};
-use crate::check::auth::{self, AuthFailed, AuthOutcome, AuthTarget, Plan, TokenServer};
+use crate::check::auth::{
+    self, AuthFailed, AuthOutcome, AuthTarget, Method, Plan, TokenServer, quote,
+};
 use crate::check::http::HttpOutcome;
 use crate::check::manifest::{self, ManifestOutcome, RateLimit};
 use crate::check::{self, CheckKind, CheckResult};
 use crate::credentials::{ImageCredentials, Offered, Source, SourceFailure};
+use crate::peer_guard::Named;
 use crate::platform::Platform;
 use crate::reason::Reason;
 use crate::reference::ImageRef;
@@ -77,18 +80,38 @@ impl Diagnoser {
             plan = auth::plan(401, Some(&challenge));
         }
 
-        // A Bearer realm elsewhere is an endpoint of its own: reach it before asking it for a token.
+        // A Bearer realm elsewhere is an endpoint of its own: reach it before asking it for a token,
+        // unless it is a loopback or link-local address the route does not name (then it gets
+        // nothing: not a request, not a credential).
         let mut token_server = None;
         let mut token_link = Some(link.clone());
+        let mut refused = None;
         if let Ok(Plan::Bearer(bearer)) = &plan
             && let Some(server) = token_endpoint(&bearer.realm, served)
         {
-            let mut probe = Probe::default();
-            token_link = self.reach(&server, &mut probe, on_check).await;
-            token_server = Some(TokenServerProbe {
-                endpoint: server,
-                probe,
-            });
+            let named = Named {
+                host: endpoint.host.clone(),
+                address: link.address.map(|a| a.ip()),
+            };
+            if let Some(why) = named.refuses_url(&bearer.realm) {
+                refused = Some(refused_realm(&bearer.realm, &why));
+            } else {
+                let mut probe = Probe::default();
+                token_link = self.reach(&server, &mut probe, on_check).await;
+                // A name that led there: refused before any HTTP request goes out.
+                let reached = token_link.as_ref().and_then(|l| l.address);
+                if let Some(why) = reached.and_then(|at| named.refuses(&server.host, at.ip())) {
+                    refused = Some(refused_realm(&bearer.realm, &why));
+                    token_link = None;
+                }
+                token_server = Some(TokenServerProbe {
+                    endpoint: server,
+                    probe,
+                });
+            }
+        }
+        if let Some(refused) = refused {
+            plan = Err(refused);
         }
 
         // The kubelet tries each credential it has for the image in turn; anonymous without any.
@@ -172,6 +195,7 @@ impl Diagnoser {
             client: &link.client,
             proxied: link.proxied,
             api_url: attempt.endpoint.api_url(),
+            registry_host: &attempt.endpoint.host,
             repository: attempt.repository,
             credential: offered.map(|o| &o.credential),
             token_server,
@@ -207,7 +231,18 @@ impl Diagnoser {
         {
             self.pull.tokens.forget(authorization);
         }
-        api.checks.push(with_source(result, &api.source));
+        let mut result = with_source(result, &api.source);
+        if !result.ok
+            && let Method::Bearer {
+                withheld: Some(why),
+                ..
+            } = &auth.method
+        {
+            result
+                .detail
+                .push_str(&format!("; credentials withheld: {why}"));
+        }
+        api.checks.push(result);
         api.rate_limit = match &manifest {
             Some(outcome) => outcome.rate_limit.clone(),
             None => failed_limit,
@@ -325,6 +360,17 @@ fn token_endpoint(realm: &Url, registry: &Endpoint) -> Option<Endpoint> {
         extras: Default::default(),
         http_fallback: None,
     })
+}
+
+/// The auth check's failure for a realm pullwatch does not contact (see [`crate::peer_guard`]).
+fn refused_realm(realm: &Url, why: &str) -> AuthFailed {
+    AuthFailed::new(
+        Reason::NotARegistry,
+        format!(
+            "Bearer realm {} not contacted: {why} (a registry's token server is never the node's own or the cloud metadata service's)",
+            quote(realm.as_str())
+        ),
+    )
 }
 
 /// The auth check's failure when the token server's own dns/tcp/tls failed: the same reason.

@@ -64,6 +64,9 @@ pub fn with_runtime_check(mut report: Report, result: CheckResult) -> Report {
     report
 }
 
+/// Bytes of an unparsable image name kept in its report.
+const MAX_IMAGE_SHOWN: usize = 512;
+
 /// The runtime's config forbids the registry (CRI-O `blocked = true`): nothing to probe.
 pub(super) fn blocked(image: &str, registry: &str, file: &std::path::Path) -> Report {
     let reason = Reason::Blocked;
@@ -78,14 +81,15 @@ pub(super) fn blocked(image: &str, registry: &str, file: &std::path::Path) -> Re
     }
 }
 
+/// The input is not a reference: it is shown escaped and capped, as whoever wrote it may be hostile.
 pub(super) fn invalid_reference(image: &str, registry: &str, message: String) -> Report {
     let reason = Reason::InvalidReference;
     Report {
-        image: image.to_string(),
+        image: crate::text::peer(image, MAX_IMAGE_SHOWN),
         registry: registry.to_string(),
         pullable: false,
         reason: Some(reason),
-        summary: message,
+        summary: crate::text::evidence(&message),
         fix: Some(reason.fix(registry, "")),
         endpoints: vec![],
     }

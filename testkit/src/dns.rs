@@ -63,6 +63,8 @@ pub struct Query {
 struct State {
     zone: HashMap<String, Answer>,
     log: Vec<Query>,
+    /// Every AAAA query goes unanswered, whatever the name.
+    drop_aaaa: bool,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -76,6 +78,7 @@ fn key(name: &str) -> String {
 pub struct DnsServerBuilder {
     zone: HashMap<String, Answer>,
     listen_ip: Option<Ipv4Addr>,
+    drop_aaaa: bool,
 }
 
 impl DnsServerBuilder {
@@ -130,6 +133,13 @@ impl DnsServerBuilder {
         self
     }
 
+    /// AAAA queries are read and counted but never answered, for every name (a classic broken
+    /// server or middlebox: A answers, AAAA times out).
+    pub fn drop_aaaa(mut self) -> Self {
+        self.drop_aaaa = true;
+        self
+    }
+
     /// Listens on port 53 of `ip` instead of a fresh 127.53.X.Y: e.g. a
     /// [`crate::netns::Netns::host_ip`], to serve a pullwatch running inside that netns.
     pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
@@ -176,6 +186,7 @@ impl DnsServerBuilder {
         let state: Shared = Arc::new(Mutex::new(State {
             zone: self.zone,
             log: Vec::new(),
+            drop_aaaa: self.drop_aaaa,
         }));
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread_state = state.clone();
@@ -387,7 +398,11 @@ fn respond(bytes: &[u8], state: &Shared, tcp: bool) -> Option<Vec<u8>> {
             record_type: query.query_type(),
             tcp,
         });
-        st.zone.get(&name).cloned().unwrap_or(Answer::NxDomain)
+        if st.drop_aaaa && query.query_type() == RecordType::AAAA {
+            Answer::Silent
+        } else {
+            st.zone.get(&name).cloned().unwrap_or(Answer::NxDomain)
+        }
     };
     let owner = query.name().clone();
     match answer {

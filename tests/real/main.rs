@@ -18,6 +18,7 @@ mod diagnose_network;
 mod faults_files;
 mod faults_input;
 mod faults_listeners;
+mod faults_peers;
 mod harness_smoke;
 mod https_first;
 mod kube_pods;

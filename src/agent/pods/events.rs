@@ -4,9 +4,10 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::failures::{ContainerKind, Failure, PodId, clip};
+use super::failures::{ContainerKind, Failure, PodId};
 use crate::reason::Reason;
 use crate::report::Report;
+use crate::text::{clip, peer};
 
 /// The Event's `reason`.
 pub const EVENT_REASON: &str = "PullDiagnosis";
@@ -38,7 +39,9 @@ pub fn best_cause(said: Reason, found: Option<Reason>) -> Reason {
 /// The Event's note: cause, the kubelet's words, this node's evidence, the fix; at most [`MAX_NOTE`] bytes.
 pub fn note(node: &str, container: &str, failure: &Failure, report: &Report) -> String {
     let cause = cause(failure, report);
-    let kubelet = clip(
+    // Every part a peer wrote (the kubelet's words, the image name, the evidence) is escaped: a
+    // newline or a terminal escape in them must not reach `kubectl describe` raw.
+    let kubelet = peer(
         &format!("{}: {}", failure.waiting_reason, failure.message),
         MAX_KUBELET,
     );
@@ -66,13 +69,13 @@ pub fn note(node: &str, container: &str, failure: &Failure, report: &Report) -> 
     // The evidence gets whatever room the rest leaves, so the fix is never cut off.
     let head = format!(
         "{cause}: container {container} cannot pull {image}. Kubelet: {kubelet}. Checked from node {node}: ",
-        container = clip(container, MAX_NAME),
-        image = clip(&failure.image, MAX_NAME),
-        node = clip(node, MAX_NAME),
+        container = peer(container, MAX_NAME),
+        image = peer(&failure.image, MAX_NAME),
+        node = peer(node, MAX_NAME),
     );
     let tail = format!(". Fix: {fix}");
     let room = MAX_NOTE.saturating_sub(head.len() + tail.len());
-    let text = format!("{head}{}{tail}", clip(&evidence, room));
+    let text = format!("{head}{}{tail}", peer(&evidence, room));
     clip(&text, MAX_NOTE)
 }
 
@@ -235,6 +238,24 @@ mod tests {
         assert!(note.len() <= MAX_NOTE, "{}", note.len());
         assert!(
             note.contains("Fix: check the spelling of missing.test"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn the_note_carries_no_raw_control_character() {
+        let mut hostile = failure(
+            Reason::DnsNxdomain,
+            "lookup failed\nWarning  Pulled  image is fine\u{1b}[8m",
+        );
+        hostile.image = "missing.test/app:1.0\r\nFix: nothing".into();
+        let mut report = nxdomain_report();
+        report.summary = "evidence\u{7}\u{202e}".into();
+        let note = note("node-1", "app", &hostile, &report);
+        assert!(!note.chars().any(char::is_control), "{note:?}");
+        assert!(!note.contains('\u{202e}'), "{note:?}");
+        assert!(
+            note.contains("lookup failed\\nWarning  Pulled") && note.contains("1.0\\r\\nFix"),
             "{note}"
         );
     }

@@ -114,7 +114,10 @@ pub fn pull_waits(pod: &Pod) -> Vec<Waiting> {
                 container: container.name.clone(),
                 image: spec_image(kind, &container.name).unwrap_or_else(|| container.image.clone()),
                 waiting_reason: reason.to_string(),
-                message: clip(waiting.message.as_deref().unwrap_or_default(), MAX_MESSAGE),
+                message: crate::text::peer(
+                    waiting.message.as_deref().unwrap_or_default(),
+                    MAX_MESSAGE,
+                ),
             });
         }
     }
@@ -396,18 +399,7 @@ fn next_state(previous: Option<&Failure>, now: &Waiting, at: SystemTime) -> Fail
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
-pub fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let ellipsis = "…";
-    let mut end = max.saturating_sub(ellipsis.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{ellipsis}", &text[..end])
-}
+pub use crate::text::clip;
 
 #[cfg(test)]
 mod tests {

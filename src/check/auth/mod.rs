@@ -39,10 +39,22 @@ pub struct Bearer {
     pub scope: Option<String>,
 }
 
+/// Longest `WWW-Authenticate` (all challenges) read: registries send a few hundred bytes. Go's
+/// client would take up to 10 MB of headers; a realm of kilobytes is no registry's.
+pub const MAX_CHALLENGE: usize = 8 << 10;
+
 /// Decides from `/v2/`'s status and `WWW-Authenticate` how to authenticate. A 401 without a usable
 /// challenge is not a registry answer the runtime can follow.
 pub fn plan(status: u16, header: Option<&str>) -> Result<Plan, AuthFailed> {
     let fail = |message: String| AuthFailed::new(Reason::NotARegistry, message);
+    if let Some(header) = header.filter(|h| h.len() > MAX_CHALLENGE) {
+        return Err(fail(format!(
+            "WWW-Authenticate of {} bytes, over pullwatch's {} KiB limit (a registry's is a few hundred): {}",
+            header.len(),
+            MAX_CHALLENGE >> 10,
+            quote(header)
+        )));
+    }
     let Some(header) = header.filter(|_| status == 401) else {
         return match status {
             401 => Err(fail(
@@ -134,6 +146,8 @@ pub enum Method {
         username: Option<String>,
         expires_in: Duration,
         cached: bool,
+        /// Why credentials held for the image were not sent (see [`crate::peer_guard`]).
+        withheld: Option<String>,
     },
 }
 
@@ -175,10 +189,12 @@ impl Evidence for AuthOutcome {
                 username,
                 expires_in,
                 cached,
+                withheld,
             } => {
-                let who = match username {
-                    Some(user) => format!("user {user}"),
-                    None => "anonymous".into(),
+                let who = match (username, withheld) {
+                    (Some(user), _) => format!("user {user}"),
+                    (None, Some(why)) => format!("anonymous: credentials withheld, {why}"),
+                    (None, None) => "anonymous".into(),
                 };
                 let source = if *cached { "cached token" } else { "token" };
                 let expires_in = Duration::from_secs(expires_in.as_secs());
@@ -229,6 +245,8 @@ pub struct AuthTarget<'a> {
     pub client: &'a reqwest::Client,
     pub proxied: bool,
     pub api_url: String,
+    /// The registry endpoint's host: a cleartext realm elsewhere gets no credentials.
+    pub registry_host: &'a str,
     pub repository: &'a str,
     /// The credentials for this image; `None`: anonymous.
     pub credential: Option<&'a Credential>,
@@ -255,15 +273,40 @@ pub async fn check(target: AuthTarget<'_>, tokens: &TokenCache) -> Result<AuthOu
         },
         Plan::Bearer(bearer) => match target.token_server {
             TokenServer::Reached { client, proxied } => {
-                token(
+                // Over cleartext to another host the credentials would cross the network readable:
+                // ask anonymously instead, and say so.
+                let withheld = (target.credential.is_some()
+                    && crate::peer_guard::cleartext_elsewhere(&bearer.realm, target.registry_host))
+                .then(|| {
+                    format!(
+                        "the realm is on another host than {} over cleartext HTTP (the runtime would send them)",
+                        target.registry_host
+                    )
+                });
+                let credential = target.credential.filter(|_| withheld.is_none());
+                let mut result = token(
                     client,
                     &bearer,
                     target.repository,
-                    target.credential,
+                    credential,
                     tokens,
                     proxied,
                 )
-                .await
+                .await;
+                match (&mut result, withheld) {
+                    (Ok(outcome), Some(why)) => {
+                        if let Method::Bearer { withheld, .. } = &mut outcome.method {
+                            *withheld = Some(why);
+                        }
+                    }
+                    (Err(failed), Some(why)) => {
+                        failed
+                            .message
+                            .push_str(&format!("; credentials withheld: {why}"));
+                    }
+                    _ => {}
+                }
+                result
             }
             TokenServer::Unreachable(failed) => Err(failed),
         },
@@ -443,6 +486,10 @@ mod tests {
                 want: Err(Reason::NotARegistry),
             },
         ];
+        let huge = format!(r#"Bearer realm="https://a.test/{}""#, "x".repeat(100_000));
+        let failed = plan(401, Some(&huge)).unwrap_err();
+        assert_eq!(failed.reason, Reason::NotARegistry);
+        assert!(failed.message.len() < 400, "{}", failed.message);
         for case in cases {
             let got = plan(case.status, case.header).map(|p| match p {
                 Plan::Open => "open",

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use super::challenge::quote;
 use super::{
     AuthFailed, AuthOutcome, Authorization, Bearer, ErrorBody, Method, from_request, status_failure,
@@ -17,23 +15,90 @@ use crate::reason::Reason;
 
 /// Largest token response read.
 const MAX_TOKEN_BODY: usize = 1 << 20;
-/// Lifetime assumed when the token server does not say (distribution's token spec).
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Lifetime assumed when the token server does not say, and the least one taken when it says less
+/// (`expires_in: 0` or `-1`): distribution's token spec and containers/image's
+/// `minimumTokenLifetimeSeconds`; containerd reads any integer and does not expire tokens by it.
+const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// A cached token is dropped this long before the server says it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// Longest a token is cached, whatever the server claims (an absurd `expires_in` must neither
 /// overflow the clock nor keep a token forever).
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// The token server's answer (distribution's token spec; `access_token` is the OAuth2 spelling).
-#[derive(Deserialize)]
+/// A token server's 200 answer read as the runtime reads it (distribution's token spec;
+/// `access_token` is the OAuth2 spelling, and wins when both are set, as in containerd).
+#[derive(Debug, PartialEq)]
 struct TokenResponse {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
+    token: String,
+    /// What the server said, floored at [`MIN_TOKEN_LIFETIME`].
+    lifetime: Duration,
+}
+
+/// Why a 200 answer holds no token the runtime can use: its Go decoder would fail the pull too.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum Unusable {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("{field} is {found}, not a string")]
+    NotAString { field: &'static str, found: String },
+    /// Go decodes `expires_in` into an `int`: a fraction, a string or a bool fails the decode.
+    #[error("expires_in is {0}, not a whole number of seconds")]
+    BadLifetime(String),
+    #[error("no token in it")]
+    NoToken,
+}
+
+/// A JSON value named for evidence: its type and a short, escaped rendering.
+fn shown(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    format!("{kind} ({})", crate::text::peer(&value.to_string(), 40))
+}
+
+/// Reads a token response leniently where the runtime is (any whole `expires_in`, negative or
+/// missing, floored at a minute) and strictly where it fails (the types its decoder refuses).
+fn parse_token_response(body: &[u8]) -> Result<TokenResponse, Unusable> {
+    use serde_json::Value;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Unusable::NotJson(e.to_string()))?;
+    let Value::Object(fields) = value else {
+        return Err(Unusable::NotAnObject);
+    };
+    let text = |field: &'static str| match fields.get(field) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(Unusable::NotAString {
+            field,
+            found: shown(other),
+        }),
+    };
+    let (token, access_token) = (text("token")?, text("access_token")?);
+    let seconds = match fields.get("expires_in") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.as_u64().unwrap_or(0),
+        Some(other) => return Err(Unusable::BadLifetime(shown(other))),
+    };
+    let token = if access_token.is_empty() {
+        token
+    } else {
+        access_token
+    };
+    if token.is_empty() {
+        return Err(Unusable::NoToken);
+    }
+    Ok(TokenResponse {
+        token,
+        lifetime: Duration::from_secs(seconds).max(MIN_TOKEN_LIFETIME),
+    })
 }
 
 /// Tokens by (realm, service, scope, credential key, user); each dropped when it expires.
@@ -120,6 +185,7 @@ pub async fn token(
             username: username.clone(),
             expires_in,
             cached,
+            withheld: None,
         },
         authorization: Some(Authorization::Bearer(token)),
     };
@@ -162,29 +228,19 @@ pub async fn token(
     };
     match status {
         200 => {
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            // The token server is the registry's own service: an answer it cannot have meant is
+            // the registry failing on its side, as a 5xx is.
+            let parsed = parse_token_response(&body).map_err(|problem| {
                 AuthFailed::new(
-                    Reason::NotARegistry,
-                    format!("{what} answered 200 OK but not a token response: {e}"),
+                    Reason::RegistryUnavailable,
+                    format!(
+                        "{what} answered 200 OK but no usable token: {problem} (container runtimes fail the pull on it too)"
+                    ),
                 )
             })?;
-            let token = parsed
-                .token
-                .filter(|t| !t.is_empty())
-                .or(parsed.access_token.filter(|t| !t.is_empty()))
-                .ok_or_else(|| {
-                    AuthFailed::new(
-                        Reason::NotARegistry,
-                        format!("{what} answered 200 OK without a token"),
-                    )
-                })?;
-            let token = Secret::new(token);
-            let lifetime = parsed
-                .expires_in
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-            cache.put(cache_key, token.clone(), lifetime);
-            Ok(outcome(token, lifetime, false))
+            let token = Secret::new(parsed.token);
+            cache.put(cache_key, token.clone(), parsed.lifetime);
+            Ok(outcome(token, parsed.lifetime, false))
         }
         401 => match credential {
             Some(c) => Err(AuthFailed::new(
@@ -215,6 +271,96 @@ pub async fn token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_responses_are_read_as_the_runtime_reads_them() {
+        struct Case {
+            body: &'static str,
+            want: Result<(&'static str, u64), &'static str>,
+        }
+        let cases = [
+            Case {
+                body: r#"{"token":"t","expires_in":300}"#,
+                want: Ok(("t", 300)),
+            },
+            // Lenient where Go is: a negative, zero, small or missing lifetime is a minute.
+            Case {
+                body: r#"{"token":"t","expires_in":-1}"#,
+                want: Ok(("t", 60)),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":0}"#,
+                want: Ok(("t", 60)),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":5}"#,
+                want: Ok(("t", 60)),
+            },
+            Case {
+                body: r#"{"token":"t"}"#,
+                want: Ok(("t", 60)),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":null}"#,
+                want: Ok(("t", 60)),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":18446744073709551615}"#,
+                want: Ok(("t", u64::MAX)),
+            },
+            Case {
+                body: r#"{"token":"old","access_token":"oauth","expires_in":120}"#,
+                want: Ok(("oauth", 120)),
+            },
+            Case {
+                body: r#"{"token":"t","access_token":"","refresh_token":7}"#,
+                want: Ok(("t", 60)),
+            },
+            // Strict where Go's decoder fails the pull.
+            Case {
+                body: r#"{"token":"t","expires_in":"300"}"#,
+                want: Err("expires_in is a string (\"300\"), not a whole number of seconds"),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":60.5}"#,
+                want: Err("expires_in is a number (60.5), not a whole number of seconds"),
+            },
+            Case {
+                body: r#"{"token":"t","expires_in":true}"#,
+                want: Err("expires_in is a boolean (true), not a whole number of seconds"),
+            },
+            Case {
+                body: r#"{"token":42}"#,
+                want: Err("token is a number (42), not a string"),
+            },
+            Case {
+                body: r#"{"expires_in":300}"#,
+                want: Err("no token in it"),
+            },
+            Case {
+                body: r#"{"token":""}"#,
+                want: Err("no token in it"),
+            },
+            Case {
+                body: r#"["t"]"#,
+                want: Err("not a JSON object"),
+            },
+        ];
+        for case in cases {
+            let got = parse_token_response(case.body.as_bytes())
+                .map(|r| (r.token, r.lifetime.as_secs()))
+                .map_err(|e| e.to_string());
+            let want = case
+                .want
+                .map(|(t, s)| (t.to_string(), s))
+                .map_err(str::to_string);
+            assert_eq!(got, want, "{}", case.body);
+        }
+        assert!(matches!(
+            parse_token_response(b"<html>login</html>"),
+            Err(Unusable::NotJson(_))
+        ));
+    }
 
     #[test]
     fn token_cache_drops_expired_tokens() {
