@@ -309,7 +309,7 @@ fn report_md_lists_every_field_of_the_status() {
                 since: humantime::parse_rfc3339("2025-06-01T11:58:00Z").unwrap(),
                 reason_since: std::time::SystemTime::UNIX_EPOCH,
             },
-            diagnosis: Some(report),
+            diagnosis: Some(std::sync::Arc::new(report)),
         }],
     };
     let status = serde_json::to_value(&status).unwrap();

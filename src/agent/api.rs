@@ -386,7 +386,7 @@ impl From<Status> for pb::StatusResponse {
 impl From<PodFailure> for pb::PodFailure {
     fn from(f: PodFailure) -> Self {
         pb::PodFailure {
-            diagnosis: f.diagnosis.as_ref().map(Into::into),
+            diagnosis: f.diagnosis.as_deref().map(Into::into),
             namespace: f.namespace,
             pod: f.pod,
             container: f.container,
@@ -484,7 +484,7 @@ mod tests {
                 since: humantime::parse_rfc3339("2025-01-01T00:00:00Z").unwrap(),
                 reason_since: std::time::SystemTime::UNIX_EPOCH,
             },
-            diagnosis: Some(sample()),
+            diagnosis: Some(std::sync::Arc::new(sample())),
         }]);
         let status = serde_json::to_value(board.snapshot()).unwrap();
         assert_eq!(json_keys(&status), proto_fields("StatusResponse"));
