@@ -253,6 +253,7 @@ fn sample_report() -> crate::report::Report {
             role: Role::Upstream,
             source: "default".into(),
             rules: Some("containerd 1.7.13".into()),
+            not_tried: None,
             checks: vec![
                 check(CheckKind::Dns, None),
                 check(CheckKind::Manifest, Some(Reason::ManifestUnknown)),

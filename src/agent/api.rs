@@ -303,6 +303,7 @@ impl From<&EndpointReport> for pb::EndpointReport {
             source: e.source.clone(),
             rules: e.rules.clone(),
             checks: e.checks.iter().map(Into::into).collect(),
+            not_tried: e.not_tried.clone(),
         }
     }
 }
@@ -315,6 +316,7 @@ impl TryFrom<pb::EndpointReport> for EndpointReport {
             role: label("role", e.role)?,
             source: e.source,
             rules: e.rules,
+            not_tried: e.not_tried,
             checks: e
                 .checks
                 .into_iter()
@@ -427,6 +429,7 @@ mod tests {
                 role: Role::Mirror,
                 source: "default".into(),
                 rules: Some("containerd 1.7.13".into()),
+                not_tried: None,
                 checks: vec![CheckResult {
                     check: CheckKind::Tls,
                     ok: false,

@@ -15,6 +15,8 @@ mod containerd_errors;
 mod credential_provider;
 mod deploy;
 mod diagnose_network;
+mod faults_pods;
+mod faults_routes;
 mod harness_smoke;
 mod kube_pods;
 mod node_credentials;
