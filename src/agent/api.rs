@@ -429,7 +429,8 @@ mod tests {
                 role: Role::Mirror,
                 source: "default".into(),
                 rules: Some("containerd 1.7.13".into()),
-                not_tried: None,
+                // Every field set, as the proto has it (a real endpoint has checks or this).
+                not_tried: Some("n".into()),
                 checks: vec![CheckResult {
                     check: CheckKind::Tls,
                     ok: false,
