@@ -742,9 +742,9 @@ mod tests {
         assert_eq!(tracker.failures().len(), 1);
     }
 
-    /// 5,000 failing containers, in one pod and one per pod: each is taken in with work of its
-    /// own size (the spec's images were searched per status, quadratic in a pod's containers);
-    /// once the pods are gone the bookkeeping is empty and gives its room back.
+    /// 5,000 failing containers, in one pod and one per pod (the spec's images were searched per
+    /// status, quadratic in a pod's containers): once the pods are gone the bookkeeping is empty
+    /// and gives its room back. (The work per list is measured in tests/real/faults_pods.rs.)
     #[test]
     fn thousands_of_failures_are_followed_and_forgotten() {
         const N: usize = 5_000;
@@ -763,7 +763,6 @@ mod tests {
         .unwrap();
         let mut tracker = Tracker::default();
         let now = SystemTime::now();
-        let started = std::time::Instant::now();
         let changes = tracker.apply(&big, now);
         assert_eq!(changes.attempts.len(), N);
         // The spec's image, not the status's, for every container.
@@ -778,12 +777,6 @@ mod tests {
             tracker.apply(pod, now);
         }
         assert_eq!(tracker.failures().len(), 2 * N);
-        // Generous for a debug build on a loaded machine: the quadratic search took far longer.
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "{:?}",
-            started.elapsed()
-        );
 
         tracker.delete(&big);
         // Half of the small pods are deleted, the others are not listed again.

@@ -257,10 +257,13 @@ impl PodWatch {
                         })
                         .collect();
                     // A container whose reason changed while this ran gets a diagnosis of its own.
+                    // The status and metrics show the diagnosis before its Events are posted (one
+                    // update per diagnosed image: these come one image at a time).
+                    publish_at = None;
+                    self.publish(&tracker, &mut follow_ups);
                     for ContainerRef { pod, container } in waiting {
                         self.follow_up(&tracker, &mut follow_ups, &pod, &container);
                     }
-                    publish_at.get_or_insert_with(|| tokio::time::Instant::now() + PUBLISH_DELAY);
                 }
                 Some(joined) = follow_ups.posts.join_next() => {
                     let Ok(Posted { key, reason, result }) = joined else { continue };
