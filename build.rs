@@ -34,4 +34,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PULLWATCH_REVISION");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Any rerun-if-changed replaces cargo's default (rerun on any change in the package), so
+    // the proto must be named too, or an edited API would keep its stale generated code.
+    println!("cargo:rerun-if-changed={PROTO}");
 }

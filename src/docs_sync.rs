@@ -248,16 +248,27 @@ fn sample_report() -> crate::report::Report {
         reason: Some(Reason::ManifestUnknown),
         summary: "tag 1.277 not found".into(),
         fix: Some(Reason::ManifestUnknown.fix("docker.io", "https://registry-1.docker.io")),
-        endpoints: vec![EndpointReport {
-            endpoint: "https://registry-1.docker.io".into(),
-            role: Role::Upstream,
-            source: "default".into(),
-            rules: Some("containerd 1.7.13".into()),
-            checks: vec![
-                check(CheckKind::Dns, None),
-                check(CheckKind::Manifest, Some(Reason::ManifestUnknown)),
-            ],
-        }],
+        endpoints: vec![
+            EndpointReport {
+                endpoint: "https://registry-1.docker.io".into(),
+                role: Role::Upstream,
+                source: "default".into(),
+                rules: Some("containerd 1.7.13".into()),
+                not_tried: None,
+                checks: vec![
+                    check(CheckKind::Dns, None),
+                    check(CheckKind::Manifest, Some(Reason::ManifestUnknown)),
+                ],
+            },
+            EndpointReport {
+                endpoint: "https://mirror.example".into(),
+                role: Role::Mirror,
+                source: "/etc/containerd/certs.d/docker.io/hosts.toml".into(),
+                rules: Some("containerd 1.7.13".into()),
+                not_tried: Some("diagnose's time ran out (1m = 12 × --timeout) before it".into()),
+                checks: vec![],
+            },
+        ],
     }
 }
 
@@ -309,7 +320,7 @@ fn report_md_lists_every_field_of_the_status() {
                 since: humantime::parse_rfc3339("2025-06-01T11:58:00Z").unwrap(),
                 reason_since: std::time::SystemTime::UNIX_EPOCH,
             },
-            diagnosis: Some(report),
+            diagnosis: Some(std::sync::Arc::new(report)),
         }],
     };
     let status = serde_json::to_value(&status).unwrap();

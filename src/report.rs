@@ -33,6 +33,10 @@ pub struct EndpointReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<String>,
     pub checks: Vec<CheckResult>,
+    /// Why no check ran here: the image proved pullable at an earlier endpoint (where the runtime
+    /// stops), or diagnose's time ran out. Absent when the endpoint was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_tried: Option<String>,
 }
 
 impl EndpointReport {
@@ -74,6 +78,7 @@ pub fn push_token_server(
         source: server.source.clone(),
         rules: None,
         checks,
+        not_tried: None,
     });
 }
 
@@ -107,6 +112,9 @@ impl Report {
                 endpoint.role.as_str(),
                 shown(&endpoint.source)
             ));
+            if let Some(why) = &endpoint.not_tried {
+                out.push_str(&format!("    – not tried: {why}\n"));
+            }
             for check in &endpoint.checks {
                 let mark = if check.ok { "✓" } else { "✗" };
                 let seconds =
@@ -158,6 +166,7 @@ mod tests {
                 role: Role::Upstream,
                 source: "default".into(),
                 rules: None,
+                not_tried: None,
                 checks: vec![check(CheckKind::Dns, true), check(CheckKind::Tls, false)],
             }],
         };

@@ -265,6 +265,7 @@ impl From<&EndpointReport> for pb::EndpointReport {
             source: e.source.clone(),
             rules: e.rules.clone(),
             checks: e.checks.iter().map(Into::into).collect(),
+            not_tried: e.not_tried.clone(),
         }
     }
 }
@@ -277,6 +278,7 @@ impl TryFrom<pb::EndpointReport> for EndpointReport {
             role: label("role", e.role)?,
             source: e.source,
             rules: e.rules,
+            not_tried: e.not_tried,
             checks: e
                 .checks
                 .into_iter()
@@ -348,7 +350,7 @@ impl From<Status> for pb::StatusResponse {
 impl From<PodFailure> for pb::PodFailure {
     fn from(f: PodFailure) -> Self {
         pb::PodFailure {
-            diagnosis: f.diagnosis.as_ref().map(Into::into),
+            diagnosis: f.diagnosis.as_deref().map(Into::into),
             namespace: f.namespace,
             pod: f.pod,
             container: f.container,
@@ -389,6 +391,8 @@ mod tests {
                 role: Role::Mirror,
                 source: "default".into(),
                 rules: Some("containerd 1.7.13".into()),
+                // Every field set, as the proto has it (a real endpoint has checks or this).
+                not_tried: Some("n".into()),
                 checks: vec![CheckResult {
                     check: CheckKind::Tls,
                     ok: false,
@@ -446,7 +450,7 @@ mod tests {
                 since: humantime::parse_rfc3339("2025-01-01T00:00:00Z").unwrap(),
                 reason_since: std::time::SystemTime::UNIX_EPOCH,
             },
-            diagnosis: Some(sample()),
+            diagnosis: Some(std::sync::Arc::new(sample())),
         }]);
         let status = serde_json::to_value(board.snapshot()).unwrap();
         assert_eq!(json_keys(&status), proto_fields("StatusResponse"));

@@ -29,6 +29,11 @@ impl Discovery {
         }
     }
 
+    /// `--max-registries`.
+    pub fn max_registries(&self) -> usize {
+        self.max_registries
+    }
+
     /// The targets for `candidates` (highest priority first), routed by `routes`, with the canary
     /// of `canaries` for their registry. Registries past the cap are refused and counted in
     /// `pullwatch_series_dropped_total{metric="pullwatch_registry_up"}`; a registry the runtime's

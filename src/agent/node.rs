@@ -118,20 +118,40 @@ impl NodeWatch {
     }
 
     /// Records a refresh and returns the targets it makes: `--registry` first, then the
-    /// registries of the runtime's config files, then those of the node's images.
-    pub fn apply(&mut self, refresh: &Refresh) -> Vec<WatchedRegistry> {
+    /// registries of the runtime's config files, then those of the node's images. Reading and
+    /// routing the config runs off the async threads (a large config must not stall `/healthz`);
+    /// `None` when that work failed, and the targets stay as they were.
+    pub async fn apply(&mut self, refresh: &Refresh) -> Option<Vec<WatchedRegistry>> {
         self.metrics.runtime().record(refresh.up, &refresh.facts);
         // A failed ListImages keeps what it found last, rather than dropping every registry.
         if let Some(held) = &refresh.held {
             self.held = Some(held.clone());
         }
         let held = self.held.clone().unwrap_or_default();
-        // The config files' problems are logged where routes are resolved, per registry.
-        let (candidates, _problems) =
-            discovery::candidates(&self.routes, &held.registries, &self.static_registries);
-        let candidates = candidates.iter().map(|c| c.registry.as_str());
-        self.discovery
-            .targets(candidates, &self.routes, &held.canaries, &self.metrics)
+        let routes = self.routes.clone();
+        let statics = self.static_registries.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let placeholder = Discovery::new(self.discovery.max_registries());
+        let mut discovery = std::mem::replace(&mut self.discovery, placeholder);
+        let routed = tokio::task::spawn_blocking(move || {
+            // The config files' problems are logged where routes are resolved, per registry.
+            let (candidates, _problems) =
+                discovery::candidates(&routes, &held.registries, &statics);
+            let candidates = candidates.iter().map(|c| c.registry.as_str());
+            let targets = discovery.targets(candidates, &routes, &held.canaries, &metrics);
+            (discovery, targets)
+        })
+        .await;
+        match routed {
+            Ok((discovery, targets)) => {
+                self.discovery = discovery;
+                Some(targets)
+            }
+            Err(error) => {
+                warn!(%error, "discovery failed; the watched registries stay as they were");
+                None
+            }
+        }
     }
 
     /// Refreshes every interval (±10 %), and within [`CONFIG_POLL`] of a change to the registry
@@ -177,7 +197,10 @@ impl NodeWatch {
                 _ => {}
             }
             was_up = refresh.up;
-            let discovered = self.apply(&refresh);
+            let Some(discovered) = self.apply(&refresh).await else {
+                next = started + jittered(self.interval);
+                continue;
+            };
             targets.send_if_modified(|current| {
                 let changed = *current != discovered;
                 if changed {

@@ -2,7 +2,7 @@
 //! registry's last results (same field names as `diagnose --output json`) and whether the first round is done.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -32,8 +32,17 @@ pub struct PodFailure {
     pub container: String,
     #[serde(flatten)]
     pub failure: Failure,
-    /// This node's last diagnosis of the image (`diagnose --output json`'s object).
-    pub diagnosis: Option<Report>,
+    /// This node's last diagnosis of the image (`diagnose --output json`'s object), shared by
+    /// every container failing on that image rather than copied to each.
+    #[serde(serialize_with = "shared_report")]
+    pub diagnosis: Option<Arc<Report>>,
+}
+
+fn shared_report<S: serde::Serializer>(
+    report: &Option<Arc<Report>>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&report.as_deref(), out)
 }
 
 /// The whole answer of `/api/v1/status`.

@@ -122,10 +122,36 @@ pub struct RoutedImage {
     problems: Vec<String>,
 }
 
+/// What [`Diagnoser::walk_route`] found along a route.
+#[derive(Debug)]
+pub struct Walked {
+    pub endpoints: Vec<EndpointReport>,
+    /// The credential the registry accepted at the endpoint that served the manifest.
+    pub answered: Option<Offered>,
+    /// The time budget, when it ran out before the route's end.
+    pub out_of_time: Option<Duration>,
+}
+
 impl RoutedImage {
     /// The report of the endpoints checked along the route.
-    pub fn conclude(self, endpoints: Vec<EndpointReport>) -> Report {
-        let mut report = conclude(self.image.to_string(), self.route.registry, endpoints);
+    pub fn conclude(self, walked: Walked) -> Report {
+        let untried = walked
+            .endpoints
+            .iter()
+            .filter(|e| e.not_tried.is_some())
+            .count();
+        let mut report = conclude(
+            self.image.to_string(),
+            self.route.registry,
+            walked.endpoints,
+        );
+        if let Some(budget) = walked.out_of_time {
+            report.summary = format!(
+                "{}; {untried} endpoint(s) of the route not tried: diagnose's time ran out after {}",
+                report.summary,
+                crate::text::short_duration(budget)
+            );
+        }
         if !self.problems.is_empty() {
             report.summary = format!(
                 "{}; runtime registry config not used as written: {}",
@@ -181,23 +207,80 @@ impl Diagnoser {
             Err(report) => return (*report, None),
         };
         let credentials = self.pull.credentials.lookup(&routed.image).await;
-        let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
-        let mut answered = None;
-        for endpoint in &routed.route.endpoints {
-            let checked = self
-                .check_endpoint(
+        let walked = self
+            .walk_route(&routed.route, |_, endpoint| {
+                self.check_endpoint(
                     endpoint,
                     &routed.image,
                     &credentials,
                     Some(&self.pull.platform),
                     on_check,
                 )
-                .await;
-            answered = answered.or(checked.answered.clone());
-            checked.add_to(&mut endpoints);
+            })
+            .await;
+        let auth = pull_auth(walked.answered.as_ref(), &credentials);
+        (routed.conclude(walked), auth)
+    }
+
+    /// Checks the route's endpoints with `check` (given each one's index) one after another, as the runtime tries them,
+    /// and stops where it stops: at the first endpoint that serves the manifest. The rest are
+    /// reported as not tried, and so are those left when [`Diagnoser::time_budget`] runs out.
+    pub async fn walk_route<'r, F>(
+        &self,
+        route: &'r Route,
+        mut check: impl FnMut(usize, &'r Endpoint) -> F,
+    ) -> Walked
+    where
+        F: Future<Output = CheckedEndpoint>,
+    {
+        let budget = self.time_budget();
+        let started = tokio::time::Instant::now();
+        let mut walked = Walked {
+            endpoints: Vec::with_capacity(route.endpoints.len()),
+            answered: None,
+            out_of_time: None,
+        };
+        let mut pullable_via = None;
+        for (index, endpoint) in route.endpoints.iter().enumerate() {
+            let why = match &pullable_via {
+                Some(url) => Some(format!(
+                    "the image is pullable via {url}, where the runtime stops"
+                )),
+                None if started.elapsed() >= budget => {
+                    walked.out_of_time = Some(budget);
+                    Some(format!(
+                        "diagnose's time ran out ({} = {TIME_BUDGET_CHECKS} × --timeout) before it",
+                        crate::text::short_duration(budget)
+                    ))
+                }
+                None => None,
+            };
+            if let Some(why) = why {
+                walked.endpoints.push(EndpointReport {
+                    endpoint: endpoint.url(),
+                    role: endpoint.role,
+                    source: endpoint.source.clone(),
+                    rules: self.routes.known_rules(),
+                    checks: vec![],
+                    not_tried: Some(why),
+                });
+                continue;
+            }
+            let checked = check(index, endpoint).await;
+            if checked.report.pullable() {
+                pullable_via = Some(endpoint.url());
+            }
+            walked.answered = walked.answered.take().or(checked.answered.clone());
+            checked.add_to(&mut walked.endpoints);
         }
-        let auth = pull_auth(answered.as_ref(), &credentials);
-        (routed.conclude(endpoints), auth)
+        walked
+    }
+
+    /// How long one diagnosis may go on starting endpoints: [`TIME_BUDGET_CHECKS`] × `--timeout`
+    /// (60 s by default). The endpoint being checked when it runs out finishes (its checks are
+    /// bounded each); the rest of the route is reported as not tried.
+    pub fn time_budget(&self) -> Duration {
+        self.timeout.saturating_mul(TIME_BUDGET_CHECKS)
     }
 
     /// Parses `input` and finds its route; a report instead when there is nothing to probe
@@ -265,6 +348,7 @@ impl Diagnoser {
                 source: endpoint.source.clone(),
                 rules: self.routes.known_rules(),
                 checks,
+                not_tried: None,
             },
             token_server,
             probe: Arc::new(probe),
@@ -288,6 +372,9 @@ impl Diagnoser {
         with_runtime_check(report, ran.record)
     }
 }
+
+/// A diagnosis starts no endpoint after this many `--timeout`s (see [`Diagnoser::time_budget`]).
+pub const TIME_BUDGET_CHECKS: u32 = 12;
 
 /// How much longer than the pull's own timeout the `runtime` check waits.
 const RUNTIME_GRACE: Duration = Duration::from_secs(5);

@@ -20,7 +20,12 @@ pub fn with_runtime_check(mut report: Report, result: CheckResult) -> Report {
     });
     let at = named
         .or_else(|| report.endpoints.iter().position(|e| e.pullable()))
-        .or_else(|| report.endpoints.iter().rposition(|e| e.role != Role::Auth));
+        .or_else(|| {
+            report
+                .endpoints
+                .iter()
+                .rposition(|e| e.role != Role::Auth && e.not_tried.is_none())
+        });
     let endpoint = at
         .map(|i| report.endpoints[i].endpoint.clone())
         .unwrap_or_default();

@@ -9,8 +9,8 @@ use serde::de::{MapAccess, Visitor};
 use toml::Spanned;
 
 use super::{
-    Capabilities, ConfigProblem, Endpoint, HostExtras, RegistryNameError, Role, RouteHost, Scheme,
-    line_of, parse_server, serving_host, split_host_port,
+    Capabilities, ConfigProblem, Endpoint, HostExtras, Lines, RegistryNameError, Role, RouteHost,
+    Scheme, line_of, parse_server, serving_host, split_host_port,
 };
 use crate::bounded_file;
 use crate::go_duration::{GoDuration, parse_go_duration};
@@ -301,9 +301,10 @@ pub fn parse_hosts_toml(
             message: "no [host] table: this containerd version rejects the file (\"invalid `host` tree\", containerd#10027); add an empty [host] table".into(),
         });
     }
+    let lines = Lines::new(text);
     let mut hosts = Vec::new();
     for (name, fields) in file.host.map(|h| h.0).unwrap_or_default() {
-        let line = line_of(text, name.span().start);
+        let line = lines.line(name.span().start);
         // containerd 2.x reads only `[host."…"]` tables: a host written inline (its key followed
         // by `= {`, not by the `]` of a table header) is never used.
         let inline = text
@@ -338,7 +339,7 @@ pub fn parse_hosts_toml(
         header: file.header,
         dial_timeout: file.dial_timeout,
     };
-    let line = file.server.as_ref().map(|s| line_of(text, s.span().start));
+    let line = file.server.as_ref().map(|s| lines.line(s.span().start));
     let server = file
         .server
         .map(|s| s.into_inner())

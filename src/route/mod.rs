@@ -201,14 +201,39 @@ impl std::fmt::Display for ConfigProblem {
     }
 }
 
-/// 1-based line of a byte offset in `text`.
+/// 1-based line of a byte offset in `text` (one lookup; [`Lines`] for many).
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    Lines::new(text).line(offset)
 }
+
+/// The 1-based lines of byte offsets in one text, by binary search over its newlines: a scan of
+/// the text per lookup made a file with thousands of tables quadratic.
+pub(crate) struct Lines {
+    newlines: Vec<usize>,
+}
+
+impl Lines {
+    pub(crate) fn new(text: &str) -> Self {
+        Lines {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(at, _)| at)
+                .collect(),
+        }
+    }
+
+    /// The line `offset` is on: one more than the newlines before it.
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&at| at < offset) + 1
+    }
+}
+
+/// At most this many endpoints of a route are checked, in the runtime's order; the rest are
+/// reported as not checked (a config problem). containerd and CRI-O have no such limit, but no
+/// real route is this long, and an unbounded one made every check and round unbounded too.
+pub const MAX_ROUTE_ENDPOINTS: usize = 32;
 
 /// A registry's route as its runtime config describes it, before choosing by reference kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +250,36 @@ pub struct ConfiguredRoute {
 }
 
 impl ConfiguredRoute {
+    /// Keeps the first [`MAX_ROUTE_ENDPOINTS`] endpoints; the rest become a problem that says how
+    /// many were left unchecked and where the first of them is defined.
+    pub fn capped(mut self) -> Self {
+        let total = self.hosts.len();
+        if total <= MAX_ROUTE_ENDPOINTS {
+            return self;
+        }
+        let first_left = &self.hosts[MAX_ROUTE_ENDPOINTS];
+        self.problems.push(ConfigProblem {
+            // The file, without a note like ` (HTTP fallback)`.
+            file: PathBuf::from(
+                first_left
+                    .endpoint
+                    .source
+                    .split(" (")
+                    .next()
+                    .unwrap_or_default(),
+            ),
+            line: first_left.line,
+            message: format!(
+                "the route of {} has {total} endpoints; pullwatch checks only the first {MAX_ROUTE_ENDPOINTS} in order, the other {} (from {} on) are not checked (the runtime would go on to them)",
+                self.registry,
+                total - MAX_ROUTE_ENDPOINTS,
+                first_left.endpoint.url()
+            ),
+        });
+        self.hosts.truncate(MAX_ROUTE_ENDPOINTS);
+        self
+    }
+
     /// The endpoints the runtime tries for a reference. By digest: hosts that may `pull`. By tag:
     /// containerd needs `pull` and `resolve` both (its resolver filters on `pull|resolve`), CRI-O
     /// only `resolve` (a `tag-only` mirror).

@@ -1,7 +1,9 @@
 //! Which runtime's registry config decides a route (containerd's certs.d or CRI-O's
 //! registries.conf), and the route it gives; with neither, the registry itself.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -44,6 +46,8 @@ pub struct RouteConfig {
     /// Set by `--runtime-version`: what the CRI socket reports does not change it.
     pub runtime_pinned: bool,
     pub containerd_quirks: containerd::Quirks,
+    /// registries.conf as last parsed, shared by the clones of this config.
+    crio: Arc<crio::Cache>,
 }
 
 impl RouteConfig {
@@ -60,6 +64,7 @@ impl RouteConfig {
             runtime_version: None,
             runtime_pinned: false,
             containerd_quirks: containerd::Quirks::default(),
+            crio: Arc::default(),
         }
     }
 
@@ -111,8 +116,18 @@ impl RouteConfig {
     }
 
     /// The configured route for `registry`; `repository` matters for CRI-O's namespaced prefixes.
-    /// Files are read now (the runtime, too, reads them at every pull).
+    /// Files are read now (the runtime, too, reads them at every pull; registries.conf is parsed
+    /// again only when its files changed). At most [`super::MAX_ROUTE_ENDPOINTS`] endpoints.
     pub fn resolve(
+        &self,
+        registry: &str,
+        repository: Option<&str>,
+    ) -> Result<ConfiguredRoute, RegistryNameError> {
+        self.resolve_all(registry, repository)
+            .map(ConfiguredRoute::capped)
+    }
+
+    fn resolve_all(
         &self,
         registry: &str,
         repository: Option<&str>,
@@ -140,7 +155,7 @@ impl RouteConfig {
         }
         let mut problems = Vec::new();
         if matches!(self.runtime, None | Some(RuntimeKind::CriO)) {
-            let conf = crio::load(&self.registries_conf);
+            let conf = self.crio.load(&self.registries_conf);
             problems = conf.problems.clone();
             let name = match repository {
                 Some(repository) => format!("{registry}/{repository}"),
@@ -194,10 +209,11 @@ impl RouteConfig {
             }
         }
         if matches!(self.runtime, None | Some(RuntimeKind::CriO)) {
-            let conf = crio::load(&self.registries_conf);
+            let conf = self.crio.load(&self.registries_conf);
             problems.extend(conf.problems.clone());
+            let mut named: HashSet<String> = registries.iter().map(|(n, _)| n.clone()).collect();
             for (name, source) in conf.registries() {
-                if !registries.iter().any(|(n, _)| *n == name) {
+                if named.insert(name.clone()) {
                     registries.push((name, source.display().to_string()));
                 }
             }
@@ -343,5 +359,88 @@ mod tests {
         let route = config.resolve("evil.example", Some("x")).unwrap();
         assert_eq!(route.blocked_by, Some(conf));
         assert!(route.hosts.is_empty());
+    }
+
+    /// A registries.conf with 10,000 tables (each with a mirror, one wildcard in ten): listing
+    /// and routing every registry, as `targets` does, parses the file once and stays linear. It
+    /// was a parse per registry, each quadratic in the file: hours for this one.
+    #[test]
+    fn ten_thousand_tables_are_parsed_once_and_routed_in_linear_time() {
+        const TABLES: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        let mut text = String::new();
+        for i in 0..TABLES {
+            if i % 10 == 0 {
+                text.push_str(&format!(
+                    "[[registry]]\nprefix = \"*.w{i}.example\"\n[[registry.mirror]]\nlocation = \"wm{i}.example\"\n"
+                ));
+            } else {
+                text.push_str(&format!(
+                    "[[registry]]\nlocation = \"r{i}.example\"\ninsecure = {}\n[[registry.mirror]]\nlocation = \"m{i}.example:5000\"\n",
+                    i % 3 == 0
+                ));
+            }
+        }
+        write(&conf, &text);
+        let config = RouteConfig::new(dir.path().join("certs.d"), conf.clone(), vec![])
+            .with_runtime(RuntimeKind::CriO, "1.30.0");
+        let started = std::time::Instant::now();
+        let (registries, problems) = config.configured_registries();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(registries.len(), TABLES - TABLES / 10);
+        let parsed = config.crio.load(&conf);
+        for (registry, _) in &registries {
+            let route = config.resolve(registry, Some("app")).unwrap();
+            let i = &registry[1..registry.find('.').unwrap()];
+            assert_eq!(
+                route.hosts[0].endpoint.url(),
+                format!("https://m{i}.example:5000")
+            );
+        }
+        let route = config.resolve("x.w9990.example", Some("app")).unwrap();
+        assert_eq!(route.hosts[0].endpoint.url(), "https://wm9990.example");
+        assert!(
+            Arc::ptr_eq(&parsed, &config.crio.load(&conf)),
+            "registries.conf was parsed again though it did not change"
+        );
+        // Generous for a debug build on a loaded machine; the quadratic parse alone took minutes.
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "{TABLES} tables took {took:?}"
+        );
+    }
+
+    /// A route longer than the cap keeps its first endpoints, in order, and says how many more
+    /// there were and that they are not checked.
+    #[test]
+    fn long_routes_are_capped_and_the_rest_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        let mut text = String::new();
+        for i in 0..1000 {
+            text.push_str(&format!("[host.\"https://m{i}.example\"]\n"));
+        }
+        write(&certs.join("big.example/hosts.toml"), &text);
+        let config = RouteConfig::new(certs, dir.path().join("registries.conf"), vec![]);
+        let route = config.resolve("big.example", None).unwrap();
+        assert_eq!(route.hosts.len(), super::super::MAX_ROUTE_ENDPOINTS);
+        assert_eq!(route.hosts[0].endpoint.url(), "https://m0.example");
+        let problem = route.problems.last().unwrap().to_string();
+        assert!(
+            problem.contains("hosts.toml:33:")
+                && problem.contains("has 1001 endpoints")
+                && problem.contains("the other 969 (from https://m32.example on) are not checked"),
+            "{problem}"
+        );
+        // A short route is untouched.
+        write(
+            &dir.path().join("certs.d/small.example/hosts.toml"),
+            "[host.\"https://m.example\"]\n",
+        );
+        let route = config.resolve("small.example", None).unwrap();
+        assert_eq!(route.hosts.len(), 2);
+        assert!(route.problems.is_empty());
     }
 }

@@ -82,9 +82,27 @@ impl Agent {
         panic!("agent did not start; stderr:\n{last_stderr}");
     }
 
-    /// Its process id (for `/proc/PID/status`).
+    /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.running.as_ref().map(Running::pid).unwrap_or_default()
+        self.running.as_ref().map_or(0, Running::pid)
+    }
+
+    /// CPU time it has used so far (user + system, from `/proc/<pid>/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("the agent's /proc/<pid>/stat");
+        // Fields after the command (which may hold spaces) end with `)`; utime and stime are
+        // the 14th and 15th fields, in clock ticks.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_second: u64 =
+            crate::run_tool("getconf", &["CLK_TCK"], None, Duration::from_secs(10))
+                .trim()
+                .parse()
+                .expect("CLK_TCK");
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// Where it serves `/metrics`.

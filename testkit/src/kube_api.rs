@@ -54,6 +54,9 @@ struct State {
     oldest_valid: u64,
     /// Bumped to close every open watch without a word (a dropped connection).
     drop_generation: u64,
+    /// Bumped to send every open watch `malformed_line`, after which it sends nothing more.
+    malformed_generation: u64,
+    malformed_line: String,
     /// Bumped to send every open watch a 410 Gone.
     gone_generation: u64,
     /// While set, pod requests get 503 (the API server is down).
@@ -167,6 +170,30 @@ impl KubeApi {
         let mut state = self.shared.lock();
         state.drop_generation += 1;
         self.shared.changed.notify_all();
+    }
+
+    /// Sends every open watch `line` (as one chunk, a newline added: a hostile or broken API
+    /// server's event that does not decode), then keeps those connections open and silent.
+    pub fn send_malformed(&self, line: &str) {
+        let mut state = self.shared.lock();
+        state.malformed_line = line.to_string();
+        state.malformed_generation += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// The `resourceVersion` of every pod watch asked for, in order.
+    pub fn watch_versions(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.target.contains("/pods") && r.target.contains("watch=true"))
+            .map(|r| {
+                r.target
+                    .split(['?', '&'])
+                    .find_map(|p| p.strip_prefix("resourceVersion="))
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 
     /// While `failing`, pod lists and watches get 503 (and open watches are dropped).
@@ -563,6 +590,8 @@ fn watch(out: &mut Exchange<'_>, request: &Request, from: u64, shared: &Shared) 
     let mut state = shared.lock();
     state.open_watches += 1;
     let (drops, gones) = (state.drop_generation, state.gone_generation);
+    let malformed = state.malformed_generation;
+    let mut muted = false;
     let mut sent = from;
     let mut last_write = Instant::now();
     let gone = |rv: u64, oldest: u64| {
@@ -573,6 +602,30 @@ fn watch(out: &mut Exchange<'_>, request: &Request, from: u64, shared: &Shared) 
     let clean_end = loop {
         if shared.stopping.load(Ordering::SeqCst) || state.drop_generation != drops {
             break false;
+        }
+        if !muted && state.malformed_generation != malformed {
+            let line = format!("{}\n", state.malformed_line);
+            drop(state);
+            let written = out
+                .write_raw(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+                .is_ok();
+            state = shared.lock();
+            if !written {
+                break false;
+            }
+            muted = true;
+        }
+        if muted {
+            // Silent until dropped, stopped, or its time is up: a dead stream to the client.
+            if Instant::now() >= ends {
+                break false;
+            }
+            state = shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
         }
         if sent < state.oldest_valid || state.gone_generation != gones {
             let event = gone(sent, state.oldest_valid);

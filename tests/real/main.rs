@@ -19,6 +19,8 @@ mod faults_files;
 mod faults_input;
 mod faults_listeners;
 mod faults_peers;
+mod faults_pods;
+mod faults_routes;
 mod harness_smoke;
 mod https_first;
 mod kube_pods;

@@ -150,6 +150,7 @@ mod tests {
                 role: Role::Upstream,
                 source: "default".into(),
                 rules: None,
+                not_tried: None,
                 checks: vec![CheckResult {
                     check: CheckKind::Dns,
                     ok: false,

@@ -65,28 +65,37 @@ pub fn pull_waits(pod: &Pod) -> Vec<Waiting> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
-    let spec = pod.spec.as_ref();
-    let spec_image = |kind: ContainerKind, name: &str| -> Option<String> {
-        let spec = spec?;
-        match kind {
-            ContainerKind::Container => spec
-                .containers
-                .iter()
-                .find(|c| c.name == name)
-                .and_then(|c| c.image.clone()),
-            ContainerKind::Init => spec
-                .init_containers
-                .iter()
-                .flatten()
-                .find(|c| c.name == name)
-                .and_then(|c| c.image.clone()),
-            ContainerKind::Ephemeral => spec
-                .ephemeral_containers
-                .iter()
-                .flatten()
-                .find(|c| c.name == name)
-                .and_then(|c| c.image.clone()),
+    // The spec's images by kind and name, looked up once per status (a search of the spec per
+    // status made a pod with thousands of containers quadratic).
+    let mut spec_images: HashMap<(ContainerKind, &str), Option<&str>> = HashMap::new();
+    if let Some(spec) = pod.spec.as_ref() {
+        let regular = spec
+            .containers
+            .iter()
+            .map(|c| (ContainerKind::Container, &c.name, &c.image));
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| (ContainerKind::Init, &c.name, &c.image));
+        let ephemeral = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|c| (ContainerKind::Ephemeral, &c.name, &c.image));
+        for (kind, name, image) in regular.chain(init).chain(ephemeral) {
+            // The first of a name, as a search would find.
+            spec_images
+                .entry((kind, name.as_str()))
+                .or_insert(image.as_deref());
         }
+    }
+    let spec_image = |kind: ContainerKind, name: &str| -> Option<String> {
+        spec_images
+            .get(&(kind, name))
+            .copied()
+            .flatten()
+            .map(str::to_string)
     };
     let lists: [(ContainerKind, &Option<Vec<ContainerStatus>>); 3] = [
         (ContainerKind::Init, &status.init_container_statuses),
@@ -328,7 +337,13 @@ impl Tracker {
     pub fn delete(&mut self, pod: &Pod) {
         if let Some(uid) = &pod.metadata.uid {
             self.pods.remove(uid);
+            shrink(&mut self.pods);
         }
+    }
+
+    /// How many pods have a failing container (the bookkeeping's size).
+    pub fn pods(&self) -> usize {
+        self.pods.len()
     }
 
     /// A relist begins: pods not listed again until [`Tracker::relisted`] are gone.
@@ -340,6 +355,7 @@ impl Tracker {
     pub fn relisted(&mut self) {
         if let Some(seen) = self.relisting.take() {
             self.pods.retain(|uid, _| seen.contains(uid));
+            shrink(&mut self.pods);
         }
     }
 
@@ -366,6 +382,14 @@ impl Tracker {
     pub fn get(&self, uid: &str, container: &str) -> Option<(&PodId, &Failure)> {
         let (id, failures) = self.pods.get(uid)?;
         failures.get(container).map(|f| (id, f))
+    }
+}
+
+/// Gives memory back when a map holds far fewer entries than it has room for: a node whose
+/// thousands of failing pods went away must not keep their bookkeeping's size.
+pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 
@@ -708,6 +732,58 @@ mod tests {
         );
         tracker.relisted();
         assert_eq!(tracker.failures().len(), 1);
+    }
+
+    /// 5,000 failing containers, in one pod and one per pod (the spec's images were searched per
+    /// status, quadratic in a pod's containers): once the pods are gone the bookkeeping is empty
+    /// and gives its room back. (The work per list is measured in tests/real/faults_pods.rs.)
+    #[test]
+    fn thousands_of_failures_are_followed_and_forgotten() {
+        const N: usize = 5_000;
+        let message = NXDOMAIN;
+        let containers: Vec<serde_json::Value> = (0..N)
+            .map(|i| serde_json::json!({"name": format!("c{i}"), "image": format!("missing.test/app{i}:1.0")}))
+            .collect();
+        let statuses: Vec<serde_json::Value> = (0..N)
+            .map(|i| waiting(&format!("c{i}"), "ErrImagePull", message))
+            .collect();
+        let big: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "big", "namespace": "team", "uid": "big"},
+            "spec": {"containers": containers},
+            "status": {"containerStatuses": statuses}
+        }))
+        .unwrap();
+        let mut tracker = Tracker::default();
+        let now = SystemTime::now();
+        let changes = tracker.apply(&big, now);
+        assert_eq!(changes.attempts.len(), N);
+        // The spec's image, not the status's, for every container.
+        assert_eq!(
+            tracker.get("big", "c4999").unwrap().1.image,
+            "missing.test/app4999:1.0"
+        );
+        let small: Vec<Pod> = (0..N)
+            .map(|i| pod(&format!("p{i}"), app("ErrImagePull", message)))
+            .collect();
+        for pod in &small {
+            tracker.apply(pod, now);
+        }
+        assert_eq!(tracker.failures().len(), 2 * N);
+
+        tracker.delete(&big);
+        // Half of the small pods are deleted, the others are not listed again.
+        for pod in &small[..N / 2] {
+            tracker.delete(pod);
+        }
+        tracker.relisting();
+        tracker.relisted();
+        assert!(tracker.failures().is_empty());
+        assert_eq!(tracker.pods(), 0);
+        assert!(
+            tracker.pods.capacity() <= 64,
+            "the map keeps room for {} pods",
+            tracker.pods.capacity()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod kubeconfig;
 pub mod secrets;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -70,12 +70,18 @@ pub async fn connect(metrics: Arc<Metrics>) -> Result<kube::Client, KubeError> {
     // The watcher retries with its own jittered backoff and says so; the client's retry of 429/503
     // (for minutes) would hide an API server outage from `pullwatch_kubernetes_watch_up`.
     config.default_retry = false;
+    // An answer that stops coming (a list that hangs, a watch gone silent past its timeout) is an
+    // error, counted from the request, not from when its pooled connection went idle.
+    config.read_timeout = Some(watch::WATCH_TIMEOUT + READ_GRACE);
+    config.reset_reader_on_write = true;
     let observe = watch::Observe::new(move || metrics.pods().set_watch_up(true));
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&observe)
         .build())
 }
 
+/// How much longer than a watch's own timeout a read from the API server may take.
+const READ_GRACE: Duration = Duration::from_secs(30);
 /// Diagnoses of pod images in flight at once (each is the whole chain along the route).
 const MAX_DIAGNOSES: usize = 2;
 /// An image's diagnosis is reused for this long: many pods with one image, or one pod's attempts
@@ -89,6 +95,9 @@ const MAX_QUIET: Duration = Duration::from_secs(60);
 const SECRET_TIMEOUT: Duration = Duration::from_secs(5);
 /// An Event POST that takes longer is abandoned (and retried with the image's next diagnosis).
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The metrics and the status follow the tracker at most this late: events that come together
+/// (a list of thousands of pods) cost one update, not one each (which was quadratic).
+const PUBLISH_DELAY: Duration = Duration::from_millis(200);
 
 /// A diagnosis started less than [`DIAGNOSIS_TTL`] ago (a clock set back makes none young).
 fn young(started: SystemTime) -> bool {
@@ -120,6 +129,8 @@ struct ContainerKey {
 struct Diagnosis {
     /// The image, and with `--pull-secrets` the pod's secrets: see [`PodWatch::diagnosis_key`].
     key: String,
+    /// The image alone: containers of other images are passed over without making their key.
+    image: String,
     started: SystemTime,
     report: Arc<Report>,
 }
@@ -139,10 +150,21 @@ struct FollowUps {
     /// Diagnoses running, and the key of each.
     diagnoses: JoinSet<Diagnosis>,
     running: HashMap<tokio::task::Id, String>,
+    /// The keys of `running`, to ask "is one running?" without a search.
+    in_flight: HashSet<String>,
     permits: Arc<Semaphore>,
     /// The reason each container's Event was posted (or is being posted) for.
     posted: HashMap<ContainerKey, Reason>,
     posts: JoinSet<Posted>,
+}
+
+impl FollowUps {
+    /// A diagnosis task ended: its key, no longer in flight.
+    fn finished(&mut self, id: tokio::task::Id) -> Option<String> {
+        let key = self.running.remove(&id)?;
+        self.in_flight.remove(&key);
+        Some(key)
+    }
 }
 
 impl PodWatch {
@@ -155,6 +177,7 @@ impl PodWatch {
             diagnosed: HashMap::new(),
             diagnoses: JoinSet::new(),
             running: HashMap::new(),
+            in_flight: HashSet::new(),
             permits: Arc::new(Semaphore::new(MAX_DIAGNOSES)),
             posted: HashMap::new(),
             posts: JoinSet::new(),
@@ -168,10 +191,17 @@ impl PodWatch {
         );
         let heart = self.liveness.register("pod watch", MAX_QUIET);
         let mut beat = tokio::time::interval(BEAT);
+        // When the tracker changed and the metrics and status do not show it yet.
+        let mut publish_at: Option<tokio::time::Instant> = None;
         let outcome = loop {
+            let publish_due = publish_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
                 _ = beat.tick() => heart.beat(),
+                _ = tokio::time::sleep_until(publish_due), if publish_at.is_some() => {
+                    publish_at = None;
+                    self.publish(&tracker, &mut follow_ups);
+                }
                 item = pods.next() => {
                     let Some(item) = item else {
                         break Err("the pod watch ended".to_string());
@@ -184,7 +214,7 @@ impl PodWatch {
                             continue;
                         }
                     };
-                    self.publish(&tracker, &mut follow_ups);
+                    publish_at.get_or_insert_with(|| tokio::time::Instant::now() + PUBLISH_DELAY);
                     for ContainerRef { pod, container } in touched {
                         if let Some((_, failure)) = tracker.get(&pod.uid, &container) {
                             info!(
@@ -204,21 +234,23 @@ impl PodWatch {
                 Some(joined) = follow_ups.diagnoses.join_next_with_id() => {
                     let diagnosis = match joined {
                         Ok((id, done)) => {
-                            follow_ups.running.remove(&id);
+                            follow_ups.finished(id);
                             done
                         }
                         Err(error) => {
-                            let key = follow_ups.running.remove(&error.id());
+                            let key = follow_ups.finished(error.id());
                             warn!(key, %error, "a pod image diagnosis failed");
                             continue;
                         }
                     };
                     let key = diagnosis.key.clone();
+                    let image = diagnosis.image.clone();
                     debug!(key, reason = diagnosis.report.reason.map(Reason::as_str), "pod image diagnosed");
                     follow_ups.diagnosed.insert(key.clone(), diagnosis);
                     let waiting: Vec<ContainerRef> = tracker
                         .failures()
                         .into_iter()
+                        .filter(|f| f.failure.image == image)
                         .filter(|f| self.diagnosis_key(f.pod, &f.failure.image) == key)
                         .map(|f| ContainerRef {
                             pod: f.pod.clone(),
@@ -226,10 +258,13 @@ impl PodWatch {
                         })
                         .collect();
                     // A container whose reason changed while this ran gets a diagnosis of its own.
+                    // The status and metrics show the diagnosis before its Events are posted (one
+                    // update per diagnosed image: these come one image at a time).
+                    publish_at = None;
+                    self.publish(&tracker, &mut follow_ups);
                     for ContainerRef { pod, container } in waiting {
                         self.follow_up(&tracker, &mut follow_ups, &pod, &container);
                     }
-                    self.publish(&tracker, &mut follow_ups);
                 }
                 Some(joined) = follow_ups.posts.join_next() => {
                     let Ok(Posted { key, reason, result }) = joined else { continue };
@@ -282,6 +317,10 @@ impl PodWatch {
     /// Makes the gauges, the status and the follow-ups match the tracker.
     fn publish(&self, tracker: &Tracker, follow_ups: &mut FollowUps) {
         let failures = tracker.failures();
+        let keys: Vec<String> = failures
+            .iter()
+            .map(|f| self.diagnosis_key(f.pod, &f.failure.image))
+            .collect();
         let failing: Vec<ContainerLabels> = failures
             .iter()
             .map(|f| {
@@ -298,23 +337,24 @@ impl PodWatch {
         follow_ups
             .posted
             .retain(|key, _| tracker.get(&key.uid, &key.container).is_some());
-        follow_ups.diagnosed.retain(|key, diagnosis| {
-            young(diagnosis.started)
-                || failures
-                    .iter()
-                    .any(|f| self.diagnosis_key(f.pod, &f.failure.image) == *key)
-        });
+        failures::shrink(&mut follow_ups.posted);
+        let wanted: HashSet<&String> = keys.iter().collect();
+        follow_ups
+            .diagnosed
+            .retain(|key, diagnosis| young(diagnosis.started) || wanted.contains(key));
+        failures::shrink(&mut follow_ups.diagnosed);
         let status = failures
             .iter()
-            .map(|f| PodFailure {
+            .zip(&keys)
+            .map(|(f, key)| PodFailure {
                 namespace: f.pod.namespace.clone(),
                 pod: f.pod.name.clone(),
                 container: f.container.to_string(),
                 failure: Failure::clone(f.failure),
                 diagnosis: follow_ups
                     .diagnosed
-                    .get(&self.diagnosis_key(f.pod, &f.failure.image))
-                    .map(|diagnosis| Report::clone(&diagnosis.report)),
+                    .get(key)
+                    .map(|diagnosis| Arc::clone(&diagnosis.report)),
             })
             .collect();
         self.status.set_pod_failures(status);
@@ -339,7 +379,7 @@ impl PodWatch {
             .is_some_and(|d| d.started >= failure.reason_since && young(d.started));
         if fresh {
             self.post_if_new(tracker, follow_ups, &pod.uid, container);
-        } else if !follow_ups.running.values().any(|k| *k == key) {
+        } else if !follow_ups.in_flight.contains(&key) {
             let image = failure.image.clone();
             let scheduler = Arc::clone(&self.scheduler);
             let permits = Arc::clone(&follow_ups.permits);
@@ -361,10 +401,12 @@ impl PodWatch {
                 let report = Arc::new(scheduler.diagnose_image(&image, pod_credentials).await);
                 Diagnosis {
                     key: task_key,
+                    image,
                     started,
                     report,
                 }
             });
+            follow_ups.in_flight.insert(key.clone());
             follow_ups.running.insert(task.id(), key);
         }
     }

@@ -154,22 +154,29 @@ impl Scheduler {
             .after(pod_credentials);
         let platform = with_platform.then_some(&self.diagnoser.pull.platform);
         let slots = self.slots_for(&routed.route);
-        let mut endpoints = Vec::with_capacity(routed.route.endpoints.len());
-        for (endpoint, slot) in routed.route.endpoints.iter().zip(&slots) {
-            let mut last = slot.lock().await;
-            // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
-            let _permit = self.permits.acquire().await.ok();
-            let checked = self
-                .diagnoser
-                .check_endpoint(endpoint, &routed.image, &credentials, platform, on_check)
-                .await;
-            *last = Some(LastProbe {
-                at: Instant::now(),
-                probe: Arc::clone(&checked.probe),
-            });
-            checked.add_to(&mut endpoints);
-        }
-        routed.conclude(endpoints)
+        let walked = self
+            .diagnoser
+            .walk_route(&routed.route, |index, endpoint| {
+                // One slot per endpoint of the route, in its order.
+                let slot = Arc::clone(&slots[index]);
+                let (credentials, image) = (&credentials, &routed.image);
+                async move {
+                    let mut last = slot.lock().await;
+                    // The semaphore is never closed; without a permit the chain is still bounded by its timeouts.
+                    let _permit = self.permits.acquire().await.ok();
+                    let checked = self
+                        .diagnoser
+                        .check_endpoint(endpoint, image, credentials, platform, on_check)
+                        .await;
+                    *last = Some(LastProbe {
+                        at: Instant::now(),
+                        probe: Arc::clone(&checked.probe),
+                    });
+                    checked
+                }
+            })
+            .await;
+        routed.conclude(walked)
     }
 
     /// The runtime's own pull of `canary` (by digest: it resolves remotely and downloads nothing),

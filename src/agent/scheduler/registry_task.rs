@@ -314,6 +314,7 @@ impl Scheduler {
                 role: endpoint.role,
                 source: endpoint.source.clone(),
                 rules: self.diagnoser.routes.known_rules(),
+                not_tried: None,
                 checks: probe.checks.iter().chain(after_checks).cloned().collect(),
             });
             if let Some(server) = after.and_then(|l| l.token_server.as_ref()) {

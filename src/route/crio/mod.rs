@@ -1,7 +1,7 @@
 //! CRI-O's registries (containers-registries.conf v2, and the deprecated v1 lists): registries.conf
 //! plus registries.conf.d/*.conf in name order; for an image, the `[[registry]]` with the longest prefix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::containerd::cert_files;
@@ -11,12 +11,16 @@ use super::{
 use crate::bounded_file;
 use crate::trust::TlsOptions;
 
+mod cache;
+mod index;
 mod parse;
 mod rewrite;
 
+pub use self::cache::Cache;
+use self::index::LazyIndex;
 pub use self::parse::ParseError;
 use self::parse::{every_pull_fails, parse};
-use self::rewrite::{AskedAs, asked_as, match_len};
+use self::rewrite::{AskedAs, asked_as};
 
 /// At most this many drop-in files are read.
 pub const MAX_DROP_INS: usize = 200;
@@ -63,6 +67,13 @@ pub struct RegistriesConf {
     pub problems: Vec<ConfigProblem>,
     /// `<dir of registries.conf>/certs.d`: Docker-style per-registry certificates.
     pub certs_dir: Option<PathBuf>,
+    /// `registries` by prefix, built at the first lookup (they do not change after loading).
+    index: LazyIndex,
+}
+
+/// `<conf>.d`, where the drop-ins are.
+fn drop_in_dir(conf: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.d", conf.display()))
 }
 
 /// Reads `conf` and `<conf>.d/*.conf` (the first [`MAX_DROP_INS`] by name) and merges them as
@@ -74,7 +85,7 @@ pub fn load(conf: &Path) -> RegistriesConf {
         ..Default::default()
     };
     let mut files = vec![(conf.to_path_buf(), false)];
-    let drop_in_dir = PathBuf::from(format!("{}.d", conf.display()));
+    let drop_in_dir = drop_in_dir(conf);
     match std::fs::read_dir(&drop_in_dir) {
         Ok(entries) => {
             let mut names: Vec<PathBuf> = entries
@@ -157,24 +168,20 @@ impl RegistriesConf {
     /// The `[[registry]]` for `name` (`host[:port]/repository`): of the matching ones, the one with
     /// the longest prefix (`*.` counted), the first of equals, as containers/image chooses.
     pub fn find(&self, name: &str) -> Option<&Registry> {
-        let mut best: Option<&Registry> = None;
-        for registry in &self.registries {
-            if match_len(name, &registry.prefix).is_some()
-                && best.is_none_or(|b| registry.prefix.len() > b.prefix.len())
-            {
-                best = Some(registry);
-            }
-        }
-        best
+        let index = self.index.get(&self.registries);
+        index
+            .find(name, &self.registries)
+            .map(|i| &self.registries[i])
     }
 
     /// Registries named by the config (prefix hosts, locations, mirrors, search registries),
     /// each with the file that names it; wildcard prefixes are not registries.
     pub fn registries(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         let mut add = |location: &str, source: &Path| {
             let host = location.split('/').next().unwrap_or_default().to_string();
-            if !host.is_empty() && !host.contains('*') && !out.iter().any(|(h, _)| *h == host) {
+            if !host.is_empty() && !host.contains('*') && seen.insert(host.clone()) {
                 out.push((host, source.to_path_buf()));
             }
         };
@@ -312,6 +319,7 @@ impl RegistriesConf {
 
 #[cfg(test)]
 mod tests {
+    use super::rewrite::match_len;
     use super::*;
 
     fn write(path: &Path, text: &str) {

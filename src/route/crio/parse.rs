@@ -1,14 +1,14 @@
 //! Reading one registries.conf file as containers/image does: the v2 tables and the deprecated
 //! v1 lists, and the files it refuses outright (conflicting settings, bad mirrors, bad search lists).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Mirror, PullFromMirror, Registry};
-use crate::route::{line_of, split_host_port};
+use crate::route::{Lines, split_host_port};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -80,15 +80,16 @@ pub struct ParseError {
 }
 
 pub(super) fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, ParseError> {
+    let lines = Lines::new(text);
     let file: FileV2 = toml::from_str(text).map_err(|e| ParseError {
-        line: e.span().map(|s| line_of(text, s.start)),
+        line: e.span().map(|s| lines.line(s.start)),
         message: e.message().trim_end().to_string(),
     })?;
     let search_line = text
         .find("unqualified-search-registries")
-        .map(|at| line_of(text, at));
+        .map(|at| lines.line(at));
     if let Some(v1) = file.registries {
-        let line = text.find("[registries").map(|at| line_of(text, at));
+        let line = text.find("[registries").map(|at| lines.line(at));
         if !file.registry.is_empty() || file.unqualified_search_registries.is_some() {
             return Err(ParseError {
                 line,
@@ -108,7 +109,7 @@ pub(super) fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, 
     let mut registries = Vec::new();
     let mut warnings = Vec::new();
     for table in file.registry {
-        let line = line_of(text, table.span().start);
+        let line = lines.line(table.span().start);
         let table = table.into_inner();
         let at = |message: String| ParseError {
             line: Some(line),
@@ -149,7 +150,7 @@ pub(super) fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, 
         }
         if let Some(value) = table.pull_from_mirror.filter(|v| !v.get_ref().is_empty()) {
             return Err(ParseError {
-                line: Some(line_of(text, value.span().start)),
+                line: Some(lines.line(value.span().start)),
                 message: format!(
                     "pull-from-mirror is set on the registry {prefix:?} itself; only a [[registry.mirror]] may have it"
                 ),
@@ -157,7 +158,7 @@ pub(super) fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, 
         }
         let mut mirrors = Vec::new();
         for mirror in table.mirror {
-            let mirror_line = line_of(text, mirror.span().start);
+            let mirror_line = lines.line(mirror.span().start);
             let mirror = mirror.into_inner();
             let at = |message: String| ParseError {
                 line: Some(mirror_line),
@@ -171,7 +172,7 @@ pub(super) fn parse(text: &str, source: &Path, drop_in: bool) -> Result<Parsed, 
             validate_location(&location).map_err(|m| at(format!("mirror location: {m}")))?;
             let (pull_from_mirror, at) = match mirror.pull_from_mirror {
                 Some(value) => {
-                    let value_line = line_of(text, value.span().start);
+                    let value_line = lines.line(value.span().start);
                     (value.into_inner(), value_line)
                 }
                 None => (String::new(), mirror_line),
@@ -263,30 +264,32 @@ pub(super) fn conflicting_settings(registries: &[Registry]) -> Option<ParseError
             r.location.clone()
         }
     };
-    for (i, first) in registries.iter().enumerate() {
-        for second in &registries[i + 1..] {
-            if key(first) != key(second) {
-                continue;
-            }
-            let setting = if first.insecure != second.insecure {
-                "insecure"
-            } else if first.blocked != second.blocked {
-                "blocked"
-            } else {
-                continue;
-            };
-            let lines = match (first.line, second.line) {
-                (Some(a), Some(b)) => format!(" (lines {a} and {b})"),
-                _ => String::new(),
-            };
-            return Some(ParseError {
-                line: second.line,
-                message: format!(
-                    "registry {:?} is defined more than once with different `{setting}`{lines}; containers/image refuses this",
-                    key(first)
-                ),
-            });
-        }
+    // The first table of each registry; each later one is compared with it (settings that agree
+    // with the first agree with each other).
+    let mut first_of: HashMap<String, &Registry> = HashMap::new();
+    for second in registries {
+        let key = key(second);
+        let Some(first) = first_of.get(&key) else {
+            first_of.insert(key, second);
+            continue;
+        };
+        let setting = if first.insecure != second.insecure {
+            "insecure"
+        } else if first.blocked != second.blocked {
+            "blocked"
+        } else {
+            continue;
+        };
+        let lines = match (first.line, second.line) {
+            (Some(a), Some(b)) => format!(" (lines {a} and {b})"),
+            _ => String::new(),
+        };
+        return Some(ParseError {
+            line: second.line,
+            message: format!(
+                "registry {key:?} is defined more than once with different `{setting}`{lines}; containers/image refuses this"
+            ),
+        });
     }
     None
 }
@@ -344,14 +347,16 @@ pub(super) fn parse_v1(
     line: Option<usize>,
 ) -> Result<Parsed, ParseError> {
     let mut registries: Vec<Registry> = Vec::new();
+    let mut positions: HashMap<String, usize> = HashMap::new();
     let mut entry = |list: &str, name: &str| -> Result<usize, ParseError> {
         let name = trim_location(name).map_err(|m| ParseError {
             line,
             message: format!("[registries.{list}] entry {m}"),
         })?;
-        if let Some(i) = registries.iter().position(|r| r.prefix == name) {
+        if let Some(&i) = positions.get(&name) {
             return Ok(i);
         }
+        positions.insert(name.clone(), registries.len());
         registries.push(Registry {
             prefix: name.clone(),
             location: name,
