@@ -68,6 +68,18 @@ fn needs_escape(c: char) -> bool {
             '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
+/// Characters of a server-sent value kept by [`quote`].
+const MAX_QUOTE: usize = 200;
+
+/// A server-sent value (a header, a realm, a redirect target), quoted and cut to a readable length.
+pub fn quote(text: &str) -> String {
+    let mut cut: String = text.chars().take(MAX_QUOTE).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
 /// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
 pub fn clip(text: &str, max: usize) -> String {
     if text.len() <= max {

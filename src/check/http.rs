@@ -123,7 +123,7 @@ fn judge(path: String, status: u16, headers: &HeaderMap) -> Result<HttpOutcome, 
             match header("location") {
                 Some(to) => format!(
                     "{answered}, a redirect to {} that pullwatch does not follow (a loopback or link-local address the route does not name): not a registry API",
-                    super::auth::quote(&to)
+                    crate::text::quote(&to)
                 ),
                 None => format!("{answered}: not a registry API"),
             },

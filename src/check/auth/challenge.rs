@@ -1,8 +1,5 @@
 //! `WWW-Authenticate` as registries send it (RFC 7235): several challenges, quoted strings with
-//! escapes; and how server-sent values are quoted as evidence.
-
-/// Longest server message quoted as evidence.
-const MAX_QUOTE: usize = 200;
+//! escapes.
 
 /// One challenge of a `WWW-Authenticate` header: a scheme and its parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,15 +161,6 @@ impl Parser<'_> {
     fn error(&self, what: &str) -> String {
         format!("{what} at byte {}", self.i)
     }
-}
-
-/// A server-sent value, quoted and cut to a readable length.
-pub fn quote(text: &str) -> String {
-    let mut cut: String = text.chars().take(MAX_QUOTE).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    format!("{cut:?}")
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
-pub use self::challenge::{Challenge, parse_challenges, quote};
+pub use self::challenge::{Challenge, parse_challenges};
 pub use self::token::{TokenCache, pull_scope, token};
+pub use crate::text::quote;
 
 use super::http::{request_failed, status_text};
 use super::{CheckError, Evidence};

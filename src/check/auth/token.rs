@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::challenge::quote;
 use super::{
     AuthFailed, AuthOutcome, Authorization, Bearer, ErrorBody, Method, from_request, status_failure,
 };
 use crate::credentials::{Credential, Secret};
 use crate::http_client::read_capped;
 use crate::reason::Reason;
+use crate::text::quote;
 
 /// Largest token response read.
 const MAX_TOKEN_BODY: usize = 1 << 20;
