@@ -37,14 +37,8 @@ fn diagnose_stops_at_the_first_endpoint_that_serves_the_image() {
     write(&certs.join("big.test/hosts.toml"), &hosts);
     let none = dir.path().join("none");
     let started = Instant::now();
-    let out = Pullwatch::new()
+    let out = with_config(&certs, &none, &none)
         .args([
-            "--containerd-certs-dir",
-            certs.to_str().expect("UTF-8"),
-            "--registries-conf",
-            none.to_str().expect("UTF-8"),
-            "--kubelet-root-dir",
-            none.to_str().expect("UTF-8"),
             "--timeout",
             "2s",
             "diagnose",
@@ -84,17 +78,8 @@ fn diagnose_stops_at_the_first_endpoint_that_serves_the_image() {
         counting.requests().len()
     );
     // The text report says so too.
-    let text = Pullwatch::new()
-        .args([
-            "--containerd-certs-dir",
-            certs.to_str().expect("UTF-8"),
-            "--registries-conf",
-            none.to_str().expect("UTF-8"),
-            "--kubelet-root-dir",
-            none.to_str().expect("UTF-8"),
-            "diagnose",
-            "big.test/team/app:1.0",
-        ])
+    let text = with_config(&certs, &none, &none)
+        .args(["diagnose", "big.test/team/app:1.0"])
         .timeout(Duration::from_secs(120))
         .run();
     assert!(
@@ -103,6 +88,19 @@ fn diagnose_stops_at_the_first_endpoint_that_serves_the_image() {
         "{}",
         text.stdout
     );
+}
+
+/// pullwatch reading only these runtime config files and kubelet root (no host file of the
+/// machine's own).
+fn with_config(certs_dir: &Path, registries_conf: &Path, kubelet_root: &Path) -> Pullwatch {
+    Pullwatch::new().args([
+        "--containerd-certs-dir",
+        certs_dir.to_str().expect("UTF-8"),
+        "--registries-conf",
+        registries_conf.to_str().expect("UTF-8"),
+        "--kubelet-root-dir",
+        kubelet_root.to_str().expect("UTF-8"),
+    ])
 }
 
 /// A registries.conf of `tables` `[[registry]]` tables with a mirror each.
@@ -128,12 +126,8 @@ fn ten_thousand_registries_conf_tables_cost_linear_time() {
     huge_registries_conf(&conf, TABLES);
     let none = dir.path().join("none");
     let started = Instant::now();
-    let out = Pullwatch::new()
+    let out = with_config(&none, &conf, &none)
         .args([
-            "--containerd-certs-dir",
-            none.to_str().expect("UTF-8"),
-            "--registries-conf",
-            conf.to_str().expect("UTF-8"),
             "--runtime-version",
             "cri-o/1.30.2",
             "targets",
