@@ -13,6 +13,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 pub use self::challenge::{Challenge, parse_challenges, quote};
+pub(crate) use self::token::read_token;
 pub use self::token::{TokenCache, pull_scope, token};
 
 use super::http::{request_failed, status_text};

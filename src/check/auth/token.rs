@@ -162,27 +162,7 @@ pub async fn token(
     };
     match status {
         200 => {
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                AuthFailed::new(
-                    Reason::NotARegistry,
-                    format!("{what} answered 200 OK but not a token response: {e}"),
-                )
-            })?;
-            let token = parsed
-                .token
-                .filter(|t| !t.is_empty())
-                .or(parsed.access_token.filter(|t| !t.is_empty()))
-                .ok_or_else(|| {
-                    AuthFailed::new(
-                        Reason::NotARegistry,
-                        format!("{what} answered 200 OK without a token"),
-                    )
-                })?;
-            let token = Secret::new(token);
-            let lifetime = parsed
-                .expires_in
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+            let (token, lifetime) = read_token(&body, &what)?;
             cache.put(cache_key, token.clone(), lifetime);
             Ok(outcome(token, lifetime, false))
         }
@@ -210,6 +190,31 @@ pub async fn token(
             Err(failed)
         }
     }
+}
+
+/// The token and its lifetime from a token server's 200 answer (`what` names the server).
+pub(crate) fn read_token(body: &[u8], what: &str) -> Result<(Secret, Duration), AuthFailed> {
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        AuthFailed::new(
+            Reason::NotARegistry,
+            format!("{what} answered 200 OK but not a token response: {e}"),
+        )
+    })?;
+    let token = parsed
+        .token
+        .filter(|t| !t.is_empty())
+        .or(parsed.access_token.filter(|t| !t.is_empty()))
+        .ok_or_else(|| {
+            AuthFailed::new(
+                Reason::NotARegistry,
+                format!("{what} answered 200 OK without a token"),
+            )
+        })?;
+    let lifetime = parsed
+        .expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    Ok((Secret::new(token), lifetime))
 }
 
 #[cfg(test)]
