@@ -15,9 +15,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 seconds="${1:-600}"
 shift || true
 jobs="${FUZZ_JOBS:-2}"
+# A fixed revision: a commit must not rebuild the instrumented crate (build.rs bakes HEAD in).
+export PULLWATCH_REVISION="${PULLWATCH_REVISION:-fuzz}"
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-cargo +nightly fuzz build -a
+# Built once (debug assertions and overflow checks on); the runs below use these binaries, so
+# editing the sources meanwhile changes nothing under way.
+nice -n 10 cargo +nightly fuzz build -a
+bin="fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
@@ -28,14 +33,13 @@ mkdir -p fuzz/logs fuzz/work
 # One target: new inputs go to fuzz/work/<t> (not committed); the committed corpus is read as seeds.
 run_one() {
   local t="$1"
-  mkdir -p "fuzz/work/$t" "fuzz/corpus/$t"
+  mkdir -p "fuzz/work/$t" "fuzz/corpus/$t" "fuzz/artifacts/$t"
   # -timeout: one input taking 10 s is a finding (a hang); -rss_limit_mb: so is 2 GB of memory.
-  nice -n 19 cargo +nightly fuzz run -a "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-    -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1 || true
-  local execs
+  nice -n 19 "$bin/$t" "fuzz/work/$t" "fuzz/corpus/$t" \
+    -artifact_prefix="fuzz/artifacts/$t/" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1 || true
+  local execs found=0
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' || echo '?')
-  local found=0
   for crash in fuzz/artifacts/"$t"/*; do
     [ -e "$crash" ] || continue
     mkdir -p "fuzz/regressions/$t"
@@ -55,10 +59,13 @@ wait
 
 # Minimise: the committed corpus becomes the smallest set keeping the coverage of both.
 for t in "${targets[@]}"; do
-  cp -n fuzz/work/"$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
-  nice -n 19 cargo +nightly fuzz cmin -a "$t" "fuzz/corpus/$t" >>"fuzz/logs/$t.log" 2>&1
+  mkdir -p "fuzz/merged/$t"
+  nice -n 19 "$bin/$t" -merge=1 "fuzz/merged/$t" "fuzz/corpus/$t" "fuzz/work/$t" \
+    -max_len=65536 >>"fuzz/logs/$t.log" 2>&1
+  rm -rf "fuzz/corpus/$t" && mv "fuzz/merged/$t" "fuzz/corpus/$t"
   echo "$t: corpus $(find "fuzz/corpus/$t" -type f | wc -l) files, $(du -sh "fuzz/corpus/$t" | cut -f1)"
 done
+rm -rf fuzz/merged
 if compgen -G "fuzz/regressions/*/*" >/dev/null; then
-  echo "findings kept in fuzz/regressions/ (cargo test replays them)"
+  echo "findings in fuzz/regressions/ (cargo test replays them)"
 fi

@@ -39,8 +39,9 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// Images looked up where a target needs some (credentials, provider patterns, routes).
-const IMAGES: [&str; 4] = [
+const IMAGES: [&str; 5] = [
     "docker.io/library/nginx",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.com/app",
     "registry.example.com:5000/team/app",
     "localhost:5000/a",
     "[::1]:5000/b",
