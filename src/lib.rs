@@ -11,6 +11,8 @@ pub mod diagnose;
 pub mod discovery;
 #[cfg(test)]
 mod docs_sync;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod go_duration;
 pub mod http_client;
 pub mod peer_guard;

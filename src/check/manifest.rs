@@ -533,7 +533,7 @@ async fn index_platforms(
             ),
         ));
     }
-    let index: Index = serde_json::from_slice(&body).map_err(|e| {
+    read_index(&body).map_err(|e| {
         fail(
             Reason::RegistryUnavailable,
             format!(
@@ -541,7 +541,12 @@ async fn index_platforms(
                 target.name()
             ),
         )
-    })?;
+    })
+}
+
+/// An index's platforms (normalised), and whether an entry has none.
+pub(crate) fn read_index(body: &[u8]) -> Result<(Vec<Platform>, bool), serde_json::Error> {
+    let index: Index = serde_json::from_slice(body)?;
     let any_platform = index.manifests.iter().any(|entry| entry.platform.is_none());
     let platforms = index
         .manifests
@@ -553,7 +558,7 @@ async fn index_platforms(
 }
 
 /// `linux/amd64, linux/arm64`, without attestation entries (`unknown/unknown`).
-fn list_platforms(platforms: &[Platform]) -> String {
+pub(crate) fn list_platforms(platforms: &[Platform]) -> String {
     let mut shown: Vec<String> = platforms
         .iter()
         .filter(|p| p.os != "unknown")

@@ -13,6 +13,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 pub use self::challenge::{Challenge, parse_challenges};
+pub(crate) use self::token::parse_token_response;
 pub use self::token::{TokenCache, pull_scope, token};
 pub use crate::text::quote;
 

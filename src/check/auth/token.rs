@@ -28,7 +28,7 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// A token server's 200 answer read as the runtime reads it (distribution's token spec;
 /// `access_token` is the OAuth2 spelling, and wins when both are set, as in containerd).
 #[derive(Debug, PartialEq)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     token: String,
     /// What the server said, floored at [`MIN_TOKEN_LIFETIME`].
     lifetime: Duration,
@@ -36,7 +36,7 @@ struct TokenResponse {
 
 /// Why a 200 answer holds no token the runtime can use: its Go decoder would fail the pull too.
 #[derive(Debug, PartialEq, thiserror::Error)]
-enum Unusable {
+pub(crate) enum Unusable {
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("not a JSON object")]
@@ -66,7 +66,7 @@ fn shown(value: &serde_json::Value) -> String {
 
 /// Reads a token response leniently where the runtime is (any whole `expires_in`, negative or
 /// missing, floored at a minute) and strictly where it fails (the types its decoder refuses).
-fn parse_token_response(body: &[u8]) -> Result<TokenResponse, Unusable> {
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, Unusable> {
     use serde_json::Value;
     let value: Value =
         serde_json::from_slice(body).map_err(|e| Unusable::NotJson(e.to_string()))?;

@@ -262,6 +262,52 @@ fn attribute(
         .collect()
 }
 
+/// The config parser and the `matchImages` matcher on raw text (for `crate::fuzz_entry`): each
+/// parsed provider's patterns matched against `images`; the number of matches.
+#[doc(hidden)]
+pub(crate) fn fuzz_config(text: &str, images: &[&str]) -> Result<usize, ProviderConfigError> {
+    let specs = config::parse("fuzz", text)?;
+    Ok(specs
+        .iter()
+        .flat_map(|spec| &spec.match_images)
+        .flat_map(|glob| {
+            images
+                .iter()
+                .filter(move |image| matcher::urls_match(glob, image))
+        })
+        .count())
+}
+
+/// The response parser on raw bytes (for `crate::fuzz_entry`), its answer cached and looked up
+/// for `image` as [`Providers::lookup`] does; the credentials found.
+#[doc(hidden)]
+pub(crate) fn fuzz_response(out: &[u8], image: &str) -> Result<usize, String> {
+    let response = exec::parse_response(out, "credentialprovider.kubelet.k8s.io/v1")?;
+    let credentials: Vec<Credential> = response
+        .auth
+        .into_iter()
+        .map(|(key, username, password)| Credential {
+            username,
+            password,
+            key,
+        })
+        .collect();
+    let now = std::time::Instant::now();
+    let mut cache = cache::Cache::default();
+    let ttl = response.cache_duration.unwrap_or(Duration::from_secs(60));
+    cache.put(
+        response.cache_key_type,
+        image,
+        credentials.clone(),
+        ttl,
+        now,
+    );
+    let cached = cache.get(image, now).unwrap_or_default();
+    let merged = Keyring::from_auths("fuzz", cached);
+    let (registry, repository) = image.split_once('/').unwrap_or((image, ""));
+    Ok(merged.lookup_all(registry, repository).len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
