@@ -22,8 +22,11 @@ use crate::reason::classify_runtime_message;
 use crate::reference::ImageRef;
 use crate::route::{containerd, crio};
 
+/// A target's entry: any bytes in, a panic only for a bug.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the file under `fuzz/fuzz_targets/`, the corpus directory) and entry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("reference", reference),
     ("www_authenticate", www_authenticate),
     ("token_response", token_response),
