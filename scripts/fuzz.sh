@@ -4,7 +4,7 @@
 # corpus is minimised back into fuzz/corpus/<target>/ (committed; `cargo test` replays it on
 # stable). A crash is copied to fuzz/regressions/<target>/ so the replay test fails until fixed.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]    (0 seconds: only minimise the corpora)
 #
 # Needs the nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz if missing.
 # Logs: fuzz/logs/<target>.log (each ends with libFuzzer's final stats: executions, coverage).
@@ -21,7 +21,8 @@ export PULLWATCH_REVISION="${PULLWATCH_REVISION:-fuzz}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Built once (debug assertions and overflow checks on); the runs below use these binaries, so
 # editing the sources meanwhile changes nothing under way.
-nice -n 10 cargo +nightly fuzz build -a
+# FUZZ_NO_BUILD=1: reuse the binaries built last (e.g. to minimise what they found).
+[ -n "${FUZZ_NO_BUILD:-}" ] || nice -n 10 cargo +nightly fuzz build -a
 bin="fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 if [ "$#" -gt 0 ]; then
   targets=("$@")
@@ -50,6 +51,7 @@ run_one() {
 }
 
 for t in "${targets[@]}"; do
+  [ "$seconds" -gt 0 ] || break
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
     wait -n || true
   done
@@ -57,13 +59,37 @@ for t in "${targets[@]}"; do
 done
 wait
 
-# Minimise: the committed corpus becomes the smallest set keeping the coverage of both.
+# Minimise: libFuzzer measures every input (committed corpus and new ones); the committed corpus
+# becomes a greedy cover of their coverage edges in at most FUZZ_CORPUS_MAX files (default 200).
+max_files="${FUZZ_CORPUS_MAX:-200}"
 for t in "${targets[@]}"; do
-  mkdir -p "fuzz/merged/$t"
-  nice -n 19 "$bin/$t" -merge=1 "fuzz/merged/$t" "fuzz/corpus/$t" "fuzz/work/$t" \
-    -max_len=65536 >>"fuzz/logs/$t.log" 2>&1
-  rm -rf "fuzz/corpus/$t" && mv "fuzz/merged/$t" "fuzz/corpus/$t"
-  echo "$t: corpus $(find "fuzz/corpus/$t" -type f | wc -l) files, $(du -sh "fuzz/corpus/$t" | cut -f1)"
+  control="fuzz/logs/$t.merge"
+  rm -rf "fuzz/merged/$t" "$control" && mkdir -p "fuzz/merged/$t"
+  nice -n 19 "$bin/$t" -merge=1 -merge_control_file="$control" "fuzz/merged/$t" \
+    "fuzz/corpus/$t" "fuzz/work/$t" -max_len=65536 >>"fuzz/logs/$t.log" 2>&1
+  mkdir -p fuzz/merged/keep
+  python3 - "$control" "$max_files" <<'COVER' | while read -r f; do cp "$f" fuzz/merged/keep/; done
+import os, sys
+lines = open(sys.argv[1]).read().split("\n")
+n = int(lines[0])
+files = lines[2 : 2 + n]
+cover = {}
+for line in lines[2 + n :]:
+    if line.startswith("COV "):
+        fields = line.split()
+        cover[int(fields[1])] = set(fields[2:])
+left = set().union(*cover.values()) if cover else set()
+chosen = 0
+while left and chosen < int(sys.argv[2]):
+    best = max(cover, key=lambda i: (len(cover[i] & left), -os.path.getsize(files[i])))
+    if not cover[best] & left:
+        break
+    left -= cover[best]
+    chosen += 1
+    print(files[best])
+COVER
+  rm -rf "fuzz/corpus/$t" && mv fuzz/merged/keep "fuzz/corpus/$t"
+  echo "$t: corpus $(find "fuzz/corpus/$t" -type f | wc -l) files, $(cat fuzz/corpus/"$t"/* | wc -c) bytes"
 done
 rm -rf fuzz/merged
 if compgen -G "fuzz/regressions/*/*" >/dev/null; then
