@@ -262,7 +262,7 @@ fn attribute(
         .collect()
 }
 
-/// The config parser and the `matchImages` matcher on raw text (for `crate::fuzz_entry`): each
+/// The config parser and the `matchImages` matcher on raw text (for the fuzz targets): each
 /// parsed provider's patterns matched against `images`; the number of matches.
 #[doc(hidden)]
 pub(crate) fn fuzz_config(text: &str, images: &[&str]) -> Result<usize, ProviderConfigError> {
@@ -278,7 +278,7 @@ pub(crate) fn fuzz_config(text: &str, images: &[&str]) -> Result<usize, Provider
         .count())
 }
 
-/// The response parser on raw bytes (for `crate::fuzz_entry`), its answer cached and looked up
+/// The response parser on raw bytes (for the fuzz targets), its answer cached and looked up
 /// for `image` as [`Providers::lookup`] does; the credentials found.
 #[doc(hidden)]
 pub(crate) fn fuzz_response(out: &[u8], image: &str) -> Result<usize, String> {
