@@ -5,22 +5,14 @@
 
 use std::time::Duration;
 
-use testkit::agent::{Agent, NODE, sample};
+use testkit::agent::{NODE, sample};
 use testkit::dns::DnsServer;
 use testkit::kube_api::{KubeApi, kubelet_message, pod};
 
+use crate::kube_pods::start_agent;
+
 const FAILING: &str = "pullwatch_container_pull_failing";
 const WAITING: &str = "pullwatch_containers_waiting_on_pull";
-
-fn start_agent(api: &KubeApi, dns: &DnsServer, agent: &[&str]) -> Agent {
-    let mut flags = vec!["--kubernetes", "on", "--interval", "60s"];
-    flags.extend_from_slice(agent);
-    Agent::start_with_env(
-        &["--resolv-conf", dns.resolv_conf_str(), "--timeout", "2s"],
-        &flags,
-        &[("KUBECONFIG", api.kubeconfig_str())],
-    )
-}
 
 fn failing(pod: &str) -> [(&str, &str); 3] {
     [("namespace", "shop"), ("pod", pod), ("container", "app")]

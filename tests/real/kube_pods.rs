@@ -24,7 +24,7 @@ const WAITING: &str = "pullwatch_containers_waiting_on_pull";
 const FAILING: &str = "pullwatch_container_pull_failing";
 const DROPPED: &str = "pullwatch_series_dropped_total";
 
-fn start_agent(api: &KubeApi, dns: &DnsServer, agent: &[&str]) -> Agent {
+pub(crate) fn start_agent(api: &KubeApi, dns: &DnsServer, agent: &[&str]) -> Agent {
     let mut flags = vec!["--kubernetes", "on", "--interval", "60s"];
     flags.extend_from_slice(agent);
     Agent::start_with_env(

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use super::cache::CacheKeyType;
-use crate::credentials::Secret;
+use crate::credentials::{Credential, Secret};
 use crate::go_duration::{GoDuration, parse_go_duration};
 
 /// The kubelet gives every plugin run one minute (`ExecPlugin`'s catch-all timeout).
@@ -76,6 +76,20 @@ pub(super) struct Response {
     pub cache_duration: Option<Duration>,
     /// The `auth` map: key, username, password, in the order written.
     pub auth: Vec<(String, String, Secret)>,
+}
+
+impl Response {
+    /// The `auth` map's entries as credentials, in the order written.
+    pub fn credentials(&mut self) -> Vec<Credential> {
+        std::mem::take(&mut self.auth)
+            .into_iter()
+            .map(|(key, username, password)| Credential {
+                username,
+                password,
+                key,
+            })
+            .collect()
+    }
 }
 
 /// Runs the plugin for `image` until `deadline`: never past it, never reading more than the

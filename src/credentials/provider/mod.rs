@@ -203,16 +203,8 @@ impl Providers {
             env: &spec.env,
         };
         let run_deadline = deadline.min(Instant::now() + exec::KUBELET_TIMEOUT);
-        let response = exec::run(&call, image, run_deadline, &self.runs).await?;
-        let credentials: Vec<Credential> = response
-            .auth
-            .into_iter()
-            .map(|(key, username, password)| Credential {
-                username,
-                password,
-                key,
-            })
-            .collect();
+        let mut response = exec::run(&call, image, run_deadline, &self.runs).await?;
+        let credentials = response.credentials();
         let ttl = response
             .cache_duration
             .unwrap_or(spec.default_cache_duration);
@@ -282,16 +274,8 @@ pub(crate) fn fuzz_config(text: &str, images: &[&str]) -> Result<usize, Provider
 /// for `image` as [`Providers::lookup`] does; the credentials found.
 #[doc(hidden)]
 pub(crate) fn fuzz_response(out: &[u8], image: &str) -> Result<usize, String> {
-    let response = exec::parse_response(out, "credentialprovider.kubelet.k8s.io/v1")?;
-    let credentials: Vec<Credential> = response
-        .auth
-        .into_iter()
-        .map(|(key, username, password)| Credential {
-            username,
-            password,
-            key,
-        })
-        .collect();
+    let mut response = exec::parse_response(out, "credentialprovider.kubelet.k8s.io/v1")?;
+    let credentials = response.credentials();
     let now = std::time::Instant::now();
     let mut cache = cache::Cache::default();
     let ttl = response.cache_duration.unwrap_or(Duration::from_secs(60));
