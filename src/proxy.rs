@@ -41,7 +41,8 @@ impl Proxy {
         self.url.as_str()
     }
 
-    fn authorization(&self) -> Option<String> {
+    /// `user:password` in base64, for a `Proxy-Authorization: Basic` header; never log it.
+    pub fn authorization(&self) -> Option<String> {
         if self.url.username().is_empty() {
             return None;
         }

@@ -4,13 +4,21 @@
 
 use std::error::Error as _;
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::conn::{self, Conn};
 use super::{CheckError, Evidence};
+use crate::proxy::Proxy;
 use crate::reason::Reason;
-use crate::route::Endpoint;
+use crate::route::{Endpoint, Scheme};
 use crate::text::error_chain;
+
+/// The most of `/v2/`'s body read before closing (a registry sends `{}`); the rest is left unread.
+const BODY_CAP: usize = 64 * 1024;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
@@ -78,6 +86,165 @@ pub async fn check(
         .await
         .map_err(|error| request_failed(&error, proxied))?;
     judge(path, response.status().as_u16(), response.headers())
+}
+
+/// Pings the endpoint's API root (`GET /v2/`) over the chain's own connection `conn` (HTTP/1.1,
+/// or HTTP/2 when the handshake chose it), reads the small body, and closes the connection politely:
+/// the check costs the registry no second connection. `proxy`: a plain-HTTP endpoint's proxy, which
+/// `conn` is connected to (the request then names the whole URL, as to any HTTP proxy).
+pub async fn check_on(
+    conn: Conn,
+    endpoint: &Endpoint,
+    proxy: Option<&Proxy>,
+) -> Result<HttpOutcome, HttpFailed> {
+    let path = format!("{}/", endpoint.api_path);
+    let request = ping_request(&path, conn.h2, endpoint, proxy)?;
+    let answered = match conn.h2 {
+        true => exchange_h2(conn, request)
+            .await
+            .map_err(|e| Box::new(e) as BoxError),
+        false => exchange_h1(conn, request)
+            .await
+            .map_err(|e| Box::new(e) as BoxError),
+    };
+    let (status, headers) = answered.map_err(|error| HttpFailed {
+        reason: match tls_cause(&error) {
+            true => Reason::TlsHandshake,
+            false => Reason::RegistryUnavailable,
+        },
+        message: format!("GET {path}: {}", error_chain(error.as_ref())),
+        status: None,
+    })?;
+    judge(path, status, &headers)
+}
+
+/// The `GET` of `path` with the headers the runtime's client sends (and the proxy's credentials
+/// for a plain-HTTP endpoint behind one).
+fn ping_request(
+    path: &str,
+    h2: bool,
+    endpoint: &Endpoint,
+    proxy: Option<&Proxy>,
+) -> Result<hyper::Request<Empty<Bytes>>, HttpFailed> {
+    let url = format!("{}{path}", endpoint.url());
+    let target = match (h2, proxy) {
+        // HTTP/2 names the authority in the URI; an HTTP proxy wants the whole URL.
+        (true, _) | (false, Some(_)) => url.as_str(),
+        (false, None) => path,
+    };
+    let mut request = hyper::Request::get(target)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| HttpFailed {
+            reason: Reason::Unknown,
+            message: format!("GET {url}: {e}"),
+            status: None,
+        })?;
+    let headers = request.headers_mut();
+    if !h2 {
+        let base = endpoint.url();
+        let authority = base.split_once("://").map_or("", |(_, a)| a);
+        headers.insert(header::HOST, value(authority));
+    }
+    headers.insert(header::USER_AGENT, value(crate::http_client::USER_AGENT));
+    headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    if let Some(credentials) = proxy
+        .filter(|_| endpoint.scheme == Scheme::Http)
+        .and_then(Proxy::authorization)
+    {
+        let mut value = value(&format!("Basic {credentials}"));
+        value.set_sensitive(true);
+        headers.insert(header::PROXY_AUTHORIZATION, value);
+    }
+    // hosts.toml's `header`: on every request to this host, as containerd sends them (never logged).
+    for (name, text) in &endpoint.extras.headers {
+        if let (Ok(name), Ok(mut text)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(text),
+        ) {
+            text.set_sensitive(true);
+            headers.append(name, text);
+        }
+    }
+    Ok(request)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request over HTTP/1.1; the connection is then closed with close_notify and FIN.
+async fn exchange_h1(
+    conn: Conn,
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<(u16, HeaderMap), hyper::Error> {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(conn.into_io()))
+            .await?;
+    let ask = async move {
+        let response = sender.send_request(request).await?;
+        let (head, body) = response.into_parts();
+        // Read (a capped part of) the body, so the exchange ends cleanly.
+        let _ = Limited::new(body, BODY_CAP).collect().await;
+        Ok::<_, hyper::Error>((head.status.as_u16(), head.headers))
+        // The sender goes here: the connection then gives its socket back.
+    };
+    let (answer, parts) = tokio::join!(ask, connection.without_shutdown());
+    if let Ok(parts) = parts {
+        conn::close(parts.io.into_inner()).await;
+    }
+    answer
+}
+
+/// One request over HTTP/2 (the `h2` crate directly: hyper's HTTP/2 client wants an executor and
+/// a spawned task); when the sender goes, the connection sends GOAWAY, then close_notify.
+async fn exchange_h2(
+    conn: Conn,
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<(u16, HeaderMap), h2::Error> {
+    let (sender, connection) = h2::client::handshake(conn.into_io()).await?;
+    let (head, _) = request.into_parts();
+    let request = hyper::Request::from_parts(head, ());
+    let ask = async move {
+        let mut sender = sender.ready().await?;
+        let (response, _) = sender.send_request(request, true)?;
+        let (head, mut body) = response.await?.into_parts();
+        // Read (a capped part of) the body, giving the window back, so the stream ends cleanly.
+        let mut read = 0;
+        while read < BODY_CAP
+            && let Some(chunk) = body.data().await
+        {
+            let chunk = chunk?;
+            read += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        Ok::<_, h2::Error>((head.status.as_u16(), head.headers))
+    };
+    let (answer, _) = tokio::join!(ask, connection);
+    answer
+}
+
+/// A header value from text pullwatch made (a host, its own user agent).
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether TLS (a fatal alert: a refused client certificate, say) ended the exchange.
+fn tls_cause(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(cause) = source {
+        // An io::Error's `source` skips the error it wraps: look inside it too.
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        if [Some(cause), inner]
+            .into_iter()
+            .flatten()
+            .any(|e| e.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Decides from the path asked, status and headers alone (pure, table-tested).

@@ -1,12 +1,12 @@
-//! The `tcp` check: connect to every resolved address at once and count who answers, so a
-//! partly dead address set is visible even when the check passes.
+//! The `tcp` check: dial the resolved addresses in order until one answers, as the runtime's Go
+//! dialer does, and keep that connection: the tls check and `GET /v2/` go over it, so a check costs
+//! the registry one connection.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
@@ -30,10 +30,12 @@ impl std::fmt::Display for Attempt {
     }
 }
 
-/// Every attempt, in the order given; at least one answered.
+/// The attempts made, in the order given; the last one answered.
 #[derive(Clone, Debug)]
 pub struct TcpOutcome {
     pub attempts: Vec<Attempt>,
+    /// Addresses after the one that answered: not dialled (the runtime would not either).
+    pub untried: usize,
 }
 
 impl TcpOutcome {
@@ -57,7 +59,26 @@ impl TcpOutcome {
 
 impl Evidence for TcpOutcome {
     fn detail(&self) -> String {
-        summarise(&self.attempts)
+        match self.untried {
+            0 => summarise(&self.attempts),
+            n => format!(
+                "{}; {n} more not dialled (the first that answers is used)",
+                summarise(&self.attempts)
+            ),
+        }
+    }
+}
+
+/// The check's outcome and the connection it made, handed on to the tls check (or the HTTP request).
+#[derive(Debug)]
+pub struct Dialed {
+    pub outcome: TcpOutcome,
+    pub stream: TcpStream,
+}
+
+impl Evidence for Dialed {
+    fn detail(&self) -> String {
+        self.outcome.detail()
     }
 }
 
@@ -88,7 +109,7 @@ fn summarise(attempts: &[Attempt]) -> String {
     let answered = attempts.iter().filter(|a| a.failure.is_none()).count();
     let each: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
     format!(
-        "{answered}/{} addresses answered: {}",
+        "{answered}/{} addresses dialled answered: {}",
         attempts.len(),
         each.join(", ")
     )
@@ -103,39 +124,58 @@ fn failure_words(reason: Reason) -> &'static str {
     }
 }
 
-/// Connects to every address on `port` concurrently, each bounded by `per_address`.
+/// Below this, an address's share of the deadline is taken from the ones after it (Go's
+/// `partialDeadline` in net/dial.go, which the runtime's dialer uses).
+const SANE_MINIMUM: Duration = Duration::from_secs(2);
+
+/// Dials `addresses` on `port` one after another until one answers, within `deadline` in all;
+/// each address gets an equal share of what is left (at least [`SANE_MINIMUM`]), as Go's dialer.
 pub async fn check(
     addresses: &[IpAddr],
     port: u16,
-    per_address: Duration,
-) -> Result<TcpOutcome, TcpFailed> {
-    let mut tasks = JoinSet::new();
+    deadline: Duration,
+) -> Result<Dialed, TcpFailed> {
+    let end = Instant::now() + deadline;
+    let mut attempts = Vec::new();
     for (index, ip) in addresses.iter().enumerate() {
         let addr = SocketAddr::new(*ip, port);
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let failure = match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
-                Ok(Ok(_stream)) => None,
-                Ok(Err(error)) => Some(classify_io(&error)),
-                Err(_) => Some(Reason::TcpTimeout),
-            };
-            (
-                index,
-                Attempt {
+        let start = Instant::now();
+        let share = partial_deadline(
+            end.saturating_duration_since(start),
+            addresses.len() - index,
+        );
+        let failure = match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                attempts.push(Attempt {
                     addr,
                     took: start.elapsed(),
-                    failure,
-                },
-            )
+                    failure: None,
+                });
+                let outcome = TcpOutcome {
+                    attempts,
+                    untried: addresses.len() - index - 1,
+                };
+                return Ok(Dialed { outcome, stream });
+            }
+            Ok(Err(error)) => classify_io(&error),
+            Err(_) => Reason::TcpTimeout,
+        };
+        attempts.push(Attempt {
+            addr,
+            took: start.elapsed(),
+            failure: Some(failure),
         });
     }
-    let mut attempts: Vec<(usize, Attempt)> = tasks.join_all().await;
-    attempts.sort_by_key(|(index, _)| *index);
-    let attempts: Vec<Attempt> = attempts.into_iter().map(|(_, attempt)| attempt).collect();
-    if attempts.iter().any(|a| a.failure.is_none()) {
-        Ok(TcpOutcome { attempts })
+    Err(TcpFailed { attempts })
+}
+
+/// One address's share of `remaining` when `left` addresses (this one included) are still to dial.
+fn partial_deadline(remaining: Duration, left: usize) -> Duration {
+    let even = remaining / u32::try_from(left.max(1)).unwrap_or(u32::MAX);
+    if even >= SANE_MINIMUM {
+        even
     } else {
-        Err(TcpFailed { attempts })
+        remaining.min(SANE_MINIMUM)
     }
 }
 
@@ -157,32 +197,67 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn counts_answering_and_refusing_addresses() {
+    async fn dials_in_order_until_one_answers_and_keeps_that_connection() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         // 127.0.0.2 shares the loopback interface but nothing listens there on this port.
-        let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
-        let outcome = check(&ips, port, Duration::from_secs(2))
+        let ips: Vec<IpAddr> = vec![
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+        ];
+        let dialed = check(&ips, port, Duration::from_secs(2))
             .await
             .expect("one answers");
-        assert_eq!(outcome.reachable(), vec![SocketAddr::new(ips[0], port)]);
+        let outcome = &dialed.outcome;
+        assert_eq!(outcome.reachable(), vec![SocketAddr::new(ips[1], port)]);
         assert_eq!(outcome.reachable_in(false), 1);
-        assert!(
-            outcome.detail().starts_with("1/2 addresses answered"),
-            "{}",
-            outcome.detail()
+        assert_eq!(
+            outcome.untried, 1,
+            "the address after the answer is not dialled"
         );
-        assert!(
-            outcome.detail().contains("127.0.0.2:"),
-            "{}",
-            outcome.detail()
+        assert_eq!(
+            dialed.stream.peer_addr().unwrap(),
+            SocketAddr::new(ips[1], port),
+            "the connection handed on is the one that answered"
         );
+        let detail = outcome.detail();
+        assert!(
+            detail.starts_with("1/2 addresses dialled answered"),
+            "{detail}"
+        );
+        assert!(detail.contains("127.0.0.2:"), "{detail}");
+        assert!(detail.contains("1 more not dialled"), "{detail}");
+        // Exactly one connection reached the listener.
+        let (_accepted, _) = listener.accept().await.unwrap();
+        let again = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(again.is_err(), "a second connection was made");
 
         drop(listener);
         let failed = check(&ips[..1], port, Duration::from_secs(2))
             .await
             .expect_err("nobody listens");
         assert_eq!(failed.reason(), Reason::TcpRefused);
+    }
+
+    #[test]
+    fn shares_the_deadline_as_go_dialer() {
+        let s = Duration::from_secs;
+        let cases = [
+            // (remaining, addresses left, share)
+            (s(30), 3, s(10)),
+            (s(30), 1, s(30)),
+            (s(5), 4, s(2)),
+            (s(1), 4, s(1)),
+            (Duration::ZERO, 2, Duration::ZERO),
+        ];
+        for (remaining, left, want) in cases {
+            assert_eq!(
+                partial_deadline(remaining, left),
+                want,
+                "{remaining:?}/{left}"
+            );
+        }
     }
 
     #[test]

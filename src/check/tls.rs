@@ -10,18 +10,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Name};
 
+use super::conn::{Conn, Rewound};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
 use crate::trust::{ClientAuthAsked, TlsClient};
 
 /// How long, after a TLS 1.3 handshake in which the server asked for a client certificate, the
-/// check waits for the server to refuse the answer; a server that says nothing by then passes.
+/// check waits for the server to refuse the answer; a server that says nothing by then passes
+/// (and the connection goes on to the HTTP request).
 const VERDICT_WAIT: Duration = Duration::from_secs(1);
 
 /// One certificate of the peer chain, as people read it.
@@ -73,6 +75,19 @@ impl Evidence for TlsOutcome {
     }
 }
 
+/// A completed handshake and the connection it secured, handed on to the HTTP request.
+#[derive(Debug)]
+pub struct Secured {
+    pub outcome: TlsOutcome,
+    pub conn: Conn,
+}
+
+impl Evidence for Secured {
+    fn detail(&self) -> String {
+        self.outcome.detail()
+    }
+}
+
 /// The handshake failed; `chain` is what the server showed, if it got that far.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}{}", chain_suffix(&self.chain))]
@@ -111,14 +126,14 @@ fn chain_suffix(chain: &[CertSummary]) -> String {
     }
 }
 
-/// Handshakes over an already connected `stream` (direct, or a proxy tunnel).
+/// Handshakes over an already connected `stream` (the tcp check's, or a proxy tunnel on it).
 pub async fn check<S>(
     stream: S,
     server_name: &str,
     client: &TlsClient,
-) -> Result<TlsOutcome, TlsFailed>
+) -> Result<Secured, TlsFailed>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| TlsFailed {
         reason: Reason::TlsHandshake,
@@ -152,19 +167,28 @@ where
                 verified: !client.skip_verify,
                 chain: summarise(&chain.certificates()),
             };
+            let h2 = outcome.alpn.as_deref() == Some("h2");
             // In TLS 1.3 the server judges the client's certificate after the handshake is over
             // for the client; in TLS 1.2 a refusal fails the handshake itself.
-            if let Some(asked) = client.client_auth.asked().filter(|_| tls13)
-                && let Some(alert) = client_auth_verdict(&mut tls).await
-            {
-                return Err(TlsFailed {
+            let Some(asked) = client.client_auth.asked().filter(|_| tls13) else {
+                return Ok(Secured {
+                    outcome,
+                    conn: Conn::new(tls, h2),
+                });
+            };
+            match client_auth_verdict(&mut tls).await {
+                Verdict::Refused(alert) => Err(TlsFailed {
                     reason: Reason::TlsHandshake,
                     message: client_auth_refused(&asked, alert),
                     chain: outcome.chain,
                     plain_http: false,
-                });
+                }),
+                // What the server sent meanwhile (an HTTP/2 server's SETTINGS) goes to the client.
+                Verdict::Accepted(early) => Ok(Secured {
+                    outcome,
+                    conn: Conn::new(Rewound::new(early, tls), h2),
+                }),
             }
-            Ok(outcome)
         }
         Err(error) => {
             let certificates = summarise(&chain.certificates());
@@ -281,28 +305,36 @@ fn classify(error: &io::Error, server_name: &str, chain: &[CertSummary]) -> (Rea
     }
 }
 
-/// Sends close_notify and reads until the server closes, at most [`VERDICT_WAIT`]: the fatal
-/// alert with which it refused the client's certificate (or its absence), if it did.
-async fn client_auth_verdict<S>(tls: &mut TlsStream<S>) -> Option<AlertDescription>
+/// The server's word on the client certificate, after a TLS 1.3 handshake.
+enum Verdict {
+    Refused(AlertDescription),
+    /// No refusal: the bytes it sent meanwhile, if any (to be read again by the HTTP client).
+    Accepted(Vec<u8>),
+}
+
+/// Waits at most [`VERDICT_WAIT`] for the fatal alert with which the server refuses the client's
+/// certificate (or its absence). Application data (an HTTP/2 server speaks first) or silence
+/// means it accepted; what was read is handed back, so the connection stays usable.
+async fn client_auth_verdict<S>(tls: &mut TlsStream<S>) -> Verdict
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut early = vec![0u8; 16 * 1024];
     let verdict = async {
-        // A server that refused may have closed already; its alert is still there to read.
-        let _ = tls.shutdown().await;
-        let mut buf = [0u8; 1024];
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) => return None,
-                Ok(_) => continue,
-                Err(error) => return alert_of(&error),
-            }
+        match tls.read(&mut early).await {
+            Ok(n) => Ok(n),
+            Err(error) => Err(alert_of(&error)),
         }
     };
-    tokio::time::timeout(VERDICT_WAIT, verdict)
-        .await
-        .ok()
-        .flatten()
+    match tokio::time::timeout(VERDICT_WAIT, verdict).await {
+        Ok(Err(Some(alert))) => Verdict::Refused(alert),
+        Ok(Ok(n)) => {
+            early.truncate(n);
+            Verdict::Accepted(early)
+        }
+        // Silence, or a failure that is no alert (the HTTP step will meet it).
+        Err(_) | Ok(Err(None)) => Verdict::Accepted(Vec::new()),
+    }
 }
 
 /// The fatal alert the server sent, when that is what ended the connection.

@@ -1,14 +1,16 @@
-//! The connectivity chain of one endpoint: dns → tcp → tls (straight, or through the proxy the
-//! runtime would use), then `GET /v2/` over a client pinned to the address the tcp check reached.
+//! The connectivity chain of one endpoint on one connection: dns → tcp (the socket is kept) → tls
+//! on that socket (straight, or through the proxy the runtime would use) → `GET /v2/` over that
+//! same stream, then a polite close. The registry sees one connection and one handshake per check.
 
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
 use super::{Diagnoser, Link, OnCheck, Probe};
+use crate::check::conn::Conn;
 use crate::check::dns::DnsOutcome;
-use crate::check::tcp::{TcpFailed, TcpOutcome};
-use crate::check::tls::{TlsFailed, TlsOutcome};
+use crate::check::tcp::{Dialed, TcpFailed};
+use crate::check::tls::{Secured, TlsFailed};
 use crate::check::{self, CheckKind, CheckResult, Failed};
 use crate::http_client;
 use crate::proxy::{self, Proxy};
@@ -16,15 +18,58 @@ use crate::reason::Reason;
 use crate::route::{Endpoint, HttpFallback, Scheme};
 use crate::trust::TlsClient;
 
+/// What dns → tcp → tls leave for the HTTP steps: the chain's open connection, and what a client
+/// for the later steps needs to follow the same route.
+pub struct Reached {
+    /// The connection the checks made, ready for the first request; `None` after containerd's
+    /// fallback from a failed TLS attempt (the runtime connects again for plain HTTP too).
+    conn: Option<Conn>,
+    /// The endpoint the HTTP steps talk to: the endpoint, or the plain-HTTP one after
+    /// containerd's fallback.
+    served: Endpoint,
+    /// Whether containerd's fallback to plain HTTP was taken.
+    fell_back: bool,
+    /// The address the tcp check reached (`None` through a proxy).
+    target: Option<SocketAddr>,
+    tls_client: Option<TlsClient>,
+    proxy: Option<Proxy>,
+}
+
+impl Reached {
+    /// The address the connection went to, unless that was a proxy's.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.target.filter(|_| self.proxy.is_none())
+    }
+
+    /// Closes the chain's connection politely (it may carry no request).
+    pub async fn close(self) {
+        if let Some(conn) = self.conn {
+            conn.close().await;
+        }
+    }
+}
+
+/// Whether the chain sends `GET /v2/` after the handshake, and whether a client for the steps
+/// after it is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// dns → tcp → tls only, then close: no HTTP request.
+    Connect,
+    /// Through `GET /v2/`.
+    Ping,
+    /// Through `GET /v2/`, and a client for auth and manifest.
+    Api,
+}
+
 impl Diagnoser {
     /// Runs dns → tcp → tls → http against one endpoint, stopping at the first failure.
     pub async fn probe(&self, endpoint: &Endpoint) -> Probe {
-        self.probe_observed(endpoint, &|_, _| {}).await
+        self.probe_asking(endpoint, Ask::Ping, &|_, _| {}).await.0
     }
 
     /// [`Diagnoser::probe`], telling `on_check` about every check as it completes.
     pub async fn probe_observed(&self, endpoint: &Endpoint, on_check: OnCheck<'_>) -> Probe {
-        self.probe_linked(endpoint, on_check).await.0
+        self.probe_asking(endpoint, Ask::Ping, on_check).await.0
     }
 
     /// [`Diagnoser::probe_observed`], also returning the client for the steps after `/v2/`.
@@ -33,12 +78,48 @@ impl Diagnoser {
         endpoint: &Endpoint,
         on_check: OnCheck<'_>,
     ) -> (Probe, Option<Link>) {
+        self.probe_asking(endpoint, Ask::Api, on_check).await
+    }
+
+    /// The chain as far as `ask` says, on one connection; the client for the later steps with
+    /// [`Ask::Api`] when `/v2/` passed.
+    pub async fn probe_asking(
+        &self,
+        endpoint: &Endpoint,
+        ask: Ask,
+        on_check: OnCheck<'_>,
+    ) -> (Probe, Option<Link>) {
         let mut probe = Probe::default();
-        let Some(link) = self.reach(endpoint, &mut probe, on_check).await else {
+        let Some(mut reached) = self.reach(endpoint, &mut probe, on_check).await else {
             return (probe, None);
         };
-        let served = link.via.as_ref().unwrap_or(endpoint);
-        let ping = check::http::check(&link.client, served, link.proxied);
+        if ask == Ask::Connect {
+            reached.close().await;
+            return (probe, None);
+        }
+        let served = reached.served.clone();
+        let conn = reached.conn.take();
+        let ping = async {
+            let conn = match conn {
+                Some(conn) => conn,
+                None => self.reconnect(&reached).await?,
+            };
+            // A plain-HTTP endpoint's proxy takes the request itself.
+            let http_proxy = reached
+                .proxy
+                .as_ref()
+                .filter(|_| served.scheme == Scheme::Http);
+            match check::http::check_on(conn, &served, http_proxy).await {
+                // A redirect of `/v2/` (rare) is followed as the runtime's client would, guarded.
+                Err(failed) if failed.status.is_some_and(|s| (300..400).contains(&s)) => {
+                    match self.link(&reached) {
+                        Ok(link) => check::http::check(&link.client, &served, link.proxied).await,
+                        Err(_) => Err(failed),
+                    }
+                }
+                answered => answered,
+            }
+        };
         let ran = check::run(CheckKind::Http, self.timeout, ping).await;
         let failed_status = ran.error().and_then(|e| e.status);
         let (result, http) = ran.split();
@@ -47,17 +128,28 @@ impl Diagnoser {
         probe.http_status = http.as_ref().map(|h| h.status).or(failed_status);
         probe.http = http;
         debug_assert!(probe.failed() || probe.http.is_some());
-        (probe, Some(link))
+        if ask != Ask::Api || probe.http.is_none() {
+            return (probe, None);
+        }
+        match self.link(&reached) {
+            Ok(link) => (probe, Some(link)),
+            Err(detail) => {
+                let result = config_failure(CheckKind::Auth, detail);
+                on_check(endpoint, &result);
+                probe.checks.push(result);
+                (probe, None)
+            }
+        }
     }
 
     /// Runs dns → tcp → tls against one endpoint (a registry's or a token server's), recording
-    /// into `probe` and stopping at the first failure; then builds the client for its HTTP steps.
+    /// into `probe` and stopping at the first failure; the connection stays open for the caller.
     pub async fn reach(
         &self,
         endpoint: &Endpoint,
         probe: &mut Probe,
         on_check: OnCheck<'_>,
-    ) -> Option<Link> {
+    ) -> Option<Reached> {
         let record = |probe: &mut Probe, result: CheckResult| {
             on_check(endpoint, &result);
             probe.checks.push(result);
@@ -100,149 +192,133 @@ impl Diagnoser {
                 retry.detail
             );
             record(probe, retry);
-            let tcp = tcp?;
-            let target = tcp.reachable()[0];
-            probe.tcp = Some(tcp);
-            return self.link(
-                endpoint,
-                Some(http),
-                Some(target),
-                None,
-                None,
-                probe,
-                on_check,
-            );
+            let Dialed { outcome, stream } = tcp?;
+            let target = outcome.reachable()[0];
+            probe.tcp = Some(outcome);
+            return Some(Reached {
+                conn: Some(Conn::new(stream, false)),
+                served: http,
+                fell_back: true,
+                target: Some(target),
+                tls_client: None,
+                proxy: None,
+            });
         }
         let (result, tcp) = ran.split();
         record(probe, blame_proxy(result, proxy));
-        let tcp = tcp?;
-        let target = tcp.reachable()[0];
-        probe.tcp = Some(tcp);
+        let Dialed { outcome, stream } = tcp?;
+        let target = outcome.reachable()[0];
+        probe.tcp = Some(outcome);
 
         let tls_client = match endpoint.scheme {
-            Scheme::Http => None,
+            Scheme::Http => {
+                return Some(Reached {
+                    conn: Some(Conn::new(stream, false)),
+                    served: endpoint.clone(),
+                    fell_back: false,
+                    target: Some(target),
+                    tls_client: None,
+                    proxy: proxy.cloned(),
+                });
+            }
             Scheme::Https => match self.trust.client(&endpoint.tls) {
-                Ok(client) => Some(client),
+                Ok(client) => client,
                 Err(error) => {
                     record(probe, config_failure(CheckKind::Tls, error.to_string()));
                     return None;
                 }
             },
         };
-        if let Some(client) = &tls_client {
-            let handshake = async {
-                let stream = self.connect(endpoint, target, proxy).await?;
-                check::tls::check(stream, &endpoint.host, client).await
-            };
-            let ran = check::run(CheckKind::Tls, self.timeout, handshake).await;
-            if let Some(fallback) = endpoint.http_fallback.filter(|f| falls_back(f, &ran)) {
-                // The HTTPS attempt's failure is what sends containerd to plain HTTP: the tls
-                // step passes, saying so; the HTTP steps go to the plain-HTTP endpoint.
-                let mut note = ran.record;
-                note.detail = format!("{}; {}", note.detail, fallback_rule(&fallback));
-                note.ok = true;
-                note.reason = None;
-                record(probe, note);
-                let http = plain_http(endpoint, fallback.port);
-                let http_proxy = self.proxies.for_endpoint(&http);
-                // The address the tcp check reached, unless that was a proxy's.
-                let target = proxy
-                    .is_none()
-                    .then(|| SocketAddr::new(target.ip(), fallback.port));
-                return self.link(
-                    endpoint,
-                    Some(http),
-                    target,
-                    None,
-                    http_proxy,
-                    probe,
-                    on_check,
-                );
-            }
-            let (result, tls) = ran.split();
-            record(probe, result);
-            probe.tls = Some(tls?);
+        let handshake = async {
+            let stream = self.tunnel(endpoint, stream, proxy).await?;
+            check::tls::check(stream, &endpoint.host, &tls_client).await
+        };
+        let ran = check::run(CheckKind::Tls, self.timeout, handshake).await;
+        if let Some(fallback) = endpoint.http_fallback.filter(|f| falls_back(f, &ran)) {
+            // The HTTPS attempt's failure is what sends containerd to plain HTTP: the tls
+            // step passes, saying so; the HTTP steps go to the plain-HTTP endpoint.
+            let mut note = ran.record;
+            note.detail = format!("{}; {}", note.detail, fallback_rule(&fallback));
+            note.ok = true;
+            note.reason = None;
+            record(probe, note);
+            let http = plain_http(endpoint, fallback.port);
+            let http_proxy = self.proxies.for_endpoint(&http).cloned();
+            // The address the tcp check reached, unless that was a proxy's.
+            let target = proxy
+                .is_none()
+                .then(|| SocketAddr::new(target.ip(), fallback.port));
+            return Some(Reached {
+                conn: None,
+                served: http,
+                fell_back: true,
+                target,
+                tls_client: None,
+                proxy: http_proxy,
+            });
         }
-        self.link(
-            endpoint,
-            None,
-            Some(target),
-            tls_client.as_ref(),
-            proxy,
-            probe,
-            on_check,
-        )
+        let (result, secured) = ran.split();
+        record(probe, result);
+        let Secured { outcome, conn } = secured?;
+        probe.tls = Some(outcome);
+        Some(Reached {
+            conn: Some(conn),
+            served: endpoint.clone(),
+            fell_back: false,
+            target: Some(target),
+            tls_client: Some(tls_client),
+            proxy: proxy.cloned(),
+        })
     }
 
-    /// The tcp check to `port` of `addresses`; hosts.toml's `dial_timeout` bounds each attempt,
-    /// within the check's own bound.
+    /// The client for the steps after `/v2/` (auth, manifest), pinned to the address the tcp
+    /// check reached (or the proxy); the reason it could not be built otherwise.
+    pub fn link(&self, reached: &Reached) -> Result<Link, String> {
+        let connect_to = reached.address();
+        http_client::build(
+            &reached.served,
+            connect_to,
+            reached.tls_client.as_ref(),
+            reached.proxy.as_ref(),
+            self.timeout,
+        )
+        .map(|client| Link {
+            client,
+            proxied: reached.proxy.is_some(),
+            via: reached.fell_back.then(|| reached.served.clone()),
+            address: connect_to,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// The tcp check to `port` of `addresses`; hosts.toml's `dial_timeout` bounds the dial (all
+    /// addresses, as Go's `Dialer.Timeout`), within the check's own bound.
     async fn tcp(
         &self,
         endpoint: &Endpoint,
         addresses: &[IpAddr],
         port: u16,
-    ) -> check::Ran<TcpOutcome, TcpFailed> {
-        let per_address = match endpoint.extras.dial_timeout {
+    ) -> check::Ran<Dialed, TcpFailed> {
+        let deadline = match endpoint.extras.dial_timeout {
             Some(dial) => dial.min(self.timeout.mul_f64(0.9)),
             None => self.timeout.mul_f64(0.9),
         };
         check::run(
             CheckKind::Tcp,
             self.timeout,
-            check::tcp::check(addresses, port, per_address),
+            check::tcp::check(addresses, port, deadline),
         )
         .await
     }
 
-    /// The client for the HTTP steps, pinned to `target` (or the proxy; `None`: resolved by the
-    /// client); `via`: the plain-HTTP endpoint of containerd's fallback, when taken.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the pieces the chain has gathered so far"
-    )]
-    fn link(
+    /// A proxy tunnel on the tcp check's connection when the runtime would use one; else the
+    /// connection itself.
+    async fn tunnel(
         &self,
         endpoint: &Endpoint,
-        via: Option<Endpoint>,
-        target: Option<SocketAddr>,
-        tls_client: Option<&TlsClient>,
-        proxy: Option<&Proxy>,
-        probe: &mut Probe,
-        on_check: OnCheck<'_>,
-    ) -> Option<Link> {
-        let connect_to = target.filter(|_| proxy.is_none());
-        match http_client::build(
-            via.as_ref().unwrap_or(endpoint),
-            connect_to,
-            tls_client,
-            proxy,
-            self.timeout,
-        ) {
-            Ok(client) => Some(Link {
-                client,
-                proxied: proxy.is_some(),
-                via,
-                address: connect_to,
-            }),
-            Err(error) => {
-                let result = config_failure(CheckKind::Http, error.to_string());
-                on_check(endpoint, &result);
-                probe.checks.push(result);
-                None
-            }
-        }
-    }
-
-    /// A TCP stream to the endpoint: straight to `target`, or a CONNECT tunnel through `proxy`.
-    async fn connect(
-        &self,
-        endpoint: &Endpoint,
-        target: SocketAddr,
+        stream: TcpStream,
         proxy: Option<&Proxy>,
     ) -> Result<TcpStream, TlsFailed> {
-        let stream = TcpStream::connect(target)
-            .await
-            .map_err(|e| TlsFailed::connect(&e))?;
         match proxy {
             None => Ok(stream),
             Some(proxy) => {
@@ -256,6 +332,23 @@ impl Diagnoser {
                     })
             }
         }
+    }
+
+    /// A new plain connection for the HTTP steps after containerd's fallback from a failed TLS
+    /// attempt (the runtime connects again too): to the address reached, or the proxy.
+    async fn reconnect(&self, reached: &Reached) -> Result<Conn, check::http::HttpFailed> {
+        let connected = match (&reached.proxy, reached.address()) {
+            (Some(proxy), _) => TcpStream::connect((proxy.host(), proxy.port())).await,
+            (None, Some(address)) => TcpStream::connect(address).await,
+            (None, None) => Err(std::io::Error::other("no address to connect to")),
+        };
+        connected
+            .map(|stream| Conn::new(stream, false))
+            .map_err(|error| check::http::HttpFailed {
+                reason: check::tcp::classify_io(&error),
+                message: format!("connect to {}: {error}", reached.served.url()),
+                status: None,
+            })
     }
 }
 
@@ -271,7 +364,7 @@ fn plain_http(endpoint: &Endpoint, port: u16) -> Endpoint {
 
 /// Whether the HTTPS attempt's failure sends containerd to plain HTTP: a plain-HTTP answer
 /// always, a handshake timeout by version (`isTLSError` in `remotes/docker/resolver.go`).
-fn falls_back(fallback: &HttpFallback, ran: &check::Ran<TlsOutcome, TlsFailed>) -> bool {
+fn falls_back(fallback: &HttpFallback, ran: &check::Ran<Secured, TlsFailed>) -> bool {
     match &ran.outcome {
         Ok(_) => false,
         Err(Failed::Error(error)) => error.plain_http,

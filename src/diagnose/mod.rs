@@ -5,6 +5,7 @@ mod chain;
 mod registry_api;
 mod verdict;
 
+pub use chain::{Ask, Reached};
 pub use registry_api::ApiProbe;
 pub use verdict::{conclude, with_runtime_check};
 
@@ -100,6 +101,16 @@ pub struct Link {
 impl Probe {
     fn failed(&self) -> bool {
         self.checks.iter().any(|c| !c.ok)
+    }
+
+    /// The connection's checks (dns → tcp → tls) all passed, whatever `/v2/` said.
+    pub fn connection_passed(&self) -> bool {
+        self.tcp.is_some()
+            && self
+                .checks
+                .iter()
+                .filter(|c| c.check != CheckKind::Http)
+                .all(|c| c.ok)
     }
 }
 

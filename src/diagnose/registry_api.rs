@@ -97,12 +97,16 @@ impl Diagnoser {
                 refused = Some(refused_realm(&bearer.realm, &why));
             } else {
                 let mut probe = Probe::default();
-                token_link = self.reach(&server, &mut probe, on_check).await;
-                // A name that led there: refused before any HTTP request goes out.
-                let reached = token_link.as_ref().and_then(|l| l.address);
-                if let Some(why) = reached.and_then(|at| named.refuses(&server.host, at.ip())) {
-                    refused = Some(refused_realm(&bearer.realm, &why));
-                    token_link = None;
+                token_link = None;
+                if let Some(reached) = self.reach(&server, &mut probe, on_check).await {
+                    // A name that led there: refused before any HTTP request goes out.
+                    let at = reached.address();
+                    match at.and_then(|at| named.refuses(&server.host, at.ip())) {
+                        Some(why) => refused = Some(refused_realm(&bearer.realm, &why)),
+                        // The token request goes with the client (its own connection).
+                        None => token_link = self.link(&reached).ok(),
+                    }
+                    reached.close().await;
                 }
                 token_server = Some(TokenServerProbe {
                     endpoint: server,

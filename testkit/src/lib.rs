@@ -15,6 +15,7 @@ pub mod http;
 pub mod image;
 pub mod kube_api;
 pub mod netns;
+pub mod port_gate;
 pub mod ports;
 pub mod prometheus;
 pub mod registry;

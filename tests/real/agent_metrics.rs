@@ -45,8 +45,10 @@ fn a_failing_v2_still_exports_its_status_code() {
         ("registry", registry.as_str()),
         ("endpoint", endpoint.as_str()),
     ];
+    // The round's series are written one after another: wait for its last one too.
     let (metrics, _) = agent.wait_metrics("the /v2/ status", Duration::from_secs(20), |m| {
         sample(m, "pullwatch_http_status_code", &labels).is_some()
+            && sample(m, "pullwatch_registry_up", &[("registry", &registry)]).is_some()
     });
     assert_eq!(
         sample(&metrics, "pullwatch_http_status_code", &labels),

@@ -135,7 +135,7 @@ fn healthy_tls_registry_is_pullable_with_full_evidence() {
         detail(0)
     );
     assert!(
-        detail(1).contains("1/1 addresses answered"),
+        detail(1).contains("1/1 addresses dialled answered"),
         "{}",
         detail(1)
     );
@@ -403,29 +403,46 @@ fn tcp_detail_resolving_to(addresses: &[Ipv4Addr]) -> (String, u16) {
 
 #[test]
 fn partly_dead_address_set_passes_but_shows() {
-    // 127.0.0.2 is on loopback too, but the registry only listens on 127.0.0.1.
-    let (detail, _) = tcp_detail_resolving_to(&[LOOPBACK, Ipv4Addr::new(127, 0, 0, 2)]);
+    // 127.0.0.2 is on loopback too, but the registry only listens on 127.0.0.1: dialled first,
+    // it refuses, and the next address is dialled, as the runtime's dialer does.
+    let (detail, _) = tcp_detail_resolving_to(&[Ipv4Addr::new(127, 0, 0, 2), LOOPBACK]);
     assert!(
-        detail.starts_with("1/2 addresses answered")
+        detail.starts_with("1/2 addresses dialled answered")
             && detail.contains("127.0.0.2")
             && detail.contains("refused"),
+        "{detail}"
+    );
+    // The first that answers is used: the ones after it are not dialled.
+    let (detail, _) = tcp_detail_resolving_to(&[LOOPBACK, Ipv4Addr::new(127, 0, 0, 2)]);
+    assert!(
+        detail.starts_with("1/1 addresses dialled answered")
+            && detail.ends_with("1 more not dialled (the first that answers is used)"),
         "{detail}"
     );
 }
 
 #[test]
 fn tcp_tries_at_most_four_addresses_per_family() {
-    // Six A records on loopback, the listening one first: only the first four are tried.
-    let six: Vec<Ipv4Addr> = (1..=6).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    // Six A records on loopback, the listening one fourth: only the first four are kept, and
+    // they are dialled in order until the fourth answers (the fifth and sixth are never known).
+    let order = [2, 3, 4, 1, 5, 6];
+    let six: Vec<Ipv4Addr> = order
+        .iter()
+        .map(|last| Ipv4Addr::new(127, 0, 0, *last))
+        .collect();
     let (detail, port) = tcp_detail_resolving_to(&six);
     let tried: Vec<&str> = detail
         .split_once(": ")
         .map(|(_, each)| each.split(", ").collect())
         .unwrap_or_default();
-    assert!(detail.starts_with("1/4 addresses answered"), "{detail}");
+    assert!(
+        detail.starts_with("1/4 addresses dialled answered"),
+        "{detail}"
+    );
+    assert!(!detail.contains("not dialled"), "{detail}");
     assert_eq!(tried.len(), 4, "{detail}");
     for (i, attempt) in tried.iter().enumerate() {
-        let addr = format!("127.0.0.{}:{port}", i + 1);
+        let addr = format!("127.0.0.{}:{port}", order[i]);
         assert!(
             attempt.starts_with(&addr),
             "attempt {i} is {addr}: {detail}"

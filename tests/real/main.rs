@@ -21,6 +21,7 @@ mod faults_listeners;
 mod faults_peers;
 mod faults_pods;
 mod faults_routes;
+mod fleet_cost;
 mod harness_smoke;
 mod https_first;
 mod kube_pods;

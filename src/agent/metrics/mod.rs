@@ -312,6 +312,7 @@ mod tests {
                     took: Duration::from_millis(1),
                     failure: None,
                 }],
+                untried: 0,
             }),
             tls: Some(TlsOutcome {
                 version: "TLSv1.3".into(),

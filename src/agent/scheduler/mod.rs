@@ -14,9 +14,10 @@ use tracing::{debug, info, warn};
 use super::health::Liveness;
 use super::metrics::Metrics;
 use super::status::StatusBoard;
+use crate::check::http::HttpOutcome;
 use crate::check::{self, CheckKind, CheckResult};
 use crate::credentials::{ImageCredentials, Offered};
-use crate::diagnose::{ApiProbe, Diagnoser, OnCheck, Probe, pull_auth};
+use crate::diagnose::{ApiProbe, Ask, Diagnoser, OnCheck, Probe, pull_auth};
 use crate::reference::ImageRef;
 use crate::report::Report;
 use crate::route::{Endpoint, Role, Route};
@@ -85,6 +86,54 @@ type ProbeSlot = tokio::sync::Mutex<Option<LastProbe>>;
 struct LastProbe {
     at: Instant,
     probe: Arc<Probe>,
+    /// The last `GET /v2/` actually sent, carried into the connectivity rounds after it.
+    asked: Option<Asked>,
+}
+
+/// A `GET /v2/` answer and when it was asked.
+#[derive(Clone)]
+struct Asked {
+    at: Instant,
+    record: CheckResult,
+    http: Option<HttpOutcome>,
+    status: Option<u16>,
+}
+
+impl Asked {
+    /// The `/v2/` step of `probe`, when it ran.
+    fn of(probe: &Probe) -> Option<Asked> {
+        let record = probe.checks.iter().find(|c| c.check == CheckKind::Http)?;
+        Some(Asked {
+            at: Instant::now(),
+            record: record.clone(),
+            http: probe.http.clone(),
+            status: probe.http_status,
+        })
+    }
+
+    /// Adds this answer to a connectivity round's `probe` (which sent no request), saying when
+    /// it was asked: the endpoint is up while its chain passes and its last answer did.
+    fn carry_into(&self, probe: &mut Probe) {
+        let mut record = self.record.clone();
+        record.detail = format!(
+            "{} (asked {} ago; asked again every manifest interval, and whenever the connection's checks change state)",
+            record.detail,
+            crate::text::short_duration(self.at.elapsed())
+        );
+        probe.checks.push(record);
+        probe.http = self.http.clone();
+        probe.http_status = self.status;
+    }
+}
+
+/// What a round asks of an endpoint beyond its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asking {
+    /// dns → tcp → tls only: `GET /v2/` is sent only when the chain changed state since the last
+    /// round (or none was ever sent); otherwise the last answer is carried.
+    Connect,
+    /// `GET /v2/` too (the manifest interval is due, or a pod's pull failed).
+    Ping,
 }
 
 impl Scheduler {
@@ -170,6 +219,7 @@ impl Scheduler {
                         .await;
                     *last = Some(LastProbe {
                         at: Instant::now(),
+                        asked: Asked::of(&checked.probe),
                         probe: Arc::clone(&checked.probe),
                     });
                     checked
@@ -212,20 +262,39 @@ impl Scheduler {
         endpoint: &Endpoint,
         slot: &ProbeSlot,
         force: bool,
+        asking: Asking,
         api: Option<&ManifestRequest>,
     ) -> (Arc<Probe>, Option<ApiProbe>) {
         let mut last = slot.lock().await;
+        let fresh = |at: Instant| at.elapsed() < self.settings.interval / 2;
         if !force
             && api.is_none()
-            && let Some(LastProbe { at, probe }) = last.as_ref()
-            && at.elapsed() < self.settings.interval / 2
+            && let Some(LastProbe { at, probe, asked }) = last.as_ref()
+            && fresh(*at)
+            && (asking == Asking::Connect || asked.as_ref().is_some_and(|a| fresh(a.at)))
         {
             return (Arc::clone(probe), None);
         }
         // The semaphore is never closed; without a permit the probe would still be bounded by its timeouts.
         let _permit = self.permits.acquire().await.ok();
-        let (probe, api) = match api {
-            None => (self.diagnoser.probe(endpoint).await, None),
+        // Without a request due, `/v2/` is asked only when the chain's state may have changed: it
+        // failed last time (a chain that fails again stops before any request), or nothing was asked.
+        let carried = last
+            .as_ref()
+            .filter(|l| l.probe.connection_passed())
+            .and_then(|l| l.asked.clone());
+        let ask = match (asking, &carried) {
+            (Asking::Connect, Some(_)) if !force => Ask::Connect,
+            _ => Ask::Ping,
+        };
+        let (mut probe, api) = match api {
+            None => (
+                self.diagnoser
+                    .probe_asking(endpoint, ask, &|_, _| {})
+                    .await
+                    .0,
+                None,
+            ),
             Some(request) => {
                 let (probe, link) = self.diagnoser.probe_linked(endpoint, &|_, _| {}).await;
                 let api = match (&probe.http, &link) {
@@ -248,10 +317,19 @@ impl Scheduler {
                 (probe, api)
             }
         };
+        let asked = match (Asked::of(&probe), carried) {
+            (Some(fresh), _) => Some(fresh),
+            (None, Some(carried)) if probe.connection_passed() => {
+                carried.carry_into(&mut probe);
+                Some(carried)
+            }
+            _ => None,
+        };
         let probe = Arc::new(probe);
         *last = Some(LastProbe {
             at: Instant::now(),
             probe: Arc::clone(&probe),
+            asked,
         });
         (probe, api)
     }

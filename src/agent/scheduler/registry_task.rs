@@ -1,5 +1,5 @@
 //! One registry's task: rounds of its route on jittered timers (connectivity every `--interval`,
-//! auth + manifest every `--manifest-interval`, the runtime's pull every
+//! the HTTP requests (`GET /v2/`, auth + manifest) every `--manifest-interval`, the runtime's pull every
 //! `--runtime-check-interval`) or on demand, each endpoint through its probe slot.
 
 use std::collections::HashMap;
@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::super::health::Heart;
-use super::{ManifestRequest, ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up};
+use super::{
+    Asking, ManifestRequest, ProbeSlot, Scheduler, WatchedRegistry, log_transition, registry_up,
+};
 use crate::check::CheckResult;
 use crate::credentials::{ImageCredentials, Offered, Source};
 use crate::diagnose::{ApiProbe, Probe, conclude};
@@ -148,13 +150,17 @@ impl Scheduler {
                 .canary
                 .as_deref()
                 .and_then(|c| ImageRef::parse(c).ok());
-            // An on-demand round checks the manifest too: it is asked because a pull failed.
-            let api = canary
-                .as_ref()
-                .filter(|_| force || started >= manifest.next);
+            // The HTTP requests (`GET /v2/`, auth, manifest) go every manifest interval; an
+            // on-demand round asks them too: it is asked because a pull failed.
+            let requests_due = force || started >= manifest.next;
+            let api = canary.as_ref().filter(|_| requests_due);
+            let asking = match requests_due {
+                true => Asking::Ping,
+                false => Asking::Connect,
+            };
             let round = tokio::select! {
                 _ = cancel.cancelled() => break,
-                round = self.round(&current.route, &slots, force, api, &mut api_checks, &heart) => round,
+                round = self.round(&current.route, &slots, force, asking, api, &mut api_checks, &heart) => round,
             };
             let Round {
                 report,
@@ -162,7 +168,7 @@ impl Scheduler {
                 answered,
             } = round;
             connectivity.reschedule(started);
-            if api.is_some() {
+            if requests_due {
                 manifest.reschedule(started);
             }
             let up = registry_up(&report) || unverified.is_some();
@@ -206,11 +212,16 @@ impl Scheduler {
 
     /// Probes every endpoint of the route at once (with auth and manifest of `api` when given),
     /// records their metrics, and concludes.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the round's settings and the task's state it updates"
+    )]
     async fn round(
         self: &Arc<Self>,
         route: &Route,
         slots: &[Arc<ProbeSlot>],
         force: bool,
+        asking: Asking,
         api: Option<&ImageRef>,
         api_checks: &mut HashMap<String, ApiChecks>,
         heart: &Heart,
@@ -230,7 +241,7 @@ impl Scheduler {
             let request = request.clone();
             probes.spawn(async move {
                 let (probe, api) = this
-                    .probe(&endpoint, &slot, force, request.as_deref())
+                    .probe(&endpoint, &slot, force, asking, request.as_deref())
                     .await;
                 Probed {
                     index,
