@@ -75,6 +75,14 @@ pub struct AgentFlags {
           action = clap::ArgAction::Set)]
     pub pull_secrets: bool,
 
+    /// Export the per-check series (check_success, check_duration_seconds, dns_addresses,
+    /// tcp_addresses_reachable, http_status_code) of healthy endpoints too; without it they exist
+    /// only while an endpoint fails.
+    #[arg(long, env = "PULLWATCH_METRICS_DETAIL", default_value_t = false,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub metrics_detail: bool,
+
     /// Unix socket of the agent's own gRPC API (Status, Diagnose); `diagnose --agent` connects to it.
     #[arg(
         long,
@@ -102,6 +110,8 @@ pub struct AgentConfig {
     pub kubernetes: KubernetesMode,
     pub post_events: bool,
     pub pull_secrets: bool,
+    /// `--metrics-detail`: per-check series of healthy endpoints too.
+    pub metrics_detail: bool,
 }
 
 /// A flag value that parsed but cannot be used; the message names the flag.
@@ -207,6 +217,7 @@ impl AgentFlags {
             },
             post_events: self.post_events,
             pull_secrets: self.pull_secrets,
+            metrics_detail: self.metrics_detail,
         })
     }
 }
@@ -254,6 +265,8 @@ mod tests {
             PathBuf::from("/run/pullwatch/pullwatch.sock")
         );
         assert_eq!(config.node_name, "node-a");
+        assert!(!config.metrics_detail);
+        assert!(flags(&["--metrics-detail"]).unwrap().metrics_detail);
     }
 
     #[test]

@@ -1,17 +1,18 @@
-//! The agent's HTTP endpoints: `/metrics`, `/healthz` (loops alive), `/readyz` (discovery and first
-//! round done), `/api/v1/status`. GET only; none takes a target from the request (no SSRF).
+//! The agent's HTTP endpoints: `/metrics`, `/healthz` (loops alive), `/readyz` (discovery done and
+//! every registry's checks started), `/api/v1/status`. GET only; none takes a target from the request (no SSRF).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimitLayer;
 
+use super::exposition::{accepts_gzip, gzip};
 use super::health::Liveness;
 use super::listener::{self, Protocol};
 use super::metrics::Metrics;
@@ -52,15 +53,39 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, cancel: Cancella
     .await;
 }
 
-async fn metrics(State(endpoints): State<Endpoints>) -> Response {
-    match endpoints.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {error}\n"),
-        )
-            .into_response(),
+/// The exposition, gzip-encoded when the request's `Accept-Encoding` allows it.
+async fn metrics(State(endpoints): State<Endpoints>, request: HeaderMap) -> Response {
+    let text = match endpoints.metrics.encode() {
+        Ok(text) => text,
+        Err(error) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode metrics: {error}\n"),
+            )
+                .into_response();
+        }
+    };
+    let wants_gzip = request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_gzip);
+    let vary = (header::VARY, HeaderValue::from_static("accept-encoding"));
+    let content_type = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(prometheus::TEXT_FORMAT),
+    );
+    if wants_gzip {
+        match gzip(text.as_bytes()) {
+            Ok(packed) => {
+                let encoding = (header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                return ([content_type, vary, encoding], packed).into_response();
+            }
+            // Cannot happen writing to memory; the plain text is still an answer.
+            Err(error) => tracing::warn!(%error, "cannot gzip the metrics; serving them plain"),
+        }
     }
+    ([content_type, vary], text).into_response()
 }
 
 async fn healthz(State(endpoints): State<Endpoints>) -> (StatusCode, String) {
@@ -135,7 +160,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readiness_follows_discovery_and_the_first_round() {
+    async fn readiness_follows_discovery_and_the_registries_start() {
         let e = endpoints();
         assert_eq!(
             call(&e, "GET", "/readyz").await.0,
@@ -145,6 +170,7 @@ mod tests {
         let (code, _, body) = call(&e, "GET", "/readyz").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("r.example"), "{body}");
+        e.status.started("r.example");
         e.status.record(
             Report {
                 image: String::new(),
@@ -180,6 +206,63 @@ mod tests {
         assert!(body.contains("scheduler"), "{body}");
         heart.beat();
         assert_eq!(call(&e, "GET", "/healthz").await.0, StatusCode::OK);
+    }
+
+    /// `/metrics` asked with `accept_encoding`: its status, `Content-Encoding`, `Vary` and body.
+    async fn scrape(
+        endpoints: &Endpoints,
+        accept_encoding: Option<&str>,
+    ) -> (String, String, Vec<u8>) {
+        let mut request = Request::builder().uri("/metrics");
+        if let Some(value) = accept_encoding {
+            request = request.header(header::ACCEPT_ENCODING, value);
+        }
+        let response = router(endpoints.clone())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &HeaderValue| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let (encoding, vary) = (header(header::CONTENT_ENCODING), header(header::VARY));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (encoding, vary, body.to_vec())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_gzipped_only_when_the_scraper_accepts_gzip() {
+        use std::io::Read;
+        let e = endpoints();
+        let (encoding, vary, plain) = scrape(&e, None).await;
+        assert_eq!((encoding.as_str(), vary.as_str()), ("", "accept-encoding"));
+        // The process's own samples (CPU, memory) may move between two scrapes.
+        let stable = |body: &[u8]| {
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("process_")).collect();
+            assert!(lines.iter().any(|l| l.starts_with("pullwatch_build_info{")));
+            lines.join("\n")
+        };
+        let (encoding, _, refused) = scrape(&e, Some("gzip;q=0, identity")).await;
+        assert_eq!(encoding, "");
+        assert_eq!(stable(&refused), stable(&plain));
+        let (encoding, vary, packed) = scrape(&e, Some("gzip")).await;
+        assert_eq!(
+            (encoding.as_str(), vary.as_str()),
+            ("gzip", "accept-encoding")
+        );
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(stable(&text), stable(&plain));
+        assert!(packed.len() < plain.len());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod api_socket;
 pub mod config;
 pub mod config_watch;
 pub mod discovery;
+mod exposition;
 pub mod health;
 pub mod http;
 pub mod listener;
@@ -43,7 +44,8 @@ use crate::runtime::RuntimeClient;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Endpoint probes in flight at once, over all registries.
 const MAX_IN_FLIGHT: usize = 8;
-/// The first round is spread over at most this, so a new pod is ready soon.
+/// The first round is spread over at most this: a rollout's first rounds reach the registries spread
+/// out, and a new pod's first results come soon (readiness does not wait for them).
 const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(10);
 /// On-demand rounds of one registry start at most this often.
 const DEBOUNCE: Duration = Duration::from_secs(10);
@@ -110,11 +112,12 @@ impl Agent {
         mut diagnoser: Diagnoser,
         runtime_socket: Option<PathBuf>,
     ) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new(
+        let metrics = Arc::new(Metrics::with_detail(
             &config.node_name,
             env!("CARGO_PKG_VERSION"),
             crate::REVISION,
             config.max_failing_series,
+            config.metrics_detail,
         )?);
         let listener =
             TcpListener::bind(config.listen)

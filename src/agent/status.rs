@@ -1,5 +1,6 @@
 //! What the agent knows now, for `/api/v1/status`, the `Status` API and `/readyz`: each watched
-//! registry's last results (same field names as `diagnose --output json`) and whether the first round is done.
+//! registry's last results (same field names as `diagnose --output json`) and whether discovery is
+//! done and every registry's checks have started.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -59,18 +60,16 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NotReady {
     Discovering,
-    FirstRound { pending: Vec<String> },
+    Starting { pending: Vec<String> },
 }
 
 impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotReady::Discovering => f.write_str("discovery has not finished"),
-            NotReady::FirstRound { pending } => write!(
-                f,
-                "first round of checks not finished for {}",
-                pending.join(", ")
-            ),
+            NotReady::Starting { pending } => {
+                write!(f, "checks not started yet for {}", pending.join(", "))
+            }
         }
     }
 }
@@ -83,7 +82,7 @@ pub struct StatusBoard {
 
 #[derive(Default)]
 struct Inner {
-    /// `None` until the first discovery; then the registries whose first round is still due.
+    /// `None` until the first discovery; then the registries whose checks have not started.
     pending: Option<BTreeSet<String>>,
     registries: BTreeMap<String, RegistryStatus>,
     failures: Vec<PodFailure>,
@@ -105,14 +104,18 @@ impl StatusBoard {
         }
     }
 
+    /// A registry's checks started (its task runs, its first round on its jittered timer).
+    pub fn started(&self, registry: &str) {
+        if let Some(pending) = self.write().pending.as_mut() {
+            pending.remove(registry);
+        }
+    }
+
     /// Stores a registry's round.
     pub fn record(&self, mut report: Report, unverified: Option<String>, at: SystemTime) {
         // A registry's round is about the registry, whatever image it checked.
         report.image.clear();
         let mut inner = self.write();
-        if let Some(pending) = inner.pending.as_mut() {
-            pending.remove(&report.registry);
-        }
         let status = RegistryStatus {
             report,
             unverified,
@@ -137,12 +140,14 @@ impl StatusBoard {
         self.write().failures = failures;
     }
 
-    /// Ready once discovery ran and every registry it found finished a round (or went away).
+    /// Ready once discovery ran and every registry it found has its checks started (or went away):
+    /// not after the first round, which is spread over up to 10s to spare the registries, so a
+    /// rollout never waits on its jitter, and a registry that is down never holds readiness back.
     pub fn readiness(&self) -> Result<(), NotReady> {
         match &self.read().pending {
             None => Err(NotReady::Discovering),
             Some(pending) if pending.is_empty() => Ok(()),
-            Some(pending) => Err(NotReady::FirstRound {
+            Some(pending) => Err(NotReady::Starting {
                 pending: pending.iter().cloned().collect(),
             }),
         }
@@ -186,21 +191,27 @@ mod tests {
     }
 
     #[test]
-    fn ready_after_discovery_and_every_first_round() {
+    fn ready_after_discovery_and_every_registry_started() {
         let board = StatusBoard::new("n");
         assert_eq!(board.readiness(), Err(NotReady::Discovering));
+        // Starting before discovery names nothing pending.
+        board.started("a");
         board.discovered(["a", "b", "c"]);
         assert_eq!(
             board.readiness(),
-            Err(NotReady::FirstRound {
+            Err(NotReady::Starting {
                 pending: vec!["a".into(), "b".into(), "c".into()]
             })
         );
-        board.record(report("a", false), None, SystemTime::now());
+        board.started("a");
         board.forget("c");
         assert!(board.readiness().is_err());
+        // A round's result does not stand in for a start.
         board.record(report("b", true), None, SystemTime::now());
+        assert!(board.readiness().is_err());
+        board.started("b");
         assert_eq!(board.readiness(), Ok(()));
+        board.record(report("a", false), None, SystemTime::now());
         // A later discovery does not take readiness back, nor does a failing registry.
         board.discovered(["d"]);
         board.record(report("a", true), None, SystemTime::now());

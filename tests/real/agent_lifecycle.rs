@@ -1,5 +1,6 @@
 //! The agent's life: bad configuration exits 64 naming the flag, `/readyz` waits for discovery and
-//! the first round, `/healthz` never depends on a registry, SIGTERM/SIGINT drain and exit 0.
+//! the registries' checks to start but not for their first round, `/healthz` never depends on a
+//! registry, SIGTERM/SIGINT drain and exit 0.
 
 use std::time::{Duration, Instant};
 
@@ -143,78 +144,112 @@ fn bad_configuration_exits_64_naming_the_flag() {
 }
 
 #[test]
-fn readiness_waits_for_the_first_round_and_health_never_depends_on_registries() {
-    // A registry that answers /v2/ only after 4 s: the first round cannot finish sooner.
+fn readiness_does_not_wait_for_the_first_round_and_health_never_depends_on_registries() {
+    // A registry that answers /v2/ only after 6 s: its first round cannot finish sooner.
     let slow = ScriptedServer::builder()
         .route(
             "GET",
             "/v2/",
-            Response::registry_v2().delay(Duration::from_secs(4)),
+            Response::registry_v2().delay(Duration::from_secs(6)),
         )
         .start();
-    let dns = DnsServer::builder()
-        .silent("blackhole.pullwatch.test")
-        .start();
+    // 64 registries (the default cap), none of the others reachable: readiness must not care.
+    let fillers: Vec<String> = (0..60).map(|i| format!("gone{i}.pullwatch.test")).collect();
+    let mut dns = DnsServer::builder().silent("blackhole.pullwatch.test");
+    for name in &fillers {
+        dns = dns.nxdomain(name);
+    }
+    let dns = dns.start();
     let slow_registry = format!("127.0.0.1:{}", slow.port());
     let refused = format!("127.0.0.1:{}", closed_port());
+    let mut args = vec![
+        "--interval",
+        "1s",
+        "--registry",
+        &slow_registry,
+        "--registry",
+        &refused,
+        "--registry",
+        "blackhole.pullwatch.test",
+    ];
+    for name in &fillers {
+        args.extend(["--registry", name]);
+    }
+    args.extend(["--registry", "nxdomain.pullwatch.test"]);
     let started = Instant::now();
     let agent = Agent::start(
         &[
             "--resolv-conf",
             dns.resolv_conf_str(),
             "--timeout",
-            "8s",
+            "10s",
             "--insecure-registry",
             &slow_registry,
         ],
-        &[
-            "--interval",
-            "1s",
-            "--registry",
-            &slow_registry,
-            "--registry",
-            &refused,
-            "--registry",
-            "blackhole.pullwatch.test",
-            "--registry",
-            "nxdomain.pullwatch.test",
-        ],
+        &args,
     );
-    let (status, body) = agent.get("/readyz");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "too slow to observe the first round: {:?}",
-        started.elapsed()
-    );
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains(&slow_registry), "{body}");
-
-    // Until every first round is done, and after, with every registry but one broken: alive.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut ready_after = None;
-    while ready_after.is_none()
-        || Instant::now() < ready_after.unwrap_or(deadline) + Duration::from_secs(3)
-    {
-        let (health, body) = agent.get("/healthz");
-        assert_eq!(health, 200, "/healthz with broken registries: {body}");
-        if ready_after.is_none() && agent.get("/readyz").0 == 200 {
-            ready_after = Some(Instant::now());
+    // Ready once discovery is done and every registry's checks started: before the slow first
+    // round has a result (its round starts within the 1 s interval and takes 6 s).
+    let deadline = started + Duration::from_secs(20);
+    let status = loop {
+        let (code, body) = agent.get("/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        if status["ready"] == true {
+            break status;
         }
         assert!(
             Instant::now() < deadline,
             "never ready:\n{}",
             agent.get("/readyz").1
         );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("ready {:?} after start", started.elapsed());
+    let checked: Vec<&str> = status["registries"]
+        .as_array()
+        .expect("registries")
+        .iter()
+        .filter_map(|r| r["registry"].as_str())
+        .collect();
+    assert!(
+        !checked.contains(&slow_registry.as_str()),
+        "ready only after the slow first round: {checked:?}"
+    );
+    assert_eq!(agent.get("/readyz").0, 200);
+
+    // Until the slow first round is done, and after, with every registry but one broken: alive,
+    // and still ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done_at = None;
+    while done_at.is_none_or(|at| Instant::now() < at + Duration::from_secs(3)) {
+        let (health, body) = agent.get("/healthz");
+        assert_eq!(health, 200, "/healthz with broken registries: {body}");
+        assert_eq!(agent.get("/readyz").0, 200);
+        let slow_up = sample(
+            &agent.metrics(),
+            "pullwatch_registry_up",
+            &[("registry", &slow_registry)],
+        );
+        if done_at.is_none() && slow_up == Some(1.0) {
+            done_at = Some(Instant::now());
+        }
+        assert!(Instant::now() < deadline, "the slow registry never came up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ready = ready_after.expect("ready") - started;
-    eprintln!("ready {ready:?} after start");
-    assert!(
-        ready >= Duration::from_secs(4),
-        "ready before the slow first round: {ready:?}"
-    );
 
-    let metrics = agent.metrics();
+    // The black hole's lookup runs into the 10 s timeout.
+    let (metrics, _) = agent.wait_metrics(
+        "the black hole's dns_timeout",
+        Duration::from_secs(30),
+        |m| {
+            let labels = [
+                ("registry", "blackhole.pullwatch.test"),
+                ("reason", "dns_timeout"),
+            ];
+            sample(m, "pullwatch_endpoint_failure_reason", &labels).is_some()
+        },
+    );
     let up = |registry: &str| sample(&metrics, "pullwatch_registry_up", &[("registry", registry)]);
     assert_eq!(up(&slow_registry), Some(1.0), "{metrics}");
     assert_eq!(up(&refused), Some(0.0));

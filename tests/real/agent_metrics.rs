@@ -1,11 +1,15 @@
 //! What the agent exports about a registry that answers, but badly: the `/v2/` status is
-//! kept even when the http check fails (a 503 is the evidence), next to the failure reason.
+//! kept even when the http check fails (a 503 is the evidence), next to the failure reason; about a
+//! healthy one, the lean set unless `--metrics-detail`; and `/metrics` gzip-encoded when asked.
 
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use testkit::agent::{Agent, sample};
+use testkit::agent::{Agent, sample, samples};
+use testkit::certs::TlsFixtures;
 use testkit::dns::DnsServer;
+use testkit::http::Client;
 use testkit::registry::Registry;
 use testkit::scripted::{Response, ScriptedServer};
 
@@ -126,4 +130,109 @@ fn a_new_hosts_toml_is_discovered_without_waiting_for_the_interval() {
         Some(1.0),
         "{metrics}"
     );
+}
+
+/// The metric name of every sample about `registry`, sorted.
+fn series_of(exposition: &str, registry: &str) -> Vec<String> {
+    let label = format!("registry=\"{registry}\"");
+    let mut names: Vec<String> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .map(|l| l.split('{').next().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every sample line's name and labels, without the process's own (CPU and memory move).
+fn label_sets(exposition: &str) -> Vec<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_healthy_registry_is_lean_unless_detail_is_asked_and_metrics_gzip_when_asked() {
+    const HOST: &str = "lean.pullwatch.test";
+    let tls = TlsFixtures::for_host(HOST);
+    let registry = Registry::builder()
+        .tls(&tls.valid.cert_path, &tls.valid.key_path)
+        .start();
+    let dns = DnsServer::builder().a(HOST, Ipv4Addr::LOCALHOST).start();
+    let name = format!("{HOST}:{}", registry.port());
+    for detail in [false, true] {
+        let mut args = vec![
+            "--interval",
+            "1s",
+            "--kubernetes",
+            "off",
+            "--registry",
+            &name,
+        ];
+        if detail {
+            args.push("--metrics-detail");
+        }
+        let agent = Agent::start(
+            &[
+                "--resolv-conf",
+                dns.resolv_conf_str(),
+                "--ca-file",
+                tls.ca.cert_path_str(),
+                "--timeout",
+                "2s",
+            ],
+            &args,
+        );
+        let up = [("registry", name.as_str())];
+        let (metrics, _) = agent.wait_metrics("the registry up", Duration::from_secs(30), |m| {
+            sample(m, "pullwatch_registry_up", &up) == Some(1.0)
+        });
+        let series = series_of(&metrics, &name);
+        let count = |metric: &str| series.iter().filter(|n| *n == metric).count();
+        if detail {
+            // Every check of the chain, its duration, the addresses per family, the status.
+            assert_eq!(count("pullwatch_check_success"), 4, "{series:?}");
+            assert_eq!(samples(&metrics, "pullwatch_check_success", &up), [1.0; 4]);
+            assert_eq!(count("pullwatch_check_duration_seconds"), 4);
+            assert_eq!(count("pullwatch_dns_addresses"), 2);
+            assert_eq!(count("pullwatch_tcp_addresses_reachable"), 2);
+            assert_eq!(count("pullwatch_http_status_code"), 1);
+            assert_eq!(series.len(), 17, "{series:?}");
+            continue;
+        }
+        // No manifest check without a canary on the node, so no credentials series: 4 of the 5.
+        assert_eq!(
+            series,
+            [
+                "pullwatch_endpoint_up",
+                "pullwatch_registry_up",
+                "pullwatch_tls_cert_not_after_timestamp_seconds",
+                "pullwatch_tls_info",
+            ],
+            "{metrics}"
+        );
+
+        let client = Client::http(agent.addr());
+        let plain = client.get("/metrics").expect("plain scrape");
+        assert_eq!(plain.header("content-encoding"), None);
+        assert_eq!(plain.header("vary"), Some("accept-encoding"));
+        let packed = client
+            .request("GET", "/metrics", &[("Accept-Encoding", "gzip")], &[])
+            .expect("gzip scrape");
+        assert_eq!(packed.status, 200);
+        assert_eq!(packed.header("content-encoding"), Some("gzip"));
+        assert_eq!(packed.header("vary"), Some("accept-encoding"));
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&packed.body[..])
+            .read_to_string(&mut text)
+            .expect("a gzip body");
+        assert_eq!(label_sets(&text), label_sets(&plain.text()));
+        eprintln!(
+            "/metrics: {} bytes plain, {} gzip",
+            plain.body.len(),
+            packed.body.len()
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! The agent as a real Prometheus sees it: `registry_up` and the failure `reason` of broken
-//! registries, a registry stopped and restarted, `node` on every series, and `/healthz` unmoved.
+//! The agent as a real Prometheus sees it (scraping gzip, as it always asks): `registry_up` and the
+//! failure `reason` of broken registries, the per-check series only while a registry fails (lean
+//! by default), a registry stopped and restarted, `node` on every series, and `/healthz` unmoved.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -29,6 +30,20 @@ fn up(registry: &str) -> String {
 
 fn failure_reason(registry: &str) -> String {
     format!("pullwatch_endpoint_failure_reason{{registry=\"{registry}\"}}")
+}
+
+fn check_success(registry: &str) -> String {
+    format!("pullwatch_check_success{{registry=\"{registry}\"}}")
+}
+
+/// `check=value` of each `check_success` sample, sorted.
+fn checks(samples: &[testkit::prometheus::Sample]) -> Vec<String> {
+    let mut checks: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{}={}", s.label("check"), s.value))
+        .collect();
+    checks.sort();
+    checks
 }
 
 fn assert_healthy(agent: &Agent) {
@@ -99,12 +114,23 @@ fn prometheus_sees_registries_up_broken_stopped_and_back() {
         assert_eq!(samples[0].label("role"), "upstream");
     }
     assert!(prometheus.query(&failure_reason(&live)).is_empty());
-    let (checks, _) = prometheus.wait_for(
-        &format!("pullwatch_check_success{{registry=\"{live}\"}}"),
-        SETTLE,
-        |s| s.len() == 4,
+    // Lean: a healthy endpoint has no per-check series; a failing one shows where it breaks (an
+    // address literal needs no lookup, so dns passed and tcp is where it fails).
+    assert!(prometheus.query(&check_success(&live)).is_empty());
+    assert!(
+        prometheus
+            .query(&format!(
+                "pullwatch_http_status_code{{registry=\"{live}\"}}"
+            ))
+            .is_empty()
     );
-    assert!(checks.iter().all(|s| s.value == 1.0), "{checks:?}");
+    let (refused_checks, _) =
+        prometheus.wait_for(&check_success(&refused), SETTLE, |s| s.len() == 4);
+    assert_eq!(
+        checks(&refused_checks),
+        ["dns=1", "http=0", "tcp=0", "tls=0"],
+        "{refused_checks:?}"
+    );
     let tls_info = prometheus.query(&format!("pullwatch_tls_info{{registry=\"{live}\"}}"));
     assert_eq!(tls_info.len(), 1, "{tls_info:?}");
     assert_eq!(tls_info[0].label("verified"), "true");
@@ -141,6 +167,10 @@ fn prometheus_sees_registries_up_broken_stopped_and_back() {
         s.len() == 1 && s[0].label("reason") == "tcp_refused"
     });
     assert_eq!(samples[0].value, 1.0, "{samples:?}");
+    let (failing, _) = prometheus.wait_for(&check_success(&live), SETTLE, |s| {
+        checks(s) == ["dns=1", "http=0", "tcp=0", "tls=0"]
+    });
+    assert_eq!(failing.len(), 4);
     assert_healthy(&agent);
 
     // A new registry process behind the same address.
@@ -153,6 +183,8 @@ fn prometheus_sees_registries_up_broken_stopped_and_back() {
         restarted.elapsed()
     );
     prometheus.wait_for(&failure_reason(&live), SETTLE, |s| s.is_empty());
+    // Recovered: its per-check series are gone from the scrape, so Prometheus marks them stale.
+    prometheus.wait_for(&check_success(&live), SETTLE, |s| s.is_empty());
     let failures = prometheus.query(&format!(
         "pullwatch_check_failures_total{{registry=\"{live}\",reason=\"tcp_refused\"}}"
     ));

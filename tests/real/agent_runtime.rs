@@ -41,7 +41,8 @@ fn runtime_metrics_follow_containerd_and_its_images_are_discovered() {
             "--insecure-registry",
             &registry_name,
         ],
-        &["--interval", "1s"],
+        // Detail: the auth and manifest checks' own series, which a healthy registry has only so.
+        &["--interval", "1s", "--metrics-detail"],
     );
 
     let (metrics, _) = agent.wait_metrics("the runtime's state", SETTLE, |m| {

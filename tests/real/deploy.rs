@@ -119,6 +119,59 @@ fn alerts_and_dashboard_use_only_exported_metrics() {
     }
 }
 
+/// The per-check series a healthy endpoint exports only with `--metrics-detail`.
+const DETAIL_ONLY: [&str; 5] = [
+    "pullwatch_check_success",
+    "pullwatch_check_duration_seconds",
+    "pullwatch_dns_addresses",
+    "pullwatch_tcp_addresses_reachable",
+    "pullwatch_http_status_code",
+];
+
+#[test]
+fn alerts_and_dashboard_work_with_the_default_series() {
+    let alerts = metric_names(&read("deploy/prometheusrule.yaml"));
+    for name in DETAIL_ONLY {
+        assert!(
+            !alerts.contains(name),
+            "an alert uses {name}, which a healthy endpoint has only with --metrics-detail"
+        );
+    }
+    // A panel may show a detail series (a failing endpoint has it) when it says so.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/dashboards/pullwatch.json")).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for panel in panels {
+        let used = metric_names(&panel["targets"].to_string());
+        if DETAIL_ONLY.iter().any(|name| used.contains(*name)) {
+            assert!(
+                panel["title"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("--metrics-detail"),
+                "panel {} uses a detail series without saying so",
+                panel["title"]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rollout_waits_for_ready_pods_that_stay_ready() {
+    let ds = document("deploy/daemonset.yaml", "DaemonSet");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        "10%"
+    );
+    // Longer than the first round's spread (10s): a pod that crashes on it stops the rollout.
+    let min_ready = ds["spec"]["minReadySeconds"]
+        .as_u64()
+        .expect("minReadySeconds");
+    assert!((10..=60).contains(&min_ready), "{min_ready}");
+    let probe = &ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    assert!(probe["periodSeconds"].as_u64().expect("periodSeconds") <= 5);
+}
+
 #[test]
 fn daemonset_sees_the_node_like_the_runtime() {
     let ds = document("deploy/daemonset.yaml", "DaemonSet");

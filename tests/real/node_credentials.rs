@@ -134,6 +134,7 @@ impl Node {
         // Debug logs too must hold no secret.
         Agent::start_with_env(
             &global,
+            // Detail: the tests read the manifest check's own series, also when it passes.
             &[
                 "--interval",
                 "1s",
@@ -141,6 +142,7 @@ impl Node {
                 "1s",
                 "--runtime-check-interval",
                 "1s",
+                "--metrics-detail",
             ],
             &[("PULLWATCH_LOG", "pullwatch=debug")],
         )

@@ -1,5 +1,6 @@
 //! Each endpoint's families (up, checks, failures, and through the host part its addresses, TLS and
-//! HTTP) with the label sets one endpoint has, so a changed or vanished endpoint's series go.
+//! HTTP) with the label sets one endpoint has, so a changed or vanished endpoint's series go. Lean
+//! unless asked: a healthy endpoint's per-check detail exists only with `--metrics-detail`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -100,6 +101,8 @@ pub(super) struct EndpointSeries {
     refused_failures: BTreeSet<(CheckKind, Reason)>,
     refused_reason: Option<Reason>,
     tls_info: TlsSeries,
+    /// Whether the host's detail series (addresses, HTTP status) exist.
+    host_detail: bool,
 }
 
 impl EndpointSeries {
@@ -112,6 +115,7 @@ impl EndpointSeries {
             refused_failures: BTreeSet::new(),
             refused_reason: None,
             tls_info: None,
+            host_detail: false,
         }
     }
 }
@@ -125,10 +129,16 @@ pub(super) struct EndpointMetrics {
     failure_reason: Family<IntGaugeVec, ReasonLabels<'static>>,
     host: HostMetrics,
     budget: Arc<Budget>,
+    /// `--metrics-detail`: the per-check series of healthy endpoints too.
+    detail: bool,
 }
 
 impl EndpointMetrics {
-    pub(super) fn new(registry: &Registry, budget: Arc<Budget>) -> prometheus::Result<Self> {
+    pub(super) fn new(
+        registry: &Registry,
+        budget: Arc<Budget>,
+        detail: bool,
+    ) -> prometheus::Result<Self> {
         Ok(EndpointMetrics {
             up: Family::gauge(
                 registry,
@@ -157,11 +167,14 @@ impl EndpointMetrics {
             )?,
             host: HostMetrics::new(registry)?,
             budget,
+            detail,
         })
     }
 
     /// Records one endpoint's last connectivity run (`probe`: up to `/v2/`, which decides
     /// `endpoint_up`) and the checks after it (`later`: auth, manifest), which may be older.
+    /// The per-check series exist while a check fails (all of the endpoint's: what passed before
+    /// the failure helps tell where it breaks) or with `--metrics-detail`; a recovery removes them.
     pub(super) fn record(
         &self,
         labels: EndpointLabels<'_>,
@@ -178,9 +191,29 @@ impl EndpointMetrics {
         let up = !probe.checks.is_empty() && probe.checks.iter().all(|c| c.ok);
         self.up.with(&labels).set(i64::from(up));
         let checks: Vec<&CheckResult> = probe.checks.iter().chain(later).collect();
-        self.record_checks(labels, scheme, &checks, series);
+        let detail = self.detail || !up || checks.iter().any(|c| !c.ok);
+        if detail {
+            self.record_checks(labels, scheme, &checks, series);
+        } else {
+            self.remove_checks(labels, series);
+        }
         self.record_failure(labels, &checks, series);
         self.host.record(labels.host, probe, &mut series.tls_info);
+        if detail {
+            self.host.record_detail(labels.host, probe);
+        } else if series.host_detail {
+            self.host.remove_detail(labels.host);
+        }
+        series.host_detail = detail;
+    }
+
+    /// Removes the per-check gauges (not the failure counters: their history stays).
+    fn remove_checks(&self, endpoint: EndpointLabels<'_>, series: &mut EndpointSeries) {
+        for check in std::mem::take(&mut series.checks) {
+            let labels = CheckLabels { endpoint, check };
+            self.check_success.remove(&labels);
+            self.check_duration.remove(&labels);
+        }
     }
 
     /// Every check of the chain has a series, run or not (0), so none vanishes mid-incident.

@@ -1,5 +1,6 @@
 //! The facts about an endpoint's host whatever its role (resolved and reachable addresses, TLS,
-//! HTTP status), as the last run saw them: a failed run leaves no stale TLS or HTTP facts.
+//! HTTP status), as the last run saw them: a failed run leaves no stale TLS or HTTP facts. TLS is
+//! always exported; addresses and status are detail, which the endpoint part asks for or removes.
 
 use prometheus::{GaugeVec, IntGaugeVec, Registry};
 
@@ -115,18 +116,8 @@ impl HostMetrics {
         })
     }
 
-    /// Addresses, TLS and HTTP as `probe` saw them; `tls` is the host's `tls_info` label set.
+    /// TLS as `probe` saw it; `tls` is the host's `tls_info` label set.
     pub(super) fn record(&self, host: HostLabels<'_>, probe: &Probe, tls: &mut TlsSeries) {
-        for (family, ipv6) in FAMILIES {
-            let labels = AddressLabels { host, family };
-            let resolved = probe
-                .dns
-                .as_ref()
-                .map_or(0, |dns| if ipv6 { dns.v6.len() } else { dns.v4.len() });
-            let reachable = probe.tcp.as_ref().map_or(0, |tcp| tcp.reachable_in(ipv6));
-            self.dns_addresses.with(&labels).set(resolved as i64);
-            self.tcp_reachable.with(&labels).set(reachable as i64);
-        }
         let now = probe
             .tls
             .as_ref()
@@ -147,20 +138,39 @@ impl HostMetrics {
         let not_after = probe.tls.as_ref().and_then(|tls| tls.earliest_not_after());
         self.tls_not_after
             .set_or_remove(&host, not_after.map(|t| t as f64));
+    }
+
+    /// The detail: addresses and HTTP status as `probe` saw them.
+    pub(super) fn record_detail(&self, host: HostLabels<'_>, probe: &Probe) {
+        for (family, ipv6) in FAMILIES {
+            let labels = AddressLabels { host, family };
+            let resolved = probe
+                .dns
+                .as_ref()
+                .map_or(0, |dns| if ipv6 { dns.v6.len() } else { dns.v4.len() });
+            let reachable = probe.tcp.as_ref().map_or(0, |tcp| tcp.reachable_in(ipv6));
+            self.dns_addresses.with(&labels).set(resolved as i64);
+            self.tcp_reachable.with(&labels).set(reachable as i64);
+        }
         self.http_status
             .set_or_remove(&host, probe.http_status.map(i64::from));
     }
 
-    /// Removes every series of the host.
-    pub(super) fn remove(&self, host: HostLabels<'_>, tls: &TlsSeries) {
+    /// Removes the detail series of the host.
+    pub(super) fn remove_detail(&self, host: HostLabels<'_>) {
         for (family, _) in FAMILIES {
             let labels = AddressLabels { host, family };
             self.dns_addresses.remove(&labels);
             self.tcp_reachable.remove(&labels);
         }
+        self.http_status.remove(&host);
+    }
+
+    /// Removes every series of the host.
+    pub(super) fn remove(&self, host: HostLabels<'_>, tls: &TlsSeries) {
+        self.remove_detail(host);
         self.remove_tls_info(host, tls);
         self.tls_not_after.remove(&host);
-        self.http_status.remove(&host);
     }
 
     fn remove_tls_info(&self, host: HostLabels<'_>, tls: &TlsSeries) {

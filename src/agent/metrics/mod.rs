@@ -77,12 +77,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Builds and registers every metric; `max_failing_series` caps the series labelled `reason`.
+    /// Builds and registers every metric, lean (see [`Metrics::with_detail`]);
+    /// `max_failing_series` caps the series labelled `reason`.
     pub fn new(
         node: &str,
         version: &str,
         revision: &str,
         max_failing_series: usize,
+    ) -> Result<Self, prometheus::Error> {
+        Self::with_detail(node, version, revision, max_failing_series, false)
+    }
+
+    /// [`Metrics::new`], and with `detail` (`--metrics-detail`) the per-check series of healthy
+    /// endpoints too; without it they exist only while something fails, so a healthy registry
+    /// costs a handful of series per node.
+    pub fn with_detail(
+        node: &str,
+        version: &str,
+        revision: &str,
+        max_failing_series: usize,
+        detail: bool,
     ) -> Result<Self, prometheus::Error> {
         let labels = HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(None, Some(labels))?;
@@ -94,7 +108,7 @@ impl Metrics {
         )?;
         build_info.with(&BuildLabels { version, revision }).set(1);
         let metrics = Metrics {
-            registries: RegistryMetrics::new(&registry, Arc::clone(&budget))?,
+            registries: RegistryMetrics::new(&registry, Arc::clone(&budget), detail)?,
             runtime: RuntimeMetrics::new(&registry)?,
             pods: PodMetrics::new(&registry, Arc::clone(&budget))?,
             budget,
@@ -361,7 +375,7 @@ mod tests {
 
     #[test]
     fn names_types_and_labels_follow_the_design() {
-        let metrics = metrics(10);
+        let metrics = Metrics::with_detail("node-1", "0.1.0", "abc", 10, true).unwrap();
         metrics.registries().set_registry_up("r.example", true);
         metrics
             .registries()
@@ -416,6 +430,120 @@ mod tests {
         assert!(samples(&metrics, TLS_INFO)[0].contains("verified=\"true\""));
         assert!(samples(&metrics, HTTP_STATUS)[0].ends_with(" 401"));
         assert!(samples(&metrics, BUILD_INFO)[0].contains("revision=\"abc\""));
+    }
+
+    /// The auth and manifest checks of a manifest round, passed or failed with `reason`.
+    fn api_checks(manifest: Option<Reason>) -> Vec<CheckResult> {
+        vec![
+            result(CheckKind::Auth, None),
+            result(CheckKind::Manifest, manifest),
+        ]
+    }
+
+    /// Every sample line about `registry`, by metric name.
+    fn series_of(metrics: &Metrics, registry: &str) -> Vec<String> {
+        let label = format!("registry=\"{registry}\"");
+        let mut names: Vec<String> = metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(|l| l.split('{').next().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A registry of one HTTPS endpoint that passed the chain and a manifest round.
+    fn healthy(metrics: &Metrics) {
+        let registries = metrics.registries();
+        registries.set_registry_up("r", true);
+        registries.set_credentials("r", "none");
+        registries.set_ratelimit("r", None);
+        registries.record_endpoint_with("r", &endpoint("r.example"), &passing(), &api_checks(None));
+    }
+
+    #[test]
+    fn a_healthy_registry_costs_five_series_unless_detail_is_asked() {
+        let lean = metrics(10);
+        healthy(&lean);
+        // Up or not, and why not is elsewhere: the registry's and its endpoint's verdicts, the
+        // certificate's expiry (the one fact that warns before a failure) and what TLS and which
+        // credentials the checks used (a skip_verify or an anonymous check explains a pass).
+        assert_eq!(
+            series_of(&lean, "r"),
+            [
+                ENDPOINT_UP,
+                REGISTRY_CREDENTIALS,
+                REGISTRY_UP,
+                TLS_NOT_AFTER,
+                TLS_INFO
+            ]
+        );
+        let detailed = Metrics::with_detail("node-1", "0.1.0", "abc", 10, true).unwrap();
+        healthy(&detailed);
+        let all = series_of(&detailed, "r");
+        let count = |name: &str| all.iter().filter(|n| *n == name).count();
+        assert_eq!(count(CHECK_SUCCESS), 6, "{all:?}");
+        assert_eq!(count(CHECK_DURATION), 6);
+        assert_eq!((count(DNS_ADDRESSES), count(TCP_REACHABLE)), (2, 2));
+        assert_eq!(count(HTTP_STATUS), 1);
+        assert_eq!(all.len(), 22, "{all:?}");
+        // No rate-limit headers, no rate-limit series.
+        assert_eq!(count(RATELIMIT_LIMIT), 0);
+    }
+
+    #[test]
+    fn a_failing_endpoint_shows_every_check_until_it_recovers() {
+        let metrics = metrics(10);
+        healthy(&metrics);
+        let ep = endpoint("r.example");
+        let mut broken = passing();
+        broken.checks[2] = result(CheckKind::Tls, Some(Reason::TlsExpired));
+        broken.checks.truncate(3);
+        broken.http = None;
+        broken.http_status = None;
+        metrics.registries().record_endpoint("r", &ep, &broken);
+        let success = samples(&metrics, CHECK_SUCCESS);
+        // What passed before the failure, the failure, and what did not run.
+        for (check, value) in [("dns", 1), ("tcp", 1), ("tls", 0), ("http", 0)] {
+            assert!(
+                success
+                    .iter()
+                    .any(|l| l.contains(&format!("check=\"{check}\""))
+                        && l.ends_with(&format!(" {value}"))),
+                "{check}: {success:?}"
+            );
+        }
+        assert_eq!(success.len(), 4, "{success:?}");
+        assert_eq!(samples(&metrics, CHECK_DURATION).len(), 4);
+        assert_eq!(samples(&metrics, DNS_ADDRESSES).len(), 2);
+        assert_eq!(samples(&metrics, ENDPOINT_FAILURE_REASON).len(), 1);
+        assert_eq!(samples(&metrics, CHECK_FAILURES).len(), 1);
+
+        // Recovered: the detail goes, the failure counter's history stays.
+        metrics
+            .registries()
+            .record_endpoint_with("r", &ep, &passing(), &api_checks(None));
+        let mut now = series_of(&metrics, "r");
+        now.retain(|n| n != CHECK_FAILURES);
+        assert_eq!(now.len(), 5, "{now:?}");
+        assert_eq!(samples(&metrics, CHECK_FAILURES).len(), 1);
+
+        // A refused manifest behind a passing chain: the endpoint is up, its manifest check is not.
+        metrics.registries().record_endpoint_with(
+            "r",
+            &ep,
+            &passing(),
+            &api_checks(Some(Reason::ManifestUnknown)),
+        );
+        assert!(samples(&metrics, ENDPOINT_UP)[0].ends_with(" 1"));
+        assert!(
+            samples(&metrics, CHECK_SUCCESS)
+                .iter()
+                .any(|l| l.contains("check=\"manifest\"") && l.ends_with(" 0"))
+        );
+        assert_eq!(samples(&metrics, HTTP_STATUS).len(), 1);
     }
 
     #[test]

@@ -70,7 +70,12 @@ pub struct RegistryMetrics {
 }
 
 impl RegistryMetrics {
-    pub(super) fn new(registry: &Registry, budget: Arc<Budget>) -> prometheus::Result<Self> {
+    /// `detail`: `--metrics-detail` (the endpoints' per-check series also while they pass).
+    pub(super) fn new(
+        registry: &Registry,
+        budget: Arc<Budget>,
+        detail: bool,
+    ) -> prometheus::Result<Self> {
         Ok(RegistryMetrics {
             up: Family::gauge(
                 registry,
@@ -107,7 +112,7 @@ impl RegistryMetrics {
                 REGISTRY_CREDENTIALS,
                 "1 for the credential source the last manifest check used: pull_secret, credential_provider, docker_config or none.",
             )?,
-            endpoints: EndpointMetrics::new(registry, budget)?,
+            endpoints: EndpointMetrics::new(registry, budget, detail)?,
             book: Mutex::new(BTreeMap::new()),
         })
     }

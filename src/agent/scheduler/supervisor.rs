@@ -129,6 +129,7 @@ impl Scheduler {
         lock(&self.triggers).insert(registry.clone(), Arc::clone(&trigger));
         let task = Arc::clone(self).watch_registry(target_rx, trigger, token.clone());
         let id = tasks.set.spawn(task).id();
+        self.status.started(&registry);
         tasks.running.insert(
             registry,
             Handle {
