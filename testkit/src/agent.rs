@@ -32,54 +32,55 @@ impl Agent {
 
     /// [`Agent::start`] with extra environment variables for the agent (e.g. `KUBECONFIG`).
     pub fn start_with_env(global: &[&str], agent: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("pw-agent-")
-            .tempdir()
-            .expect("agent tempdir");
-        let socket = dir.path().join("api/pullwatch.sock");
+        Self::start_as(NODE, global, agent, env)
+    }
+
+    /// [`Agent::start_with_env`] with this `--node-name`.
+    fn start_as(node: &str, global: &[&str], agent: &[&str], env: &[(&str, &str)]) -> Self {
         let mut last_stderr = String::new();
         // The free port can be taken before the agent binds it: then it exits 64 naming --listen.
         for _ in 0..5 {
             let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut command = Pullwatch::new();
-            for (key, value) in env {
-                command = command.env(*key, *value);
-            }
-            let mut running = command
-                .args(global.iter().copied())
-                .arg("agent")
-                .args(["--listen", &addr.to_string()])
-                .args(["--api-socket", socket.to_str().expect("UTF-8 tempdir")])
-                .args(["--node-name", NODE])
-                .args(agent.iter().copied())
-                .spawn();
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if !running.is_running() {
-                    last_stderr = running.stderr();
-                    break;
-                }
-                if matches!(Client::http(addr).get("/healthz"), Ok(r) if r.status == 200) {
-                    return Agent {
-                        running: Some(running),
-                        addr,
-                        socket,
-                        _dir: dir,
-                    };
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "agent did not answer /healthz within {START_TIMEOUT:?}; stderr:\n{}",
-                    running.stderr()
-                );
-                std::thread::sleep(Duration::from_millis(20));
+            match Launch::spawn(node, port, global, agent, env).ready() {
+                Ok(agent) => return agent,
+                Err(stderr) => last_stderr = stderr,
             }
             if !last_stderr.contains("--listen") {
                 break;
             }
         }
         panic!("agent did not start; stderr:\n{last_stderr}");
+    }
+
+    /// Starts one agent per node name, all spawned before any is waited for (a fleet whose
+    /// agents start together, as after a DaemonSet rollout), each on its own port and API socket;
+    /// returns once every one answers `/healthz`. Panics as [`Agent::start`] does.
+    pub fn start_fleet(nodes: &[String], global: &[&str], agent: &[&str]) -> Vec<Self> {
+        let mut ports = std::collections::HashSet::new();
+        let launches: Vec<Launch> = nodes
+            .iter()
+            .map(|node| {
+                let port = loop {
+                    let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
+                    if ports.insert(port) {
+                        break port;
+                    }
+                };
+                Launch::spawn(node, port, global, agent, &[])
+            })
+            .collect();
+        launches
+            .into_iter()
+            .zip(nodes)
+            .map(|(launch, node)| match launch.ready() {
+                Ok(agent) => agent,
+                // Its port was taken meanwhile: start it again alone, on another.
+                Err(stderr) if stderr.contains("--listen") => {
+                    Self::start_as(node, global, agent, &[])
+                }
+                Err(stderr) => panic!("agent {node} did not start; stderr:\n{stderr}"),
+            })
+            .collect()
     }
 
     /// Its process id.
@@ -176,6 +177,68 @@ impl Agent {
             .take()
             .expect("the agent is running")
             .wait(timeout)
+    }
+}
+
+/// An agent spawned but not yet known to answer.
+struct Launch {
+    running: Running,
+    addr: SocketAddr,
+    socket: PathBuf,
+    dir: TempDir,
+}
+
+impl Launch {
+    fn spawn(node: &str, port: u16, global: &[&str], agent: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pw-agent-")
+            .tempdir()
+            .expect("agent tempdir");
+        let socket = dir.path().join("api/pullwatch.sock");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Pullwatch::new();
+        for (key, value) in env {
+            command = command.env(*key, *value);
+        }
+        let running = command
+            .args(global.iter().copied())
+            .arg("agent")
+            .args(["--listen", &addr.to_string()])
+            .args(["--api-socket", socket.to_str().expect("UTF-8 tempdir")])
+            .args(["--node-name", node])
+            .args(agent.iter().copied())
+            .spawn();
+        Self {
+            running,
+            addr,
+            socket,
+            dir,
+        }
+    }
+
+    /// Waits until `/healthz` answers (the agent), or the process exits (its stderr); panics if
+    /// it does neither within [`START_TIMEOUT`].
+    fn ready(mut self) -> Result<Agent, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if !self.running.is_running() {
+                return Err(self.running.stderr());
+            }
+            if matches!(Client::http(self.addr).get("/healthz"), Ok(r) if r.status == 200) {
+                return Ok(Agent {
+                    running: Some(self.running),
+                    addr: self.addr,
+                    socket: self.socket,
+                    _dir: self.dir,
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not answer /healthz within {START_TIMEOUT:?}; stderr:\n{}",
+                self.running.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

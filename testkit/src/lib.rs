@@ -10,6 +10,7 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod containerd;
+pub mod cost;
 pub mod dns;
 pub mod http;
 pub mod image;

@@ -235,6 +235,11 @@ impl Registry {
         self.addr
     }
 
+    /// Its process id (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The TCP port it listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
@@ -310,7 +315,7 @@ impl Drop for Registry {
     }
 }
 
-fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
+pub(crate) fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
     // 127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
     let mut quoted = line.split('"');
     let _prefix = quoted.next()?;
