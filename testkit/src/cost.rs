@@ -270,7 +270,8 @@ fn access_log_second(stamp: &str) -> Option<i64> {
     let (date, time) = stamp.split_once(':')?;
     let mut d = date.split('/');
     let day: i64 = d.next()?.parse().ok()?;
-    let month = MONTHS.iter().position(|m| Some(*m) == d.next())? as i64 + 1;
+    let name = d.next()?;
+    let month = MONTHS.iter().position(|m| *m == name)? as i64 + 1;
     let year: i64 = d.next()?.parse().ok()?;
     civil_seconds(year, month, day, time)
 }
