@@ -1,5 +1,8 @@
 //! Image references, normalised the way the runtime does (`nginx` → `docker.io/library/nginx:latest`).
-//! Parsing is `oci-spec`'s (a port of distribution's grammar); this module adds the errors a person can act on.
+//! The grammar is distribution's, checked by hand (oci-spec's regex costs megabytes of matcher
+//! cache per thread); this module adds the errors a person can act on.
+
+mod grammar;
 
 use oci_spec::distribution::{ParseError, Reference};
 
@@ -40,22 +43,21 @@ impl ImageRef {
         if remote.to_lowercase() != remote {
             return Err(fail("repository name must be lowercase".into()));
         }
-        // The path, tag and digest grammar is oci-spec's, checked under a registry name it
-        // accepts; the registry itself is the one the kubelet's grammar (above) found.
-        let parsed = Reference::try_from(format!("{CHECKED_UNDER}/{remainder}").as_str())
-            .map_err(|e| fail(explain(input, &e)))?;
+        // The path, tag and digest grammar (distribution/reference's regexp.go), by hand: the
+        // registry is the one the kubelet's grammar (above) found.
+        let parsed = grammar::parse(&remainder).map_err(|e| fail(explain(input, &e)))?;
         // distribution/reference's ErrNameTooLong counts the normalised name, registry included.
-        let name_length = domain.len() + 1 + parsed.repository().len();
+        let name_length = domain.len() + 1 + parsed.repository.len();
         if name_length > NAME_TOTAL_LENGTH_MAX {
             return Err(fail(format!(
                 "the name (registry and repository) has {name_length} characters, more than {NAME_TOTAL_LENGTH_MAX}"
             )));
         }
-        if let Some(problem) = parsed.digest().and_then(digest_problem) {
+        if let Some(problem) = parsed.digest.and_then(digest_problem) {
             return Err(fail(problem));
         }
-        let repository = parsed.repository().to_string();
-        let reference = match (parsed.tag(), parsed.digest()) {
+        let repository = parsed.repository.to_string();
+        let reference = match (parsed.tag, parsed.digest) {
             (Some(tag), Some(digest)) => {
                 Reference::with_tag_and_digest(domain, repository, tag.into(), digest.into())
             }
@@ -111,9 +113,6 @@ fn digest_problem(digest: &str) -> Option<String> {
         format!("invalid checksum digest format: a {algorithm} digest is lower-case hex (0-9, a-f)")
     })
 }
-
-/// A registry name no reference uses, under which the rest of a reference is checked.
-const CHECKED_UNDER: &str = "registry.invalid";
 
 /// A bare image ID (64 lowercase hex characters): the kubelet's grammar refuses it as a name.
 fn is_image_id(input: &str) -> bool {
