@@ -93,6 +93,9 @@ const BEAT: Duration = Duration::from_secs(5);
 const MAX_QUIET: Duration = Duration::from_secs(60);
 /// One GET of a pull secret or service account that takes longer is a failed source.
 const SECRET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Event POSTs in flight at once: 500 new failures must not open 500 connections to the API
+/// server (each kept idle in the client's pool afterwards, ~20 KiB apiece).
+const MAX_POSTS: usize = 4;
 /// An Event POST that takes longer is abandoned (and retried with the image's next diagnosis).
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The metrics and the status follow the tracker at most this late: events that come together
@@ -156,6 +159,7 @@ struct FollowUps {
     /// The reason each container's Event was posted (or is being posted) for.
     posted: HashMap<ContainerKey, Reason>,
     posts: JoinSet<Posted>,
+    post_permits: Arc<Semaphore>,
 }
 
 impl FollowUps {
@@ -181,6 +185,7 @@ impl PodWatch {
             permits: Arc::new(Semaphore::new(MAX_DIAGNOSES)),
             posted: HashMap::new(),
             posts: JoinSet::new(),
+            post_permits: Arc::new(Semaphore::new(MAX_POSTS)),
         };
         self.metrics.pods().set_watch_up(false);
         info!(
@@ -481,7 +486,10 @@ impl PodWatch {
         );
         let container = container.to_string();
         let reason = failure.reason;
+        let permits = Arc::clone(&follow_ups.post_permits);
         follow_ups.posts.spawn(async move {
+            // The semaphore is never closed; the wait for a permit is not the POST's time.
+            let _permit = permits.acquire_owned().await.ok();
             let posted = tokio::time::timeout(
                 POST_TIMEOUT,
                 events::post(client, &node, &pod, kind, &container, note),
