@@ -251,13 +251,13 @@ fn largest_mappings(smaps: &str, count: usize) -> String {
                 })
                 .unwrap_or_default();
             mappings.push((0, size / 1024, name));
-        } else if first == "Rss:" {
-            if let (Some(last), Some(kib)) = (mappings.last_mut(), fields.next()) {
-                last.0 = kib.parse().unwrap_or_default();
-            }
+        } else if first == "Rss:"
+            && let (Some(last), Some(kib)) = (mappings.last_mut(), fields.next())
+        {
+            last.0 = kib.parse().unwrap_or_default();
         }
     }
-    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
     mappings
         .iter()
         .take(count)
