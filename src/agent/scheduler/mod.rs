@@ -760,4 +760,29 @@ mod tests {
         assert!(spread(&firsts) > every / 2, "first rounds {firsts:?}");
         assert!(spread(&periods) > every / 10, "periods {periods:?}");
     }
+
+    #[test]
+    fn requests_leave_step_after_the_first_round() {
+        let every = Duration::from_secs(300);
+        let mut seconds = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            let mut timer = Timer::stepping_out(every, started);
+            timer.reschedule(started);
+            let second = timer.next - started;
+            // Never sooner than a period: at most one request per interval.
+            assert!(second >= every && second <= every * 2, "{second:?}");
+            seconds.push(second);
+            timer.reschedule(started);
+            let then = timer.next - started;
+            assert!(
+                then >= every.mul_f64(0.9) && then <= every.mul_f64(1.1),
+                "then ±10%: {then:?}"
+            );
+        }
+        // Started together, spread over a whole period after the first round.
+        let min = seconds.iter().min().copied().unwrap_or_default();
+        let max = seconds.iter().max().copied().unwrap_or_default();
+        assert!(max - min > every / 2, "{seconds:?}");
+    }
 }

@@ -65,6 +65,9 @@ struct TokenServerChecks {
 pub(super) struct Timer {
     every: Duration,
     pub(super) next: Instant,
+    /// The next period is drawn from one to two periods, once: runs that started together (a
+    /// fleet's first rounds) leave step for good, and none comes sooner than a period.
+    leave_step: bool,
 }
 
 impl Timer {
@@ -73,12 +76,26 @@ impl Timer {
         Timer {
             every,
             next: Instant::now() + spread.mul_f64(fastrand::f64()),
+            leave_step: false,
+        }
+    }
+
+    /// Due at `next`, then its second run anywhere from one to two periods later (see `leave_step`).
+    pub(super) fn stepping_out(every: Duration, next: Instant) -> Self {
+        Timer {
+            every,
+            next,
+            leave_step: true,
         }
     }
 
     /// The next run one jittered period after `started`, and never sooner than a tenth of a period from now.
     pub(super) fn reschedule(&mut self, started: Instant) {
-        let period = self.every.mul_f64(0.9 + 0.2 * fastrand::f64());
+        let share = match std::mem::take(&mut self.leave_step) {
+            true => 1.0 + fastrand::f64(),
+            false => 0.9 + 0.2 * fastrand::f64(),
+        };
+        let period = self.every.mul_f64(share);
         self.next = (started + period).max(Instant::now() + self.every / 10);
     }
 }
@@ -97,15 +114,14 @@ impl Scheduler {
             .register(format!("registry {registry}"), self.settings.max_quiet);
         let spread = self.settings.first_round_spread.min(self.settings.interval);
         let mut connectivity = Timer::first(self.settings.interval, spread);
-        // The first round checks everything; the others follow their own intervals.
-        let mut manifest = Timer {
-            every: self.settings.manifest_interval,
-            next: connectivity.next,
-        };
-        let mut runtime_check = self.settings.runtime_check_interval.map(|every| Timer {
-            every,
-            next: connectivity.next,
-        });
+        // The first round checks everything; the others follow their own intervals. The HTTP
+        // requests leave step after it: agents started together (a rollout) would otherwise ask
+        // a registry in waves, a ±10% jitter taking many periods to spread them.
+        let mut manifest = Timer::stepping_out(self.settings.manifest_interval, connectivity.next);
+        let mut runtime_check = self
+            .settings
+            .runtime_check_interval
+            .map(|every| Timer::stepping_out(every, connectivity.next));
         let mut slots = self.slots_for(&target.borrow().route);
         let mut api_checks: HashMap<String, ApiChecks> = HashMap::new();
         let mut last_start: Option<Instant> = None;
