@@ -2,7 +2,6 @@
 //! containerd connected (the runtime check on), the pod watch on and 500 failing pods. Run with
 //! `cargo bench --bench memory` (root; containerd, docker-registry); prints, asserts nothing.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use testkit::agent::{Agent, samples};
@@ -11,7 +10,6 @@ use testkit::containerd::Containerd;
 use testkit::dns::DnsServer;
 use testkit::kube_api::{KubeApi, kubelet_message, pod};
 use testkit::registry::Registry;
-use testkit::scripted::{Response, ScriptedServer};
 
 /// Registries watched in all: the scripted TLS ones, the real registry the node's images come
 /// from, and the one the failing pods name (the default `--max-registries` is 64).
@@ -84,20 +82,11 @@ fn main() {
     let ca = TestCa::new("pullwatch memory bench CA");
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let leaf = ca.valid_leaf(&name_refs);
-    let mut dns = DnsServer::builder().nxdomain("missing.test");
-    for name in &names {
-        dns = dns.a(name, Ipv4Addr::LOCALHOST);
-    }
-    let dns = dns.start();
-    let servers: Vec<ScriptedServer> = names
-        .iter()
-        .map(|_| {
-            ScriptedServer::builder()
-                .route("GET", "/v2/", Response::registry_v2())
-                .tls(&leaf.cert_path, &leaf.key_path)
-                .start()
-        })
-        .collect();
+    let (dns, servers) = testkit::scripted::tls_registries(
+        &names,
+        &leaf,
+        DnsServer::builder().nxdomain("missing.test"),
+    );
 
     // 500 pods on this node failing to pull (their registry does not resolve).
     let api = KubeApi::start(testkit::agent::NODE);

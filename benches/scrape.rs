@@ -4,14 +4,13 @@
 //! `cargo bench --bench scrape`; it prints numbers and asserts nothing (the README quotes them).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use testkit::agent::{Agent, samples};
 use testkit::certs::TestCa;
 use testkit::dns::DnsServer;
 use testkit::http::Client;
-use testkit::scripted::{Response, ScriptedServer};
 
 /// The default `--max-registries`.
 const REGISTRIES: usize = 64;
@@ -30,20 +29,7 @@ fn main() {
     let ca = TestCa::new("pullwatch bench CA");
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let leaf = ca.valid_leaf(&name_refs);
-    let mut dns = DnsServer::builder();
-    for name in &names {
-        dns = dns.a(name, Ipv4Addr::LOCALHOST);
-    }
-    let dns = dns.start();
-    let servers: Vec<ScriptedServer> = names
-        .iter()
-        .map(|_| {
-            ScriptedServer::builder()
-                .route("GET", "/v2/", Response::registry_v2())
-                .tls(&leaf.cert_path, &leaf.key_path)
-                .start()
-        })
-        .collect();
+    let (dns, servers) = testkit::scripted::tls_registries(&names, &leaf, DnsServer::builder());
     let mut agent_args = vec!["--kubernetes".to_string(), "off".into()];
     if std::env::var_os("PULLWATCH_BENCH_DETAIL").is_some() {
         agent_args.push("--metrics-detail".into());

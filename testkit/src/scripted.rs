@@ -163,3 +163,26 @@ impl ScriptedServer {
             .clone()
     }
 }
+
+/// A healthy TLS registry (`GET /v2/` answered as a registry) per name, all serving `leaf`, with
+/// the names added to `dns` at 127.0.0.1: the many registries a bench watches.
+pub fn tls_registries(
+    names: &[String],
+    leaf: &crate::certs::Leaf,
+    dns: crate::dns::DnsServerBuilder,
+) -> (crate::dns::DnsServer, Vec<ScriptedServer>) {
+    let dns = names
+        .iter()
+        .fold(dns, |dns, name| dns.a(name, Ipv4Addr::LOCALHOST))
+        .start();
+    let servers = names
+        .iter()
+        .map(|_| {
+            ScriptedServer::builder()
+                .route("GET", "/v2/", Response::registry_v2())
+                .tls(&leaf.cert_path, &leaf.key_path)
+                .start()
+        })
+        .collect();
+    (dns, servers)
+}
