@@ -1,6 +1,11 @@
 //! Bakes the git revision into the binary for `pullwatch version` (PULLWATCH_REVISION overrides,
 //! for builds without a .git directory such as the Dockerfile's), and generates the agent's own
 //! API (proto/pullwatch/v1) with its descriptor set, which the schema test reads.
+//!
+//! The revision is read when this script runs (a target directory's first build, or a changed
+//! proto or PULLWATCH_REVISION), not on every commit: watching `.git` made each commit rebuild
+//! the whole crate, minutes for a release build. Release images pass PULLWATCH_REVISION, so
+//! their stamp is always exact; a developer's incremental build may show an older revision.
 
 use std::process::Command;
 
@@ -32,8 +37,6 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=PULLWATCH_REVISION={revision}");
     println!("cargo:rerun-if-env-changed=PULLWATCH_REVISION");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
     // Any rerun-if-changed replaces cargo's default (rerun on any change in the package), so
     // the proto must be named too, or an edited API would keep its stale generated code.
     println!("cargo:rerun-if-changed={PROTO}");

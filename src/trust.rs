@@ -1,6 +1,7 @@
 //! Which certificates the node trusts (system roots plus extra CA files) and the rustls client
 //! configs built from them: one verifier that records the peer's chain even when it rejects it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,30 @@ use crate::bounded_file;
 pub struct Trust {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    verifiers: Arc<Mutex<Verifiers>>,
+}
+
+/// Server verifiers built for a route's CA files, shared by every check of it: building one
+/// copies the whole root store and reads the files, most of a check's own CPU. An entry is
+/// used only while each file's size and modification time are those it was built from, so an
+/// edited CA file is read again on the next check.
+#[derive(Default)]
+struct Verifiers(HashMap<Vec<PathBuf>, (Vec<FileStamp>, Arc<WebPkiServerVerifier>)>);
+
+/// Distinct CA-file sets kept (routes × endpoints stay far below it); past it, all are dropped.
+const MAX_VERIFIERS: usize = 256;
+
+/// A file's size and modification time, which change when it is rewritten.
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
+fn stamps(paths: &[PathBuf]) -> Option<Vec<FileStamp>> {
+    paths
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.len(), meta.modified().ok()))
+        })
+        .collect()
 }
 
 /// Per-endpoint TLS settings (route-specific CA files, client certificate, skip_verify).
@@ -118,6 +143,7 @@ impl Trust {
         let trust = Trust {
             roots: Arc::new(roots),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            verifiers: Arc::default(),
         };
         trust.with_ca_files(ca_files)
     }
@@ -140,18 +166,39 @@ impl Trust {
         Ok(Trust {
             roots: Arc::new(roots),
             provider: self.provider.clone(),
+            verifiers: Arc::default(),
         })
+    }
+
+    /// The server verifier for these extra CA files: the one built last time while the files
+    /// are unchanged, else a new one.
+    fn verifier(&self, ca_files: &[PathBuf]) -> Result<Arc<WebPkiServerVerifier>, TrustError> {
+        let stamped = stamps(ca_files);
+        if let (Some(stamped), Ok(cache)) = (&stamped, self.verifiers.lock())
+            && let Some((built_from, verifier)) = cache.0.get(ca_files)
+            && built_from == stamped
+        {
+            return Ok(verifier.clone());
+        }
+        let trust = self.with_ca_files(ca_files)?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(trust.roots, trust.provider.clone())
+                .build()
+                .map_err(|e| TrustError::Config(e.to_string()))?;
+        if let (Some(stamped), Ok(mut cache)) = (stamped, self.verifiers.lock()) {
+            if cache.0.len() >= MAX_VERIFIERS {
+                cache.0.clear();
+            }
+            cache
+                .0
+                .insert(ca_files.to_vec(), (stamped, verifier.clone()));
+        }
+        Ok(verifier)
     }
 
     /// A client for one endpoint's TLS settings.
     pub fn client(&self, options: &TlsOptions) -> Result<TlsClient, TrustError> {
-        let trust = self.with_ca_files(&options.ca_files)?;
-        let inner = WebPkiServerVerifier::builder_with_provider(
-            trust.roots.clone(),
-            trust.provider.clone(),
-        )
-        .build()
-        .map_err(|e| TrustError::Config(e.to_string()))?;
+        let inner = self.verifier(&options.ca_files)?;
         let chain = PeerChain::default();
         let verifier = Arc::new(RecordingVerifier {
             inner,
@@ -161,10 +208,10 @@ impl Trust {
         let pairs = options
             .client_certs
             .iter()
-            .map(|(cert, key)| load_client_pair(cert, key, &trust.provider))
+            .map(|(cert, key)| load_client_pair(cert, key, &self.provider))
             .collect::<Result<Vec<_>, _>>()?;
         let client_auth = ClientAuthSlot::default();
-        let mut config = ClientConfig::builder_with_provider(trust.provider.clone())
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TrustError::Config(e.to_string()))?
             .dangerous()
@@ -173,8 +220,12 @@ impl Trust {
                 pairs,
                 asked: client_auth.clone(),
             }));
-        // What a Go client (the runtime) offers.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No ALPN, as the runtimes' clients: containerd's registry transport (1.6 to 2.x,
+        // remotes/docker/config/hosts.go; CRI's own in pkg/cri/server/image_pull.go) and
+        // CRI-O's (containers/image docker/docker_client.go with pkg/tlsclientconfig) set a
+        // DialContext and a TLSClientConfig without ForceAttemptHTTP2, so Go's net/http never
+        // sets up HTTP/2 and its ClientHello names no protocol: registries are spoken to in
+        // HTTP/1.1 only.
         Ok(TlsClient {
             config: Arc::new(config),
             chain,
@@ -385,5 +436,41 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_routes_verifier_is_built_once_and_again_when_its_ca_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let pem = |name: &str| {
+            rcgen::generate_simple_self_signed(vec![name.to_string()])
+                .unwrap()
+                .cert
+                .pem()
+        };
+        std::fs::write(&ca, pem("first.test")).unwrap();
+        let trust = Trust::load(&[]).unwrap();
+        let files = [ca.clone()];
+        let first = trust.verifier(&files).unwrap();
+        assert!(Arc::ptr_eq(&first, &trust.verifier(&files).unwrap()));
+        // A clone (another task's copy of the trust) shares what was built.
+        assert!(Arc::ptr_eq(
+            &first,
+            &trust.clone().verifier(&files).unwrap()
+        ));
+
+        // Rewritten with another CA (longer, so the size changes whatever the clock's grain).
+        std::fs::write(&ca, pem("a-longer-name-for-the-second.test")).unwrap();
+        let second = trust.verifier(&files).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the edited file is read again"
+        );
+        assert!(Arc::ptr_eq(&second, &trust.verifier(&files).unwrap()));
+
+        // Gone: the error names it, as before the cache.
+        std::fs::remove_file(&ca).unwrap();
+        let error = trust.verifier(&files).expect_err("a missing CA file fails");
+        assert!(error.to_string().contains("ca.crt"), "{error}");
     }
 }

@@ -47,25 +47,20 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
-/// An open connection to an endpoint, ready for its first HTTP request.
+/// An open connection to an endpoint, ready for its first HTTP/1.1 request.
 pub struct Conn {
     io: Box<dyn Io>,
-    /// The TLS handshake chose HTTP/2 (ALPN `h2`): the request must be HTTP/2.
-    pub h2: bool,
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("h2", &self.h2).finish()
+        f.debug_struct("Conn").finish_non_exhaustive()
     }
 }
 
 impl Conn {
-    pub fn new(io: impl Io + 'static, h2: bool) -> Self {
-        Conn {
-            io: Box::new(io),
-            h2,
-        }
+    pub fn new(io: impl Io + 'static) -> Self {
+        Conn { io: Box::new(io) }
     }
 
     /// The stream itself, for an HTTP client connection.
@@ -85,7 +80,7 @@ pub async fn close(mut io: Box<dyn Io>) {
 }
 
 /// A stream with bytes already read from it put back in front: what a check read while waiting
-/// for something else (an HTTP/2 server's first SETTINGS) still reaches the HTTP client.
+/// for something else (the verdict on a client certificate) still reaches the HTTP client.
 pub struct Rewound<S> {
     prefix: Vec<u8>,
     taken: usize,

@@ -88,8 +88,8 @@ pub async fn check(
     judge(path, response.status().as_u16(), response.headers())
 }
 
-/// Pings the endpoint's API root (`GET /v2/`) over the chain's own connection `conn` (HTTP/1.1,
-/// or HTTP/2 when the handshake chose it), reads the small body, and closes the connection politely:
+/// Pings the endpoint's API root (`GET /v2/`) over the chain's own connection `conn` in HTTP/1.1
+/// (as the runtimes speak to registries), reads the small body, and closes the connection politely:
 /// the check costs the registry no second connection. `proxy`: a plain-HTTP endpoint's proxy, which
 /// `conn` is connected to (the request then names the whole URL, as to any HTTP proxy).
 pub async fn check_on(
@@ -98,15 +98,10 @@ pub async fn check_on(
     proxy: Option<&Proxy>,
 ) -> Result<HttpOutcome, HttpFailed> {
     let path = format!("{}/", endpoint.api_path);
-    let request = ping_request(&path, conn.h2, endpoint, proxy)?;
-    let answered = match conn.h2 {
-        true => exchange_h2(conn, request)
-            .await
-            .map_err(|e| Box::new(e) as BoxError),
-        false => exchange_h1(conn, request)
-            .await
-            .map_err(|e| Box::new(e) as BoxError),
-    };
+    let request = ping_request(&path, endpoint, proxy)?;
+    let answered = exchange(conn, request)
+        .await
+        .map_err(|e| Box::new(e) as BoxError);
     let (status, headers) = answered.map_err(|error| HttpFailed {
         reason: match tls_cause(&error) {
             true => Reason::TlsHandshake,
@@ -122,15 +117,14 @@ pub async fn check_on(
 /// for a plain-HTTP endpoint behind one).
 fn ping_request(
     path: &str,
-    h2: bool,
     endpoint: &Endpoint,
     proxy: Option<&Proxy>,
 ) -> Result<hyper::Request<Empty<Bytes>>, HttpFailed> {
     let url = format!("{}{path}", endpoint.url());
-    let target = match (h2, proxy) {
-        // HTTP/2 names the authority in the URI; an HTTP proxy wants the whole URL.
-        (true, _) | (false, Some(_)) => url.as_str(),
-        (false, None) => path,
+    // An HTTP proxy wants the whole URL.
+    let target = match proxy {
+        Some(_) => url.as_str(),
+        None => path,
     };
     let mut request = hyper::Request::get(target)
         .body(Empty::<Bytes>::new())
@@ -140,11 +134,9 @@ fn ping_request(
             status: None,
         })?;
     let headers = request.headers_mut();
-    if !h2 {
-        let base = endpoint.url();
-        let authority = base.split_once("://").map_or("", |(_, a)| a);
-        headers.insert(header::HOST, value(authority));
-    }
+    let base = endpoint.url();
+    let authority = base.split_once("://").map_or("", |(_, a)| a);
+    headers.insert(header::HOST, value(authority));
     headers.insert(header::USER_AGENT, value(crate::http_client::USER_AGENT));
     headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
     if let Some(credentials) = proxy
@@ -171,7 +163,7 @@ fn ping_request(
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One request over HTTP/1.1; the connection is then closed with close_notify and FIN.
-async fn exchange_h1(
+async fn exchange(
     conn: Conn,
     request: hyper::Request<Empty<Bytes>>,
 ) -> Result<(u16, HeaderMap), hyper::Error> {
@@ -190,34 +182,6 @@ async fn exchange_h1(
     if let Ok(parts) = parts {
         conn::close(parts.io.into_inner()).await;
     }
-    answer
-}
-
-/// One request over HTTP/2 (the `h2` crate directly: hyper's HTTP/2 client wants an executor and
-/// a spawned task); when the sender goes, the connection sends GOAWAY, then close_notify.
-async fn exchange_h2(
-    conn: Conn,
-    request: hyper::Request<Empty<Bytes>>,
-) -> Result<(u16, HeaderMap), h2::Error> {
-    let (sender, connection) = h2::client::handshake(conn.into_io()).await?;
-    let (head, _) = request.into_parts();
-    let request = hyper::Request::from_parts(head, ());
-    let ask = async move {
-        let mut sender = sender.ready().await?;
-        let (response, _) = sender.send_request(request, true)?;
-        let (head, mut body) = response.await?.into_parts();
-        // Read (a capped part of) the body, giving the window back, so the stream ends cleanly.
-        let mut read = 0;
-        while read < BODY_CAP
-            && let Some(chunk) = body.data().await
-        {
-            let chunk = chunk?;
-            read += chunk.len();
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        Ok::<_, h2::Error>((head.status.as_u16(), head.headers))
-    };
-    let (answer, _) = tokio::join!(ask, connection);
     answer
 }
 

@@ -167,13 +167,12 @@ where
                 verified: !client.skip_verify,
                 chain: summarise(&chain.certificates()),
             };
-            let h2 = outcome.alpn.as_deref() == Some("h2");
             // In TLS 1.3 the server judges the client's certificate after the handshake is over
             // for the client; in TLS 1.2 a refusal fails the handshake itself.
             let Some(asked) = client.client_auth.asked().filter(|_| tls13) else {
                 return Ok(Secured {
                     outcome,
-                    conn: Conn::new(tls, h2),
+                    conn: Conn::new(tls),
                 });
             };
             match client_auth_verdict(&mut tls).await {
@@ -183,10 +182,10 @@ where
                     chain: outcome.chain,
                     plain_http: false,
                 }),
-                // What the server sent meanwhile (an HTTP/2 server's SETTINGS) goes to the client.
+                // What the server sent meanwhile (if anything) goes to the HTTP client.
                 Verdict::Accepted(early) => Ok(Secured {
                     outcome,
-                    conn: Conn::new(Rewound::new(early, tls), h2),
+                    conn: Conn::new(Rewound::new(early, tls)),
                 }),
             }
         }
@@ -297,7 +296,7 @@ enum Verdict {
 }
 
 /// Waits at most [`VERDICT_WAIT`] for the fatal alert with which the server refuses the client's
-/// certificate (or its absence). Application data (an HTTP/2 server speaks first) or silence
+/// certificate (or its absence). Application data (a server that speaks first) or silence
 /// means it accepted; what was read is handed back, so the connection stays usable.
 async fn client_auth_verdict<S>(tls: &mut TlsStream<S>) -> Verdict
 where

@@ -196,7 +196,7 @@ impl Diagnoser {
             let target = outcome.reachable()[0];
             probe.tcp = Some(outcome);
             return Some(Reached {
-                conn: Some(Conn::new(stream, false)),
+                conn: Some(Conn::new(stream)),
                 served: http,
                 fell_back: true,
                 target: Some(target),
@@ -213,7 +213,7 @@ impl Diagnoser {
         let tls_client = match endpoint.scheme {
             Scheme::Http => {
                 return Some(Reached {
-                    conn: Some(Conn::new(stream, false)),
+                    conn: Some(Conn::new(stream)),
                     served: endpoint.clone(),
                     fell_back: false,
                     target: Some(target),
@@ -343,7 +343,7 @@ impl Diagnoser {
             (None, None) => Err(std::io::Error::other("no address to connect to")),
         };
         connected
-            .map(|stream| Conn::new(stream, false))
+            .map(Conn::new)
             .map_err(|error| check::http::HttpFailed {
                 reason: check::tcp::classify_io(&error),
                 message: format!("connect to {}: {error}", reached.served.url()),

@@ -70,6 +70,10 @@ struct State {
     forbidden: Vec<(String, String, String)>,
     /// Secret and service account GETs answer this late (for client timeouts).
     delay: Duration,
+    /// Event POSTs answer this late (a slow API server), and how many were in flight at once.
+    event_delay: Duration,
+    events_in_flight: usize,
+    events_in_flight_peak: usize,
     violations: Vec<String>,
     requests: Vec<Seen>,
     open_watches: usize,
@@ -232,6 +236,16 @@ impl KubeApi {
         self.shared.lock().delay = delay;
     }
 
+    /// Event POSTs are answered `delay` late, as a slow API server would.
+    pub fn set_event_delay(&self, delay: Duration) {
+        self.shared.lock().event_delay = delay;
+    }
+
+    /// The most Event POSTs that were waiting for their answer at once.
+    pub fn event_posts_peak(&self) -> usize {
+        self.shared.lock().events_in_flight_peak
+    }
+
     /// Event objects POSTed (events.k8s.io/v1), in order.
     pub fn events(&self) -> Vec<Value> {
         self.shared.lock().events.clone()
@@ -357,6 +371,12 @@ fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: 
         target: request.path.clone(),
     });
     let request = Request::parse(request);
+    let event_post = request.method == "POST" && request.path.ends_with("/events");
+    if event_post {
+        let mut state = shared.lock();
+        state.events_in_flight += 1;
+        state.events_in_flight_peak = state.events_in_flight_peak.max(state.events_in_flight);
+    }
     match route(&request, shared) {
         Answer::Json(status, body) => {
             let _ = exchange.respond(&Response::new(status).json(&body));
@@ -365,6 +385,9 @@ fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: 
             let _ = exchange.respond(&Response::new(status).json(&body).delay(delay));
         }
         Answer::Watch(from) => watch(exchange, &request, from, shared),
+    }
+    if event_post {
+        shared.lock().events_in_flight -= 1;
     }
 }
 
@@ -430,7 +453,7 @@ fn route(request: &Request, shared: &Shared) -> Answer {
             state.rv += 1;
             event["metadata"]["resourceVersion"] = json!(state.rv.to_string());
             state.events.push(event.clone());
-            Answer::Json(201, event)
+            Answer::Late(201, event, state.event_delay)
         }
         (
             "PATCH",

@@ -165,9 +165,22 @@ fn a_round_costs_one_connection_and_sends_no_request_until_one_is_due() {
         .find(|c| c["check"] == "http")
         .expect("an http record");
     assert_eq!(http["ok"], true, "{first}");
+    // In HTTP/1.1 and without ALPN, as containerd's and CRI-O's Go clients (which never set up
+    // HTTP/2 for registries), though this registry would speak HTTP/2.
+    let log = setup.registry.log();
+    assert!(log.contains("\"GET /v2/ HTTP/1.1\""), "{log}");
+    let tls = endpoint["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == "tls")
+        .expect("a tls record");
+    assert!(
+        !tls["detail"].as_str().unwrap_or_default().contains("ALPN"),
+        "{tls}"
+    );
     // Every connection completed its handshake and was closed with close_notify: the registry
     // logged no error for any of them.
-    let log = setup.registry.log();
     for complaint in ["TLS handshake error", "http: ", "EOF"] {
         assert!(
             !log.contains(complaint),

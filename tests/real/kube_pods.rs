@@ -541,3 +541,32 @@ fn a_back_off_without_a_cause_takes_the_nodes_diagnosis() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_slow_api_server_gets_at_most_four_event_posts_at_once() {
+    const PODS: usize = 12;
+    let dns = DnsServer::builder().nxdomain("missing.test").start();
+    let api = KubeApi::start(NODE);
+    // Each Event POST waits a second for its answer: without a cap, all twelve would be open at
+    // once (each an API connection kept in kube's pool).
+    api.set_event_delay(Duration::from_secs(1));
+    let (image, nxdomain) = kubelet_message("dns_nxdomain");
+    for i in 0..PODS {
+        api.apply_pod(
+            pod("shop", &format!("web-{i}"), &format!("uid-web-{i}"), NODE)
+                .waiting("app", &image, "ErrImagePull", &nxdomain)
+                .build(),
+        );
+    }
+    let _agent = start_agent(&api, &dns, &["--max-failing-series", "100"]);
+    api.wait("an Event for every pod", SETTLE, |api| {
+        api.events().len() == PODS
+    });
+    let peak = api.event_posts_peak();
+    assert!(
+        (2..=4).contains(&peak),
+        "{peak} Event POSTs were in flight at once (at most 4, and more than one, or the \
+         server's delay never overlapped them)"
+    );
+    assert_eq!(api.violations(), Vec::<String>::new());
+}
