@@ -490,9 +490,11 @@ impl PodWatch {
         follow_ups.posts.spawn(async move {
             // The semaphore is never closed; the wait for a permit is not the POST's time.
             let _permit = permits.acquire_owned().await.ok();
+            // Boxed: hundreds of posts may wait for a permit at once, each task then holding
+            // only its note, not the request's KiB of state.
             let posted = tokio::time::timeout(
                 POST_TIMEOUT,
-                events::post(client, &node, &pod, kind, &container, note),
+                Box::pin(events::post(client, &node, &pod, kind, &container, note)),
             )
             .await;
             let result = match posted {

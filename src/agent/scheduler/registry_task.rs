@@ -174,9 +174,12 @@ impl Scheduler {
                 true => Asking::Ping,
                 false => Asking::Connect,
             };
+            // Boxed, as the runtime check below: a round's state (the whole chain's futures) is
+            // tens of KiB, and held inline it would stay allocated in every registry's task
+            // between rounds too.
             let round = tokio::select! {
                 _ = cancel.cancelled() => break,
-                round = self.round(&current.route, &slots, force, asking, api, &mut api_checks, &heart) => round,
+                round = Box::pin(self.round(&current.route, &slots, force, asking, api, &mut api_checks, &heart)) => round,
             };
             let Round {
                 report,
@@ -204,7 +207,7 @@ impl Scheduler {
             {
                 let result = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    result = self.runtime_check(runtime, canary, answered.as_ref()) => result,
+                    result = Box::pin(self.runtime_check(runtime, canary, answered.as_ref())) => result,
                 };
                 heart.beat();
                 self.metrics
