@@ -3,6 +3,7 @@
 //! error; [`run`] owns the timeout and the success/duration bookkeeping (as blackbox_exporter's prober).
 
 pub mod auth;
+pub mod cert_summary;
 pub mod conn;
 pub mod dns;
 pub mod dns_name;

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Name};
 
+pub use super::cert_summary::CertSummary;
+use super::cert_summary::summarise;
 use super::conn::{Conn, Rewound};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
@@ -25,16 +26,6 @@ use crate::trust::{ClientAuthAsked, TlsClient};
 /// check waits for the server to refuse the answer; a server that says nothing by then passes
 /// (and the connection goes on to the HTTP request).
 const VERDICT_WAIT: Duration = Duration::from_secs(1);
-
-/// One certificate of the peer chain, as people read it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertSummary {
-    pub subject: String,
-    pub issuer: String,
-    pub sans: Vec<String>,
-    pub not_before: i64,
-    pub not_after: i64,
-}
 
 /// A completed handshake.
 #[derive(Clone, Debug)]
@@ -380,47 +371,6 @@ fn client_auth_refused(asked: &ClientAuthAsked, alert: AlertDescription) -> Stri
                 "the registry refused the client certificate {sent} (alert {alert:?}){accepts}: check the one configured for this endpoint ({where_set})"
             )
         }
-    }
-}
-
-/// Parses the DER chain; a certificate x509-parser cannot read is skipped, not fatal.
-pub fn summarise(chain: &[CertificateDer<'_>]) -> Vec<CertSummary> {
-    chain
-        .iter()
-        .filter_map(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
-        .map(|(_, cert)| {
-            let sans = cert
-                .subject_alternative_name()
-                .ok()
-                .flatten()
-                .map(|ext| {
-                    ext.value
-                        .general_names
-                        .iter()
-                        .filter_map(|name| match name {
-                            GeneralName::DNSName(dns) => Some(dns.to_string()),
-                            GeneralName::IPAddress(bytes) => ip_from_bytes(bytes),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            CertSummary {
-                subject: cert.subject().to_string(),
-                issuer: cert.issuer().to_string(),
-                sans,
-                not_before: cert.validity().not_before.timestamp(),
-                not_after: cert.validity().not_after.timestamp(),
-            }
-        })
-        .collect()
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<String> {
-    match bytes.len() {
-        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
-        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string()),
-        _ => None,
     }
 }
 
