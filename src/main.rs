@@ -414,9 +414,12 @@ fn agent_failure(error: &pullwatch::agent::api::ClientError) -> Fail {
     }
 }
 
+/// One worker thread: the agent waits on the network far more than it computes, and a second
+/// worker cost more in waking and parking (futex, epoll) than it gave. Blocking work (reading
+/// and routing the config files) goes to tokio's blocking pool, never to the worker.
 fn async_runtime() -> Result<tokio::runtime::Runtime, Fail> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|error| Fail::internal(format!("cannot start the async runtime: {error}")))
