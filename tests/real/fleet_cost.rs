@@ -131,6 +131,16 @@ fn v2_requests(registry: &Registry) -> usize {
         .count()
 }
 
+/// The record of `check` in an endpoint's report.
+fn check_record<'a>(endpoint: &'a Value, check: &str) -> &'a Value {
+    endpoint["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("a {check} record in {endpoint}"))
+}
+
 fn reason(entry: &Value) -> Option<&str> {
     entry["reason"].as_str()
 }
@@ -158,23 +168,13 @@ fn a_round_costs_one_connection_and_sends_no_request_until_one_is_due() {
     );
     assert_eq!(setup.registry.access_log().len(), 1);
     let endpoint = &first["endpoints"][0];
-    let http = endpoint["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["check"] == "http")
-        .expect("an http record");
+    let http = check_record(endpoint, "http");
     assert_eq!(http["ok"], true, "{first}");
     // In HTTP/1.1 and without ALPN, as containerd's and CRI-O's Go clients (which never set up
     // HTTP/2 for registries), though this registry would speak HTTP/2.
     let log = setup.registry.log();
     assert!(log.contains("\"GET /v2/ HTTP/1.1\""), "{log}");
-    let tls = endpoint["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["check"] == "tls")
-        .expect("a tls record");
+    let tls = check_record(endpoint, "tls");
     assert!(
         !tls["detail"].as_str().unwrap_or_default().contains("ALPN"),
         "{tls}"
