@@ -23,7 +23,7 @@ pub struct Trust {
 }
 
 /// Server verifiers built for a route's CA files, shared by every check of it: building one
-/// copies the whole root store and reads the files, most of a check's own CPU. An entry is
+/// copies the whole root store and reads and parses the files again, at every check. An entry is
 /// used only while each file's size and modification time are those it was built from, so an
 /// edited CA file is read again on the next check.
 #[derive(Default)]
