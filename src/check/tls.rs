@@ -32,7 +32,6 @@ const VERDICT_WAIT: Duration = Duration::from_secs(1);
 pub struct TlsOutcome {
     pub version: String,
     pub cipher: String,
-    pub alpn: Option<String>,
     /// False when `skip_verify` let an unverified chain through.
     pub verified: bool,
     pub chain: Vec<CertSummary>,
@@ -52,13 +51,8 @@ impl Evidence for TlsOutcome {
         } else {
             "NOT verified (skip_verify)"
         };
-        let alpn = self
-            .alpn
-            .as_deref()
-            .map(|p| format!(", ALPN {p}"))
-            .unwrap_or_default();
         format!(
-            "{} {}{alpn}, {verified}; {}",
+            "{} {}, {verified}; {}",
             self.version,
             self.cipher,
             describe_chain(&self.chain)
@@ -152,9 +146,6 @@ where
                     .negotiated_cipher_suite()
                     .map(|c| format!("{:?}", c.suite()))
                     .unwrap_or_default(),
-                alpn: session
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned()),
                 verified: !client.skip_verify,
                 chain: summarise(&chain.certificates()),
             };

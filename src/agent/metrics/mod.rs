@@ -200,7 +200,6 @@ pub(crate) fn every_family_filled() -> Metrics {
         tls: Some(TlsOutcome {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
-            alpn: None,
             verified: true,
             chain: vec![CertSummary {
                 subject: "CN=r".into(),
@@ -331,7 +330,6 @@ mod tests {
             tls: Some(TlsOutcome {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
-                alpn: None,
                 verified: true,
                 chain: vec![CertSummary {
                     subject: "CN=r".into(),
