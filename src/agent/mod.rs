@@ -142,6 +142,7 @@ impl Agent {
             interval: config.interval,
             max_quiet: max_quiet(&config, diagnoser.timeout),
             held: None,
+            routed: None,
         };
         let first = node.refresh().await;
         if let (Some(client), Some(error)) = (&node.runtime, &first.error) {
@@ -155,7 +156,7 @@ impl Agent {
                 .with_reported_runtime(version.kind(), &version.runtime_version);
             diagnoser.routes = node.routes.clone();
         }
-        let found = node.apply(&first).await.unwrap_or_default();
+        let found = node.apply(&first, None).await.unwrap_or_default();
         status.discovered(found.iter().map(|t| t.route.registry.as_str()));
         info!(
             registries = found.len(),

@@ -38,6 +38,16 @@ pub struct NodeWatch {
     pub max_quiet: Duration,
     /// What `ListImages` gave last: kept when a later call fails.
     pub held: Option<Held>,
+    /// The last targets, with the config files' fingerprint and the images they were routed
+    /// for: while neither changed, routing again would give the same (see `apply`).
+    pub routed: Option<Routed>,
+}
+
+/// Targets as routed for one state of the config files and one set of held images.
+pub struct Routed {
+    fingerprint: u64,
+    held: Held,
+    targets: Vec<WatchedRegistry>,
 }
 
 /// The registries of the node's images (with how many images each), and for each a canary: an
@@ -121,14 +131,30 @@ impl NodeWatch {
     /// registries of the runtime's config files, then those of the node's images. Reading and
     /// routing the config runs off the async threads (a large config must not stall `/healthz`);
     /// `None` when that work failed, and the targets stay as they were.
-    pub async fn apply(&mut self, refresh: &Refresh) -> Option<Vec<WatchedRegistry>> {
+    ///
+    /// With the config files' `fingerprint` (their sizes and times, taken every [`CONFIG_POLL`]),
+    /// the files are not routed again while it and the held images stay the same: the routes
+    /// would be the same, and reading and parsing every registry's hosts.toml each interval was a
+    /// visible share of the agent's CPU. A change is still seen within [`CONFIG_POLL`].
+    pub async fn apply(
+        &mut self,
+        refresh: &Refresh,
+        fingerprint: Option<u64>,
+    ) -> Option<Vec<WatchedRegistry>> {
         self.metrics.runtime().record(refresh.up, &refresh.facts);
         // A failed ListImages keeps what it found last, rather than dropping every registry.
         if let Some(held) = &refresh.held {
             self.held = Some(held.clone());
         }
         let held = self.held.clone().unwrap_or_default();
+        if let (Some(routed), Some(now)) = (&self.routed, fingerprint)
+            && routed.fingerprint == now
+            && routed.held == held
+        {
+            return Some(routed.targets.clone());
+        }
         let routes = self.routes.clone();
+        let key = held.clone();
         let statics = self.static_registries.clone();
         let metrics = Arc::clone(&self.metrics);
         let placeholder = Discovery::new(self.discovery.max_registries());
@@ -145,6 +171,11 @@ impl NodeWatch {
         match routed {
             Ok((discovery, targets)) => {
                 self.discovery = discovery;
+                self.routed = fingerprint.map(|fingerprint| Routed {
+                    fingerprint,
+                    held: key,
+                    targets: targets.clone(),
+                });
                 Some(targets)
             }
             Err(error) => {
@@ -197,7 +228,7 @@ impl NodeWatch {
                 _ => {}
             }
             was_up = refresh.up;
-            let Some(discovered) = self.apply(&refresh).await else {
+            let Some(discovered) = self.apply(&refresh, Some(seen)).await else {
                 next = started + jittered(self.interval);
                 continue;
             };
@@ -223,4 +254,71 @@ async fn fingerprint(files: &ConfigFiles) -> u64 {
 
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &std::path::Path) -> NodeWatch {
+        NodeWatch {
+            runtime: None,
+            routes: RouteConfig::new(dir.join("certs.d"), dir.join("registries.conf"), vec![]),
+            discovery: Discovery::new(10),
+            static_registries: vec!["mirrored.example".into()],
+            metrics: Arc::new(Metrics::new("n", "v", "r", 10).unwrap()),
+            liveness: Arc::new(Liveness::default()),
+            interval: Duration::from_secs(30),
+            max_quiet: Duration::from_secs(60),
+            held: None,
+            routed: None,
+        }
+    }
+
+    fn endpoints(targets: &[WatchedRegistry]) -> Vec<String> {
+        targets[0].route.endpoints.iter().map(|e| e.url()).collect()
+    }
+
+    #[tokio::test]
+    async fn routes_are_read_again_only_when_the_files_or_the_images_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("certs.d/mirrored.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let hosts = |mirror: &str| {
+            let text =
+                format!("[host.\"https://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+            std::fs::write(host_dir.join("hosts.toml"), text).unwrap();
+        };
+        hosts("one.example");
+        let mut node = node(dir.path());
+        let refresh = node.refresh().await;
+        let first = node.apply(&refresh, Some(1)).await.unwrap();
+        assert_eq!(endpoints(&first)[0], "https://one.example");
+
+        // The same fingerprint and images: the last routes, the file not read again.
+        hosts("two.example");
+        let same = node.apply(&refresh, Some(1)).await.unwrap();
+        assert_eq!(endpoints(&same), endpoints(&first));
+
+        // The files changed: routed again.
+        let changed = node.apply(&refresh, Some(2)).await.unwrap();
+        assert_eq!(endpoints(&changed)[0], "https://two.example");
+
+        // Other images held: routed again too (a new registry may now be watched).
+        hosts("three.example");
+        let mut held = Held::default();
+        held.registries.insert("held.example".into(), 1);
+        let with_images = Refresh {
+            held: Some(held),
+            ..node.refresh().await
+        };
+        let more = node.apply(&with_images, Some(2)).await.unwrap();
+        assert_eq!(endpoints(&more)[0], "https://three.example");
+        assert!(more.iter().any(|t| t.route.registry == "held.example"));
+
+        // No fingerprint (the first discovery): always routed.
+        hosts("four.example");
+        let unkeyed = node.apply(&with_images, None).await.unwrap();
+        assert_eq!(endpoints(&unkeyed)[0], "https://four.example");
+    }
 }
