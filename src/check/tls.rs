@@ -34,7 +34,7 @@ pub struct TlsOutcome {
     pub cipher: String,
     /// False when `skip_verify` let an unverified chain through.
     pub verified: bool,
-    pub chain: Vec<CertSummary>,
+    pub chain: Vec<Arc<CertSummary>>,
 }
 
 impl TlsOutcome {
@@ -79,7 +79,7 @@ impl Evidence for Secured {
 pub struct TlsFailed {
     pub reason: Reason,
     pub message: String,
-    pub chain: Vec<CertSummary>,
+    pub chain: Vec<Arc<CertSummary>>,
     /// The server answered the hello in plain HTTP (its first bytes were `HTTP/`): what Go's TLS
     /// client reports as a `RecordHeaderError`, and what makes containerd fall back to HTTP.
     pub plain_http: bool,
@@ -103,7 +103,7 @@ impl CheckError for TlsFailed {
     }
 }
 
-fn chain_suffix(chain: &[CertSummary]) -> String {
+fn chain_suffix(chain: &[Arc<CertSummary>]) -> String {
     if chain.is_empty() {
         String::new()
     } else {
@@ -237,7 +237,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
 super::conn::writes_through!(Recorded);
 
 /// Maps a handshake error to a reason and a sentence; rustls's error travels inside the io::Error.
-fn classify(error: &io::Error, server_name: &str, chain: &[CertSummary]) -> (Reason, String) {
+fn classify(error: &io::Error, server_name: &str, chain: &[Arc<CertSummary>]) -> (Reason, String) {
     let Some(tls) = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -366,7 +366,7 @@ fn client_auth_refused(asked: &ClientAuthAsked, alert: AlertDescription) -> Stri
 }
 
 /// "leaf CN=x (SAN a, b) issued by CN=ca, expires in 12 days" — the facts that explain TLS failures.
-fn describe_chain(chain: &[CertSummary]) -> String {
+fn describe_chain(chain: &[Arc<CertSummary>]) -> String {
     let Some(leaf) = chain.first() else {
         return "no certificate received".into();
     };
@@ -423,13 +423,13 @@ mod tests {
 
     #[test]
     fn classifies_certificate_errors() {
-        let leaf = CertSummary {
+        let leaf = Arc::new(CertSummary {
             subject: "CN=other".into(),
             issuer: "CN=ca".into(),
             sans: vec!["other.test".into()],
             not_before: 0,
             not_after: 0,
-        };
+        });
         let cases = [
             (CertificateError::UnknownIssuer, Reason::TlsUnknownAuthority),
             (CertificateError::Expired, Reason::TlsExpired),

@@ -201,13 +201,13 @@ pub(crate) fn every_family_filled() -> Metrics {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             verified: true,
-            chain: vec![CertSummary {
+            chain: vec![std::sync::Arc::new(CertSummary {
                 subject: "CN=r".into(),
                 issuer: "CN=ca".into(),
                 sans: vec![],
                 not_before: 0,
                 not_after: 2_000_000_000,
-            }],
+            })],
         }),
         http_status: Some(503),
         ..Probe::default()
@@ -331,13 +331,13 @@ mod tests {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
                 verified: true,
-                chain: vec![CertSummary {
+                chain: vec![std::sync::Arc::new(CertSummary {
                     subject: "CN=r".into(),
                     issuer: "CN=ca".into(),
                     sans: vec![],
                     not_before: 0,
                     not_after: 2_000_000_000,
-                }],
+                })],
             }),
             http: Some(HttpOutcome {
                 path: "/v2/".into(),
