@@ -154,7 +154,6 @@ impl NodeWatch {
             return Some(routed.targets.clone());
         }
         let routes = self.routes.clone();
-        let key = held.clone();
         let statics = self.static_registries.clone();
         let metrics = Arc::clone(&self.metrics);
         let placeholder = Discovery::new(self.discovery.max_registries());
@@ -165,15 +164,15 @@ impl NodeWatch {
                 discovery::candidates(&routes, &held.registries, &statics);
             let candidates = candidates.iter().map(|c| c.registry.as_str());
             let targets = discovery.targets(candidates, &routes, &held.canaries, &metrics);
-            (discovery, targets)
+            (discovery, targets, held)
         })
         .await;
         match routed {
-            Ok((discovery, targets)) => {
+            Ok((discovery, targets, held)) => {
                 self.discovery = discovery;
                 self.routed = fingerprint.map(|fingerprint| Routed {
                     fingerprint,
-                    held: key,
+                    held,
                     targets: targets.clone(),
                 });
                 Some(targets)
