@@ -93,10 +93,17 @@ impl TestCa {
         }
     }
 
-    /// A leaf valid now (from an hour ago for 30 days).
+    /// A leaf valid now (from an hour ago for 30 days and 12 hours). The half day keeps the
+    /// reports' whole-day "expiry in 30 days" the same for every run of a test: ending exactly
+    /// 30 days out, it read 30 within the second the leaf was made and 29 after, so two runs
+    /// compared (the agent's and a local one) differed by when they ran.
     pub fn valid_leaf(&self, names: &[&str]) -> Leaf {
         let now = OffsetDateTime::now_utc();
-        self.leaf(names, now - Duration::hours(1), now + Duration::days(30))
+        self.leaf(
+            names,
+            now - Duration::hours(1),
+            now + Duration::days(30) + Duration::hours(12),
+        )
     }
 
     /// A client certificate (extended key usage `clientAuth`) with common name `name`, valid
