@@ -426,15 +426,54 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, Fail> {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PULLWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = log_filter(
+        std::env::var("PULLWATCH_LOG").ok().as_deref(),
+        default_level,
+    );
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter.targets);
     match format {
         // Colours only for a person at a terminal: a log file or collector gets plain text.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(stderr.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
+        LogFormat::Json => registry.with(stderr.json()).init(),
+    }
+    if let Some(problem) = filter.problem {
+        tracing::warn!("{problem}");
+    }
+}
+
+/// The log filter: `PULLWATCH_LOG` when set and valid, else `default_level`, and what was wrong
+/// with it to say once logging is up. `target=level` directives, as `RUST_LOG` has them; span and
+/// field filters are not supported (they would bring a regex engine for a debugging aid).
+struct LogFilter {
+    targets: tracing_subscriber::filter::Targets,
+    problem: Option<String>,
+}
+
+fn log_filter(env: Option<&str>, default_level: &str) -> LogFilter {
+    let default = || default_level.parse().unwrap_or_default();
+    match env.filter(|v| !v.trim().is_empty()) {
+        None => LogFilter {
+            targets: default(),
+            problem: None,
+        },
+        Some(value) => match value.parse() {
+            Ok(targets) => LogFilter {
+                targets,
+                problem: None,
+            },
+            Err(error) => LogFilter {
+                targets: default(),
+                problem: Some(format!(
+                    "PULLWATCH_LOG={:?} ignored ({error}); logging at {default_level:?}",
+                    pullwatch::text::clip(value, 200)
+                )),
+            },
+        },
     }
 }
 
@@ -443,6 +482,71 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+
+    #[test]
+    fn the_log_filter_takes_pullwatch_log_or_says_why_not() {
+        use tracing::Level;
+        let cases: [(Option<&str>, &str, Option<Level>, Option<Level>, bool); 5] = [
+            // (PULLWATCH_LOG, default, level for pullwatch, level for h2, a problem said)
+            (None, "info", Some(Level::INFO), Some(Level::INFO), false),
+            (
+                Some("  "),
+                "warn",
+                Some(Level::WARN),
+                Some(Level::WARN),
+                false,
+            ),
+            (
+                Some("pullwatch=debug,warn"),
+                "info",
+                Some(Level::DEBUG),
+                Some(Level::WARN),
+                false,
+            ),
+            (
+                Some("pullwatch=trace,h2=off"),
+                "info",
+                Some(Level::TRACE),
+                None,
+                false,
+            ),
+            (
+                Some("pullwatch=loud"),
+                "info",
+                Some(Level::INFO),
+                Some(Level::INFO),
+                true,
+            ),
+        ];
+        for (env, default, ours, h2, problem) in cases {
+            let filter = log_filter(env, default);
+            // The most verbose level a target logs at, if any.
+            let at = |target: &str| {
+                [
+                    Level::TRACE,
+                    Level::DEBUG,
+                    Level::INFO,
+                    Level::WARN,
+                    Level::ERROR,
+                ]
+                .into_iter()
+                .find(|level| filter.targets.would_enable(target, level))
+            };
+            assert_eq!(at("pullwatch::agent"), ours, "{env:?}");
+            assert_eq!(at("h2::proto"), h2, "{env:?}");
+            assert_eq!(
+                filter.problem.is_some(),
+                problem,
+                "{env:?}: {:?}",
+                filter.problem
+            );
+        }
+        let said = log_filter(Some("pullwatch=loud"), "info").problem.unwrap();
+        assert!(
+            said.starts_with("PULLWATCH_LOG=\"pullwatch=loud\" ignored ("),
+            "{said}"
+        );
+    }
 
     #[test]
     fn an_unreachable_or_failing_agent_is_not_a_usage_error() {
