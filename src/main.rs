@@ -486,7 +486,14 @@ mod tests {
     #[test]
     fn the_log_filter_takes_pullwatch_log_or_says_why_not() {
         use tracing::Level;
-        let cases: [(Option<&str>, &str, Option<Level>, Option<Level>, bool); 5] = [
+        type Case = (
+            Option<&'static str>,
+            &'static str,
+            Option<Level>,
+            Option<Level>,
+            bool,
+        );
+        let cases: [Case; 5] = [
             // (PULLWATCH_LOG, default, level for pullwatch, level for h2, a problem said)
             (None, "info", Some(Level::INFO), Some(Level::INFO), false),
             (
