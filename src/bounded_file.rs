@@ -47,6 +47,11 @@ pub const KUBECONFIG: Kind = Kind {
     what: "kubeconfig",
     max_bytes: 8 * MIB,
 };
+/// A bearer token file: a kubeconfig's `tokenFile`, the service account's token.
+pub const TOKEN: Kind = Kind {
+    what: "token file",
+    max_bytes: 64 * 1024,
+};
 /// Each file of `--image-credential-provider-config`.
 pub const PROVIDER_CONFIG: Kind = Kind {
     what: "credential provider config",

@@ -10,10 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::{ObjectList, WatchEvent};
-
 use crate::agent::pods::failures::{self, Tracker};
+use crate::agent::pods::watch::{self, Line, PodEvent};
 use crate::check::auth;
 use crate::check::dns::DnsResolver;
 use crate::check::manifest;
@@ -221,33 +219,29 @@ pub fn watch_event(data: &[u8]) {
     let mut tracker = Tracker::default();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let later = now + Duration::from_secs(30);
-    if let Ok(list) = serde_json::from_slice::<ObjectList<Pod>>(data) {
+    if let Ok((_, pods)) = watch::parse_list(data) {
         tracker.relisting();
-        for pod in &list.items {
+        for pod in &pods {
             let _ = tracker.apply(pod, now);
         }
         tracker.relisted();
         let _ = tracker.failures();
         return;
     }
-    let Ok(event) = serde_json::from_slice::<WatchEvent<Pod>>(data) else {
+    let Ok(Line::Pod(PodEvent::Apply(pod) | PodEvent::Delete(pod))) = watch::parse_line(data)
+    else {
         return;
     };
-    match event {
-        WatchEvent::Added(pod) | WatchEvent::Modified(pod) | WatchEvent::Deleted(pod) => {
-            let _ = failures::pull_waits(&pod);
-            let _ = tracker.apply(&pod, now);
-            let _ = tracker.apply(&pod, later);
-            let _ = tracker.failures();
-            tracker.delete(&pod);
-            if let Some(uid) = &pod.metadata.uid {
-                assert!(
-                    tracker.failures().iter().all(|f| &f.pod.uid != uid),
-                    "a deleted pod's failures are kept"
-                );
-            }
-        }
-        WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
+    let _ = failures::pull_waits(&pod);
+    let _ = tracker.apply(&pod, now);
+    let _ = tracker.apply(&pod, later);
+    let _ = tracker.failures();
+    tracker.delete(&pod);
+    if let Some(uid) = &pod.metadata.uid {
+        assert!(
+            tracker.failures().iter().all(|f| &f.pod.uid != uid),
+            "a deleted pod's failures are kept"
+        );
     }
 }
 

@@ -236,7 +236,7 @@ impl Trust {
 }
 
 /// Makes ring the process-wide provider too, for clients that build their own TLS config
-/// (reqwest for plain-HTTP endpoints, kube): one crypto provider across the build.
+/// (reqwest for plain-HTTP endpoints and the Kubernetes API): one crypto provider across the build.
 pub fn install_ring_provider() {
     // Err means one is installed already; ring is the only one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -99,7 +99,7 @@ pub struct Agent {
     runtime_up: bool,
     targets: watch::Receiver<Vec<WatchedRegistry>>,
     /// The API server, when the pods of this node are watched.
-    kubernetes: Option<::kube::Client>,
+    kubernetes: Option<pods::api::ApiClient>,
     /// Where the node watch publishes the routes it discovers.
     discovered: watch::Sender<Vec<WatchedRegistry>>,
 }
@@ -166,7 +166,7 @@ impl Agent {
         let (discovered, targets) = watch::channel(found);
         let kubernetes = match config.kubernetes {
             KubernetesMode::Off => None,
-            mode => match pods::connect(Arc::clone(&metrics)).await {
+            mode => match pods::connect() {
                 Ok(client) => Some(client),
                 Err(error) if mode == KubernetesMode::On => return Err(error.into()),
                 Err(error) => {

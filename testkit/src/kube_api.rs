@@ -34,6 +34,8 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     kubeconfig: PathBuf,
     _dir: TempDir,
+    /// With [`KubeApi::start_tls`]: the CA and the server's certificate files, kept alive.
+    _tls: Option<(crate::certs::TestCa, crate::certs::Leaf)>,
 }
 
 struct Shared {
@@ -45,6 +47,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// With [`KubeApi::start_tls`]: every request must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
     /// The last resourceVersion handed out.
     rv: u64,
     pods: BTreeMap<(String, String), Value>,
@@ -82,6 +86,49 @@ struct State {
 impl KubeApi {
     /// Serves the pods of every node but lets clients see only `node`'s; writes a kubeconfig for it.
     pub fn start(node: &str) -> Self {
+        Self::serve(node, None)
+    }
+
+    /// As [`KubeApi::start`] but over TLS (a certificate for 127.0.0.1 from a test CA), every
+    /// request refused 401 without `Authorization: Bearer <token>`; the kubeconfig names the CA
+    /// file and a `tokenFile` beside it (see [`KubeApi::rotate_token`]).
+    pub fn start_tls(node: &str, token: &str) -> Self {
+        let ca = crate::certs::TestCa::new("fake API server CA");
+        let leaf = ca.valid_leaf(&["127.0.0.1"]);
+        let tls = crate::http::server_config(&leaf.cert_path, &leaf.key_path);
+        let mut api = Self::serve(node, Some(tls));
+        api.shared.lock().token = Some(token.to_string());
+        let dir = api
+            .kubeconfig
+            .parent()
+            .expect("kubeconfig dir")
+            .to_path_buf();
+        std::fs::write(dir.join("token"), format!("{token}\n")).expect("write token");
+        let text = std::fs::read_to_string(&api.kubeconfig).expect("read kubeconfig");
+        let text = text
+            .replace("server: http://", "server: https://")
+            .replace("  user: {}\n", "  user:\n    tokenFile: token\n")
+            .replace(
+                "    server: https://",
+                &format!(
+                    "    certificate-authority: {}\n    server: https://",
+                    ca.cert_path_str()
+                ),
+            );
+        std::fs::write(&api.kubeconfig, text).expect("write kubeconfig");
+        api._tls = Some((ca, leaf));
+        api
+    }
+
+    /// A new token in the kubeconfig's `tokenFile`, and the only one accepted from now on (as a
+    /// service account token rotates in place).
+    pub fn rotate_token(&self, token: &str) {
+        let dir = self.kubeconfig.parent().expect("kubeconfig dir");
+        std::fs::write(dir.join("token"), format!("{token}\n")).expect("write token");
+        self.shared.lock().token = Some(token.to_string());
+    }
+
+    fn serve(node: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let shared = Arc::new(Shared {
             node: node.to_string(),
             state: Mutex::new(State {
@@ -92,7 +139,7 @@ impl KubeApi {
             stopping: AtomicBool::new(false),
         });
         let serving = Arc::clone(&shared);
-        let server = HttpServer::start("kube-api", Ipv4Addr::LOCALHOST, None, move |req, ex| {
+        let server = HttpServer::start("kube-api", Ipv4Addr::LOCALHOST, tls, move |req, ex| {
             serve(req, ex, &serving)
         });
         let addr = server.addr();
@@ -115,6 +162,7 @@ impl KubeApi {
             shared,
             kubeconfig,
             _dir: dir,
+            _tls: None,
         }
     }
 
@@ -366,10 +414,23 @@ impl Request {
 /// One request per connection (every answer says `Connection: close`).
 fn serve(request: &crate::server::Request, exchange: &mut Exchange<'_>, shared: &Shared) {
     exchange.close();
-    shared.lock().requests.push(Seen {
-        method: request.method.clone(),
-        target: request.path.clone(),
-    });
+    let token = {
+        let mut state = shared.lock();
+        state.requests.push(Seen {
+            method: request.method.clone(),
+            target: request.path.clone(),
+        });
+        state.token.clone()
+    };
+    if let Some(token) = token
+        && request.header("authorization") != Some(format!("Bearer {token}").as_str())
+    {
+        let Answer::Json(code, body) = status(401, "Unauthorized", "Unauthorized") else {
+            unreachable!("status() is a JSON answer")
+        };
+        let _ = exchange.respond(&Response::new(code).json(&body));
+        return;
+    }
     let request = Request::parse(request);
     let event_post = request.method == "POST" && request.path.ends_with("/events");
     if event_post {

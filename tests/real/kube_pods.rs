@@ -570,3 +570,62 @@ fn a_slow_api_server_gets_at_most_four_event_posts_at_once() {
     );
     assert_eq!(api.violations(), Vec::<String>::new());
 }
+
+/// The API server as in a cluster: TLS with its own CA, a bearer token from a file that rotates
+/// in place. The agent's own client trusts the kubeconfig's CA, sends the token, reads the file
+/// again for a later request, and never shows the token; without the CA the watch is down, named.
+#[test]
+fn the_watch_over_tls_sends_the_token_file_and_follows_its_rotation() {
+    const FIRST: &str = "token-first-3b9d";
+    const SECOND: &str = "token-second-77ae";
+    let dns = DnsServer::builder().nxdomain("missing.test").start();
+    let api = KubeApi::start_tls(NODE, FIRST);
+    let (image, nxdomain) = kubelet_message("dns_nxdomain");
+    let failing = |name: &str| {
+        pod("shop", name, &format!("uid-{name}"), NODE)
+            .waiting("app", &image, "ErrImagePull", &nxdomain)
+            .build()
+    };
+    api.apply_pod(failing("a"));
+    let agent = start_agent(&api, &dns, &[]);
+    agent.wait_metrics("the watch up over TLS", SETTLE, |m| {
+        sample(m, WATCH_UP, &[]) == Some(1.0)
+    });
+    testkit::wait_for("the Event on pod a", SETTLE, || {
+        (!events_for(&api, "a").is_empty()).then_some(())
+    });
+
+    // The token rotates; the open watch goes on, and the next request (pod b's Event) must
+    // carry the new one: the server now refuses the old.
+    api.rotate_token(SECOND);
+    api.apply_pod(failing("b"));
+    testkit::wait_for("the Event on pod b, with the new token", SETTLE, || {
+        (!events_for(&api, "b").is_empty()).then_some(())
+    });
+    let log = agent.stderr();
+    assert!(
+        !log.contains(FIRST) && !log.contains(SECOND),
+        "a token in the log:\n{log}"
+    );
+    assert_eq!(api.violations(), Vec::<String>::new());
+
+    // The same server, but a kubeconfig without its CA: the system's roots do not know it.
+    let kubeconfig = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let untrusting = api.kubeconfig().with_file_name("untrusting");
+    let without_ca: String = kubeconfig
+        .lines()
+        .filter(|line| !line.contains("certificate-authority"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&untrusting, without_ca).unwrap();
+    let stranger = Agent::start_with_env(
+        &["--resolv-conf", dns.resolv_conf_str(), "--timeout", "2s"],
+        &["--kubernetes", "on", "--interval", "60s"],
+        &[("KUBECONFIG", untrusting.to_str().unwrap())],
+    );
+    testkit::wait_for("the untrusted server named in the log", SETTLE, || {
+        let log = stranger.stderr();
+        (log.contains("list:") && log.to_lowercase().contains("certificate")).then_some(())
+    });
+    assert_eq!(sample(&stranger.metrics(), WATCH_UP, &[]), Some(0.0));
+}

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
+use pullwatch::agent::pods::api::{ApiClient, ApiError};
+use pullwatch::agent::pods::kubeconfig;
 use pullwatch::agent::pods::secrets::{PodSecrets, Source, read_pull_secrets};
 use testkit::kube_api::{KubeApi, pod, secret, service_account};
 
@@ -27,13 +29,10 @@ fn config_json(registry: &str, user: &str) -> String {
     )
 }
 
-async fn client(api: &KubeApi) -> kube::Client {
-    pullwatch::trust::install_ring_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(api.kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
+/// A client as the agent makes one, from the fake API server's kubeconfig.
+async fn client(api: &KubeApi) -> ApiClient {
+    let config = kubeconfig::from_files(&[api.kubeconfig().to_path_buf()]).expect("kubeconfig");
+    ApiClient::new(config).expect("client")
 }
 
 /// A pod in `shop` naming `secrets`, as the typed object the agent holds.
@@ -329,15 +328,19 @@ async fn every_get_is_bounded_by_the_timeout() {
 
 #[tokio::test]
 async fn the_fake_api_server_flags_a_list_or_watch_of_secrets() {
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, ListParams, WatchParams};
     let api = KubeApi::start(NODE);
     let client = client(&api).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
-    assert!(secrets.list(&ListParams::default()).await.is_err());
-    assert!(secrets.watch(&WatchParams::default(), "0").await.is_err());
-    let everywhere: Api<Secret> = Api::all(client);
-    assert!(everywhere.list(&ListParams::default()).await.is_err());
+    for path in [
+        "/api/v1/namespaces/shop/secrets",
+        "/api/v1/namespaces/shop/secrets?watch=true&resourceVersion=0",
+        "/api/v1/secrets",
+    ] {
+        let answer = client.get_bytes(path, 1 << 20, TIMEOUT).await;
+        assert!(
+            matches!(answer, Err(ApiError::Status { code: 403, .. })),
+            "{path}: {answer:?}"
+        );
+    }
     let violations = api.violations();
     assert_eq!(violations.len(), 3, "{violations:?}");
     assert!(

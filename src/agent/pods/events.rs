@@ -1,8 +1,13 @@
-//! The diagnosis Event on a pod (events.k8s.io/v1 through kube-rs's recorder): what the kubelet said,
-//! what this node's own checks found, and the fix, in at most 1 KiB, so `kubectl describe pod` shows it.
+//! The diagnosis Event on a pod (events.k8s.io/v1): what the kubelet said, what this node's own
+//! checks found, and the fix, in at most 1 KiB, so `kubectl describe pod` shows it.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+use super::api::{self, ApiClient, ApiError};
 
 use super::failures::{ContainerKind, Failure, PodId};
 use crate::reason::Reason;
@@ -79,22 +84,45 @@ pub fn note(node: &str, container: &str, failure: &Failure, report: &Report) -> 
     clip(&text, MAX_NOTE)
 }
 
-/// Posts `note` as a Warning Event regarding the container of `pod`.
+/// Posts `note` as a Warning Event regarding the container of `pod`, within `timeout`.
+///
+/// Always a new Event, never a patch of an earlier one's series: pullwatch decides itself when a
+/// diagnosis is new, and a new diagnosis of the same container must not rewrite the old note.
 pub async fn post(
-    client: kube::Client,
+    client: &ApiClient,
     node: &str,
     pod: &PodId,
     kind: ContainerKind,
     container: &str,
     note: String,
-) -> Result<(), kube::Error> {
-    let reporter = Reporter {
-        controller: CONTROLLER.into(),
-        instance: Some(clip(node, MAX_INSTANCE)),
-    };
-    // A recorder per Event: pullwatch decides itself when a diagnosis is new, and a shared
-    // recorder would turn a new diagnosis of the same container into a patch of the old note.
-    let recorder = Recorder::new(client, reporter);
+    timeout: Duration,
+) -> Result<(), ApiError> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::new(
+        i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    )
+    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    let event = event(node, pod, kind, container, note, now);
+    let path = format!(
+        "/apis/events.k8s.io/v1/namespaces/{}/events",
+        api::escape(&pod.namespace)
+    );
+    client.post(&path, &event, timeout).await
+}
+
+/// The Event object: named after the pod and the time (as client-go's recorder names them), in
+/// the pod's namespace.
+fn event(
+    node: &str,
+    pod: &PodId,
+    kind: ContainerKind,
+    container: &str,
+    note: String,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Event {
     let regarding = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -104,15 +132,33 @@ pub async fn post(
         field_path: Some(kind.field_path(container)),
         resource_version: None,
     };
-    let event = Event {
-        type_: EventType::Warning,
-        reason: EVENT_REASON.into(),
+    // `<pod>.<nanoseconds, hex>`: a name stays within 253 characters and is unique per Event.
+    let prefix = pod.name.get(..MAX_EVENT_NAME_PREFIX).unwrap_or(&pod.name);
+    let name = format!(
+        "{}.{:x}",
+        prefix.trim_end_matches(['-', '.']),
+        now.as_nanosecond()
+    );
+    Event {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(pod.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some("Warning".into()),
+        reason: Some(EVENT_REASON.into()),
+        action: Some(ACTION.into()),
         note: Some(note),
-        action: ACTION.into(),
-        secondary: None,
-    };
-    recorder.publish(&event, &regarding).await
+        regarding: Some(regarding),
+        reporting_controller: Some(CONTROLLER.into()),
+        reporting_instance: Some(clip(node, MAX_INSTANCE)),
+        ..Event::default()
+    }
 }
+
+/// Room for the pod's name in an Event's name, before `.` and up to 32 hex digits.
+const MAX_EVENT_NAME_PREFIX: usize = 253 - 33;
 
 #[cfg(test)]
 mod tests {

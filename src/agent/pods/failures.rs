@@ -200,7 +200,7 @@ impl PodId {
     pub fn secrets_pod(&self) -> Pod {
         use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec};
         Pod {
-            metadata: kube::api::ObjectMeta {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 namespace: Some(self.namespace.clone()),
                 name: Some(self.name.clone()),
                 ..Default::default()

@@ -1,13 +1,17 @@
-//! The API server's address and credentials, found as kube-rs's `Config::infer` finds them
-//! (`KUBECONFIG`'s files merged, else `~/.kube/config`, else the in-cluster service account), but
-//! every kubeconfig and every certificate file it names read through the bounded reader.
+//! The API server's address and credentials, found as client-go finds them (`KUBECONFIG`'s files
+//! merged, else `~/.kube/config`, else the in-cluster service account), every file read through
+//! the bounded reader. A kubeconfig's user may hold a token, a token file, a client certificate
+//! or a username and password; an `exec` or `auth-provider` plugin is refused with its name (the
+//! agent runs in the cluster, on its service account).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use serde::Deserialize;
 
+use super::api::{ApiConfig, Auth};
 use crate::bounded_file;
 
 /// No kubeconfig could be used; says which file and why (never a credential).
@@ -18,26 +22,69 @@ pub struct KubeconfigError {
     pub problem: String,
 }
 
-/// The client config: the kubeconfig when one loads, else the in-cluster one (as kube-rs); both
-/// failing is an error naming both causes.
-pub async fn infer() -> Result<kube::Config, String> {
+/// The service account's files in a pod.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The client config: the kubeconfig when one loads, else the in-cluster one; both failing is an
+/// error naming both causes.
+pub fn infer() -> Result<ApiConfig, String> {
     let home = std::env::home_dir();
     let paths = kubeconfig_paths(std::env::var_os("KUBECONFIG"), home.as_deref());
-    let from_file = match read(&paths) {
-        Ok(kubeconfig) => {
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("kubeconfig {}: {e}", shown(&paths)))
+    match from_files(&paths) {
+        Ok(config) => Ok(config),
+        Err(kubeconfig) => in_cluster(|name| std::env::var(name).ok(), Path::new(SERVICE_ACCOUNT))
+            .map_err(|in_cluster| format!("{kubeconfig}; in-cluster: {in_cluster}")),
+    }
+}
+
+/// The current context of `paths` merged (`KUBECONFIG`'s order).
+pub fn from_files(paths: &[PathBuf]) -> Result<ApiConfig, String> {
+    read(paths)
+        .and_then(|kubeconfig| {
+            kubeconfig.resolve().map_err(|problem| KubeconfigError {
+                path: PathBuf::from(shown(paths)),
+                problem,
+            })
+        })
+        .map_err(|error| format!("kubeconfig {error}"))
+}
+
+/// The pod's own credentials: `KUBERNETES_SERVICE_HOST`/`_PORT` and the service account's token
+/// (read again for every request, as it rotates) and CA (client-go goes on with the system's
+/// roots when the CA file is unusable; so does this, saying so).
+pub fn in_cluster(env: impl Fn(&str) -> Option<String>, dir: &Path) -> Result<ApiConfig, String> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let (Some(host), Some(port)) = (
+        var("KUBERNETES_SERVICE_HOST"),
+        var("KUBERNETES_SERVICE_PORT"),
+    ) else {
+        return Err(
+            "not in a cluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set"
+                .into(),
+        );
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let token = dir.join("token");
+    bounded_file::read(&token, bounded_file::TOKEN).map_err(|e| e.to_string())?;
+    let ca = dir.join("ca.crt");
+    let ca_pem = match bounded_file::read(&ca, bounded_file::PEM) {
+        Ok(pem) => Some(pem),
+        Err(error) => {
+            tracing::warn!(%error, "the service account's CA is unusable; the system's roots are trusted instead");
+            None
         }
-        Err(error) => Err(format!("kubeconfig {error}")),
     };
-    let mut config = match from_file {
-        Ok(config) => config,
-        Err(kubeconfig) => kube::Config::incluster()
-            .map_err(|in_cluster| format!("{kubeconfig}; in-cluster: {in_cluster}"))?,
-    };
-    config.apply_debug_overrides();
-    Ok(config)
+    Ok(ApiConfig {
+        server: format!("https://{host}:{port}"),
+        ca_pem,
+        insecure_skip_verify: false,
+        identity_pem: None,
+        auth: Auth::TokenFile(token),
+    })
 }
 
 /// `KUBECONFIG`'s non-empty entries, else `~/.kube/config`.
@@ -61,7 +108,199 @@ fn shown(paths: &[PathBuf]) -> String {
     shown.join(":")
 }
 
-/// Every file read and merged, the first to set a value winning (kube-rs's `Kubeconfig::merge`).
+/// The parts of a kubeconfig the agent reads; anything else in it is ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Kubeconfig {
+    #[serde(default)]
+    current_context: Option<String>,
+    #[serde(default, deserialize_with = "named")]
+    clusters: BTreeMap<String, Cluster>,
+    #[serde(default, deserialize_with = "named")]
+    contexts: BTreeMap<String, Context>,
+    #[serde(default, deserialize_with = "named")]
+    users: BTreeMap<String, User>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Cluster {
+    server: Option<String>,
+    certificate_authority: Option<String>,
+    certificate_authority_data: Option<String>,
+    #[serde(default)]
+    insecure_skip_tls_verify: bool,
+    tls_server_name: Option<String>,
+    proxy_url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct Context {
+    cluster: Option<String>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct User {
+    token: Option<String>,
+    #[serde(rename = "tokenFile")]
+    token_file: Option<String>,
+    client_certificate: Option<String>,
+    client_certificate_data: Option<String>,
+    client_key: Option<String>,
+    client_key_data: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    exec: Option<serde_json::Value>,
+    auth_provider: Option<serde_json::Value>,
+    #[serde(rename = "as")]
+    impersonate: Option<String>,
+}
+
+/// A kubeconfig list (`- name: x` + `cluster:`/`context:`/`user:`) as a map by name; the first
+/// entry of a name wins, as in a merge.
+fn named<'de, D, T>(deserializer: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    #[derive(Deserialize)]
+    struct Entry<T> {
+        name: String,
+        #[serde(alias = "cluster", alias = "context", alias = "user")]
+        value: Option<T>,
+    }
+    let entries: Option<Vec<Entry<T>>> = Option::deserialize(deserializer)?;
+    let mut map = BTreeMap::new();
+    for entry in entries.unwrap_or_default() {
+        map.entry(entry.name)
+            .or_insert(entry.value.unwrap_or_default());
+    }
+    Ok(map)
+}
+
+impl Kubeconfig {
+    /// `later` merged under this one: the first file to set a value keeps it (client-go's rule).
+    fn merge(mut self, later: Kubeconfig) -> Kubeconfig {
+        if self.current_context.as_deref().is_none_or(str::is_empty) {
+            self.current_context = later.current_context;
+        }
+        for (name, cluster) in later.clusters {
+            self.clusters.entry(name).or_insert(cluster);
+        }
+        for (name, context) in later.contexts {
+            self.contexts.entry(name).or_insert(context);
+        }
+        for (name, user) in later.users {
+            self.users.entry(name).or_insert(user);
+        }
+        self
+    }
+
+    /// The current context's server and credentials.
+    fn resolve(self) -> Result<ApiConfig, String> {
+        let name = self
+            .current_context
+            .filter(|c| !c.is_empty())
+            .ok_or("no current-context")?;
+        let context = self
+            .contexts
+            .get(&name)
+            .ok_or_else(|| format!("current-context {name:?} is not among the contexts"))?;
+        let cluster_name = context.cluster.clone().unwrap_or_default();
+        let cluster = self.clusters.get(&cluster_name).ok_or_else(|| {
+            format!("cluster {cluster_name:?} (of context {name:?}) is not among the clusters")
+        })?;
+        let user_name = context.user.clone().unwrap_or_default();
+        let user = self.users.get(&user_name).cloned().unwrap_or_default();
+        let server = cluster
+            .server
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("cluster {cluster_name:?} has no server"))?;
+        if !(server.starts_with("https://") || server.starts_with("http://")) {
+            return Err(format!(
+                "cluster {cluster_name:?}: server {server:?} is not an http(s) URL"
+            ));
+        }
+        for (set, field) in [
+            (cluster.tls_server_name.is_some(), "tls-server-name"),
+            (cluster.proxy_url.is_some(), "proxy-url"),
+        ] {
+            if set {
+                return Err(format!(
+                    "cluster {cluster_name:?}: {field} is not supported by pullwatch"
+                ));
+            }
+        }
+        let unsupported = |field: &str| {
+            format!(
+                "user {user_name:?}: {field} is not supported by pullwatch (give the user a token, \
+                 tokenFile or client certificate, or run in the cluster on a service account)"
+            )
+        };
+        if user.exec.is_some() {
+            return Err(unsupported("an exec plugin"));
+        }
+        if user.auth_provider.is_some() {
+            return Err(unsupported("an auth-provider"));
+        }
+        if user.impersonate.is_some() {
+            return Err(unsupported("impersonation (as)"));
+        }
+        let ca_pem = cluster
+            .certificate_authority_data
+            .as_deref()
+            .map(|data| decoded(data, "certificate-authority-data"))
+            .transpose()?;
+        if cluster.insecure_skip_tls_verify && ca_pem.is_some() {
+            return Err(format!(
+                "cluster {cluster_name:?}: a certificate authority and insecure-skip-tls-verify together are refused (as kubectl does)"
+            ));
+        }
+        let identity_pem = match (&user.client_certificate_data, &user.client_key_data) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let mut pem = decoded(cert, "client-certificate-data")?;
+                pem.push(b'\n');
+                pem.extend(decoded(key, "client-key-data")?);
+                Some(pem)
+            }
+            _ => {
+                return Err(format!(
+                    "user {user_name:?}: a client certificate needs its key, and a key its certificate"
+                ));
+            }
+        };
+        // client-go: a token file, read again as it changes, wins over a token.
+        let auth = match (user.token_file, user.token, user.username, user.password) {
+            (Some(file), _, _, _) if !file.is_empty() => Auth::TokenFile(PathBuf::from(file)),
+            (_, Some(token), _, _) if !token.is_empty() => Auth::Bearer(token),
+            (_, _, Some(username), password) => Auth::Basic {
+                username,
+                password: password.unwrap_or_default(),
+            },
+            _ => Auth::None,
+        };
+        Ok(ApiConfig {
+            server,
+            ca_pem,
+            insecure_skip_verify: cluster.insecure_skip_tls_verify,
+            identity_pem,
+            auth,
+        })
+    }
+}
+
+/// A `*-data` field's bytes; an error names the field, never its content.
+fn decoded(data: &str, field: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|_| format!("{field} is not base64"))
+}
+
+/// Every file read and merged, the first to set a value winning.
 fn read(paths: &[PathBuf]) -> Result<Kubeconfig, KubeconfigError> {
     let Some((first, rest)) = paths.split_first() else {
         return Err(KubeconfigError {
@@ -71,17 +310,14 @@ fn read(paths: &[PathBuf]) -> Result<Kubeconfig, KubeconfigError> {
     };
     let mut merged = read_one(first)?;
     for path in rest {
-        merged = merged.merge(read_one(path)?).map_err(|e| KubeconfigError {
-            path: path.clone(),
-            problem: e.to_string(),
-        })?;
+        merged = merged.merge(read_one(path)?);
     }
     Ok(merged)
 }
 
-/// One kubeconfig: read bounded, parsed by kube-rs, its relative paths made absolute as kube-rs
-/// does, and the certificate files it names read bounded here and embedded, so kube-rs reads
-/// no file of its own (but a `tokenFile`, which it re-reads as the token rotates).
+/// One kubeconfig: read bounded, its relative paths made absolute (client-go resolves them
+/// against the file that names them), and the certificate files it names read bounded here and
+/// embedded, so no file is read later but a `tokenFile` (read again as the token rotates).
 fn read_one(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
     let fail = |problem: String| KubeconfigError {
         path: path.to_path_buf(),
@@ -89,51 +325,52 @@ fn read_one(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
     };
     let text = bounded_file::read_to_string(path, bounded_file::KUBECONFIG)
         .map_err(|e| fail(e.problem.to_string()))?;
-    let mut config = Kubeconfig::from_yaml(&text).map_err(|e| fail(e.to_string()))?;
+    let mut config: Kubeconfig = if text.trim().is_empty() {
+        Kubeconfig::default()
+    } else {
+        serde_norway::from_str(&text)
+            .map_err(|e| fail(format!("not a kubeconfig: {}", yaml_problem(&e))))?
+    };
     let dir = path.parent().unwrap_or(Path::new("/"));
     let embedded = |file: &str| -> Result<String, KubeconfigError> {
         let file = dir.join(file);
         let pem = bounded_file::read(&file, bounded_file::PEM).map_err(|e| fail(e.to_string()))?;
         Ok(base64::engine::general_purpose::STANDARD.encode(pem))
     };
-    for named in &mut config.clusters {
-        let Some(cluster) = named.cluster.as_mut() else {
-            continue;
-        };
+    for cluster in config.clusters.values_mut() {
         if let Some(file) = cluster.certificate_authority.take()
             && cluster.certificate_authority_data.is_none()
         {
             cluster.certificate_authority_data = Some(embedded(&file)?);
         }
     }
-    for named in &mut config.auth_infos {
-        let Some(auth) = named.auth_info.as_mut() else {
-            continue;
-        };
-        if let Some(file) = auth.client_certificate.take()
-            && auth.client_certificate_data.is_none()
+    for user in config.users.values_mut() {
+        if let Some(file) = user.client_certificate.take()
+            && user.client_certificate_data.is_none()
         {
-            auth.client_certificate_data = Some(embedded(&file)?);
+            user.client_certificate_data = Some(embedded(&file)?);
         }
-        if let Some(file) = auth.client_key.take()
-            && auth.client_key_data.is_none()
+        if let Some(file) = user.client_key.take()
+            && user.client_key_data.is_none()
         {
-            // The field's type is secrecy's; its own deserializer makes one.
-            let key: AuthInfo =
-                serde_json::from_value(serde_json::json!({ "client-key-data": embedded(&file)? }))
-                    .map_err(|e| fail(format!("client-key: {e}")))?;
-            auth.client_key_data = key.client_key_data;
+            user.client_key_data = Some(embedded(&file)?);
         }
-        if let Some(file) = auth.token_file.as_mut() {
+        if let Some(file) = user.token_file.as_mut() {
             *file = dir.join(&*file).display().to_string();
-        }
-        if let Some(command) = auth.exec.as_mut().and_then(|e| e.command.as_mut())
-            && command.contains('/')
-        {
-            *command = dir.join(&*command).display().to_string();
         }
     }
     Ok(config)
+}
+
+/// A YAML error's place and kind, without the text it quotes (a kubeconfig holds credentials).
+fn yaml_problem(error: &serde_norway::Error) -> String {
+    let message = error.to_string();
+    // serde's messages quote a value after `invalid type: string "…"` or `invalid value: …`.
+    let kind = message.split(':').next().unwrap_or("malformed");
+    match error.location() {
+        Some(at) => format!("{kind} at line {} column {}", at.line(), at.column()),
+        None => kind.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_files_as_kube_rs_does() {
+    fn finds_the_files_as_client_go_does() {
         let home = Path::new("/home/u");
         assert_eq!(
             kubeconfig_paths(Some("/a:/b".into()), Some(home)),
@@ -240,15 +477,181 @@ mod tests {
         .unwrap();
         let config = read_bounded(vec![path]).unwrap();
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let cluster = config.clusters[0].cluster.as_ref().unwrap();
+        let cluster = &config.clusters["c"];
         assert_eq!(cluster.certificate_authority, None);
         assert_eq!(cluster.certificate_authority_data, Some(b64("CA PEM")));
-        let user = config.auth_infos[0].auth_info.as_ref().unwrap();
+        let user = &config.users["u"];
         assert_eq!(user.client_certificate_data, Some(b64("CLIENT PEM")));
-        assert!(user.client_key.is_none() && user.client_key_data.is_some());
+        assert_eq!(user.client_key_data, Some(b64("KEY PEM")));
+        assert!(user.client_key.is_none());
         assert_eq!(
             user.token_file.as_deref(),
             Some(dir.path().join("token").to_str().unwrap())
         );
+    }
+
+    fn resolved(files: &[&str]) -> Result<ApiConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let path = dir.path().join(format!("config-{i}"));
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect();
+        read(&paths).map_err(|e| e.problem)?.resolve()
+    }
+
+    const CLUSTER: &str = "clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n";
+    const CONTEXT: &str =
+        "contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+
+    #[test]
+    fn resolves_the_current_context_row_by_row() {
+        let with_user =
+            |user: &str| format!("{CLUSTER}{CONTEXT}users:\n- name: u\n  user:\n{user}");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let cases: Vec<(String, Result<&str, &str>)> = vec![
+            (with_user("    token: abc\n"), Ok("bearer abc")),
+            (
+                with_user("    token: abc\n    tokenFile: /t\n"),
+                Ok("file /t"),
+            ),
+            (
+                with_user("    username: al\n    password: pw\n"),
+                Ok("basic al"),
+            ),
+            (format!("{CLUSTER}{CONTEXT}users: []\n"), Ok("none")),
+            (
+                with_user(&format!(
+                    "    client-certificate-data: {}\n    client-key-data: {}\n",
+                    b64("CERT"),
+                    b64("KEY")
+                )),
+                Ok("none, identity"),
+            ),
+            (
+                with_user(&format!("    client-certificate-data: {}\n", b64("CERT"))),
+                Err("user \"u\": a client certificate needs its key, and a key its certificate"),
+            ),
+            (
+                with_user("    exec:\n      command: aws\n      args: [eks, get-token]\n"),
+                Err("user \"u\": an exec plugin is not supported by pullwatch"),
+            ),
+            (
+                with_user("    auth-provider:\n      name: gcp\n"),
+                Err("user \"u\": an auth-provider is not supported"),
+            ),
+            (
+                with_user("    as: admin\n"),
+                Err("impersonation (as) is not supported"),
+            ),
+            (format!("{CLUSTER}users: []\n"), Err("no current-context")),
+            (
+                format!("{CLUSTER}current-context: y\n"),
+                Err("current-context \"y\" is not among the contexts"),
+            ),
+            (
+                CONTEXT.to_string(),
+                Err("cluster \"c\" (of context \"x\") is not among the clusters"),
+            ),
+            (
+                format!("clusters:\n- name: c\n  cluster:\n    server: 10.0.0.1:6443\n{CONTEXT}"),
+                Err("server \"10.0.0.1:6443\" is not an http(s) URL"),
+            ),
+            (
+                format!("{}    tls-server-name: api\n{CONTEXT}", CLUSTER),
+                Err("tls-server-name is not supported"),
+            ),
+            (
+                format!(
+                    "{}    insecure-skip-tls-verify: true\n    certificate-authority-data: {}\n{CONTEXT}",
+                    CLUSTER,
+                    b64("CA")
+                ),
+                Err("a certificate authority and insecure-skip-tls-verify together are refused"),
+            ),
+            (
+                format!(
+                    "{}    certificate-authority-data: '%%%'\n{CONTEXT}",
+                    CLUSTER
+                ),
+                Err("certificate-authority-data is not base64"),
+            ),
+        ];
+        for (text, want) in cases {
+            let got = resolved(&[&text]).map(|config| {
+                let auth = match &config.auth {
+                    Auth::None => "none".to_string(),
+                    Auth::Bearer(token) => format!("bearer {token}"),
+                    Auth::TokenFile(path) => format!("file {}", path.display()),
+                    Auth::Basic { username, .. } => format!("basic {username}"),
+                };
+                match config.identity_pem {
+                    Some(pem) => {
+                        assert_eq!(pem, b"CERT\nKEY");
+                        format!("{auth}, identity")
+                    }
+                    None => auth,
+                }
+            });
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_file_to_set_a_value_wins() {
+        let first = "current-context: x\nclusters:\n- name: c\n  cluster:\n    server: https://first:6443\n";
+        let second = format!(
+            "current-context: other\nclusters:\n- name: c\n  cluster:\n    server: https://second:6443\n{}",
+            "contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n    token: t2\n"
+        );
+        let config = resolved(&[first, &second]).unwrap();
+        assert_eq!(config.server, "https://first:6443");
+        assert!(matches!(config.auth, Auth::Bearer(ref t) if t == "t2"));
+    }
+
+    #[test]
+    fn yaml_errors_do_not_quote_the_file() {
+        let error = resolved(&["users:\n- name: u\n  user:\n    token: [hunter2\n"]).unwrap_err();
+        assert!(error.starts_with("not a kubeconfig: "), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = resolved(&["users:\n- name: u\n  user:\n    token:\n      secret: hunter2\n"])
+            .unwrap_err();
+        assert!(error.contains("users[0].user.token at line"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn in_cluster_needs_the_service_and_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |host: &'static str| {
+            move |name: &str| match name {
+                "KUBERNETES_SERVICE_HOST" => Some(host.to_string()),
+                "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
+                _ => None,
+            }
+        };
+        let error = in_cluster(env("10.96.0.1"), dir.path())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(error.contains("/token: cannot read: "), "{error}");
+        std::fs::write(dir.path().join("token"), "tok\n").unwrap();
+        let config = in_cluster(env("fd00::1"), dir.path()).unwrap();
+        assert_eq!(config.server, "https://[fd00::1]:443");
+        assert!(config.ca_pem.is_none(), "no ca.crt: the system's roots");
+        assert!(matches!(config.auth, Auth::TokenFile(ref p) if p == &dir.path().join("token")));
+        std::fs::write(dir.path().join("ca.crt"), "CA").unwrap();
+        let config = in_cluster(env("10.96.0.1"), dir.path()).unwrap();
+        assert_eq!(config.server, "https://10.96.0.1:443");
+        assert_eq!(config.ca_pem.as_deref(), Some(&b"CA"[..]));
+        let error = in_cluster(|_| None, dir.path()).map(|_| ()).unwrap_err();
+        assert!(error.starts_with("not in a cluster"), "{error}");
     }
 }

@@ -1,11 +1,12 @@
 //! The watch on this node's pods: their pull failures become metrics, trigger this node's own
 //! checks of the image, and the combined diagnosis goes on the pod as an Event.
 
+pub mod api;
 mod events;
 pub mod failures;
-mod kubeconfig;
+pub mod kubeconfig;
 pub mod secrets;
-mod watch;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,14 +14,14 @@ use std::time::{Duration, SystemTime};
 
 use clap::ValueEnum;
 use futures_util::StreamExt;
-use kube::runtime::watcher;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use self::api::{ApiClient, ApiError};
 use self::failures::{ContainerRef, Failure, PodId, Tracker};
-use self::watch::node_selector;
+use self::watch::{PodEvent, node_selector};
 use crate::agent::health::Liveness;
 use crate::agent::metrics::{ContainerLabels, Metrics, PullLabels};
 use crate::agent::scheduler::Scheduler;
@@ -58,30 +59,17 @@ pub enum KubeError {
     )]
     Config(String),
     #[error("--kubernetes: cannot build the API client: {0}")]
-    Client(#[from] kube::Error),
+    Client(#[from] ApiError),
 }
 
 /// A client for the API server: kubeconfig (`KUBECONFIG`, `~/.kube/config`) first, else the
-/// in-cluster service account. `pullwatch_kubernetes_watch_up` turns 1 on each pod list or watch the
-/// API server accepts.
-pub async fn connect(metrics: Arc<Metrics>) -> Result<kube::Client, KubeError> {
-    crate::trust::install_ring_provider();
-    let mut config = kubeconfig::infer().await.map_err(KubeError::Config)?;
-    // The watcher retries with its own jittered backoff and says so; the client's retry of 429/503
-    // (for minutes) would hide an API server outage from `pullwatch_kubernetes_watch_up`.
-    config.default_retry = false;
-    // An answer that stops coming (a list that hangs, a watch gone silent past its timeout) is an
-    // error, counted from the request, not from when its pooled connection went idle.
-    config.read_timeout = Some(watch::WATCH_TIMEOUT + READ_GRACE);
-    config.reset_reader_on_write = true;
-    let observe = watch::Observe::new(move || metrics.pods().set_watch_up(true));
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&observe)
-        .build())
+/// in-cluster service account. Nothing is retried inside it: the watch retries with its own
+/// jittered backoff and says so in `pullwatch_kubernetes_watch_up`.
+pub fn connect() -> Result<ApiClient, KubeError> {
+    let config = kubeconfig::infer().map_err(KubeError::Config)?;
+    Ok(ApiClient::new(config)?)
 }
 
-/// How much longer than a watch's own timeout a read from the API server may take.
-const READ_GRACE: Duration = Duration::from_secs(30);
 /// Diagnoses of pod images in flight at once (each is the whole chain along the route).
 const MAX_DIAGNOSES: usize = 2;
 /// An image's diagnosis is reused for this long: many pods with one image, or one pod's attempts
@@ -109,7 +97,7 @@ fn young(started: SystemTime) -> bool {
 
 /// What the pod watch needs from the agent.
 pub struct PodWatch {
-    pub client: kube::Client,
+    pub client: ApiClient,
     pub node: String,
     pub post_events: bool,
     /// `--pull-secrets`: read a failing pod's pull secrets for its diagnosis.
@@ -175,7 +163,9 @@ impl PodWatch {
     /// Watches until `cancel`. Errors are logged and retried by the watcher with backoff; the
     /// metrics keep the last known failures meanwhile.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), String> {
-        let mut pods = Box::pin(watch::pods_on_node(self.client.clone(), &self.node));
+        let metrics = Arc::clone(&self.metrics);
+        let on_ok = Arc::new(move || metrics.pods().set_watch_up(true));
+        let mut pods = Box::pin(watch::pods_on_node(self.client.clone(), &self.node, on_ok));
         let mut tracker = Tracker::default();
         let mut follow_ups = FollowUps {
             diagnosed: HashMap::new(),
@@ -289,23 +279,23 @@ impl PodWatch {
     /// Takes in one watch event; returns the containers that started failing or failed again.
     fn apply(
         &self,
-        event: watcher::Event<k8s_openapi::api::core::v1::Pod>,
+        event: PodEvent,
         tracker: &mut Tracker,
         follow_ups: &FollowUps,
     ) -> Vec<ContainerRef> {
         let now = SystemTime::now();
         let changes = match event {
-            watcher::Event::Init => {
+            PodEvent::Init => {
                 tracker.relisting();
                 return Vec::new();
             }
-            watcher::Event::InitDone => {
+            PodEvent::InitDone => {
                 tracker.relisted();
                 self.metrics.pods().set_watch_up(true);
                 return Vec::new();
             }
-            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => tracker.apply(&pod, now),
-            watcher::Event::Delete(pod) => {
+            PodEvent::InitApply(pod) | PodEvent::Apply(pod) => tracker.apply(&pod, now),
+            PodEvent::Delete(pod) => {
                 tracker.delete(&pod);
                 return Vec::new();
             }
@@ -492,16 +482,17 @@ impl PodWatch {
             let _permit = permits.acquire_owned().await.ok();
             // Boxed: hundreds of posts may wait for a permit at once, each task then holding
             // only its note, not the request's KiB of state.
-            let posted = tokio::time::timeout(
+            let posted = Box::pin(events::post(
+                &client,
+                &node,
+                &pod,
+                kind,
+                &container,
+                note,
                 POST_TIMEOUT,
-                Box::pin(events::post(client, &node, &pod, kind, &container, note)),
-            )
+            ))
             .await;
-            let result = match posted {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!("no answer within {}s", POST_TIMEOUT.as_secs())),
-            };
+            let result = posted.map_err(|error| error.to_string());
             Posted {
                 key,
                 reason,
@@ -514,7 +505,7 @@ impl PodWatch {
 /// The pull secrets of a failing pod as credentials for `image`: the pod's own first, then its
 /// service account's; a secret that cannot be read or used is a failed source, named.
 async fn pod_credentials(
-    client: &kube::Client,
+    client: &ApiClient,
     pod: &k8s_openapi::api::core::v1::Pod,
     image: &str,
 ) -> ImageCredentials {

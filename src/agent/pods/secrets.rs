@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::Api;
 
+use super::api::{self, ApiClient, ApiError};
 use crate::credentials::Keyring;
 
 /// The secret type the kubelet reads `.dockerconfigjson` from.
@@ -115,7 +115,7 @@ enum Problem {
 /// `kubernetes.io/dockerconfigjson` with a non-empty `.dockerconfigjson`, or
 /// `kubernetes.io/dockercfg` with a non-empty `.dockercfg`; others it skips without a word, and one
 /// that does not parse fails the pull (pkg/kubelet/kuberuntime/kuberuntime_image.go `PullImage`).
-pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Duration) -> PodSecrets {
+pub async fn read_pull_secrets(client: &ApiClient, pod: &Pod, timeout: Duration) -> PodSecrets {
     let mut out = PodSecrets::default();
     let Some(namespace) = pod.metadata.namespace.as_deref().filter(|n| !n.is_empty()) else {
         out.failures.push(SecretFailure {
@@ -130,7 +130,7 @@ pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Durati
         .and_then(|s| s.image_pull_secrets.as_ref())
         .map(|refs| refs.iter().map(|r| r.name.clone()).collect())
         .unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secrets = Namespace { client, namespace };
     let mut read = Vec::new();
     for name in own {
         read_one(
@@ -146,9 +146,12 @@ pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Durati
     }
 
     let account = service_account_name(pod);
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let fetched = match checked_name(account) {
-        Ok(()) => bounded(timeout, "ServiceAccount", accounts.get(account)).await,
+        Ok(()) => {
+            secrets
+                .get::<ServiceAccount>("serviceaccounts", account, timeout)
+                .await
+        }
         Err(problem) => Err(problem),
     };
     match fetched {
@@ -181,7 +184,7 @@ pub async fn read_pull_secrets(client: &kube::Client, pod: &Pod, timeout: Durati
 
 /// GETs one secret named by `source` unless it is empty or read already, and files the outcome.
 async fn read_one(
-    secrets: &Api<Secret>,
+    secrets: &Namespace<'_>,
     namespace: &str,
     name: &str,
     source: Source,
@@ -207,7 +210,7 @@ async fn read_one(
     read.push(name.to_string());
     let origin = format!("pull secret {secret}");
     let parsed = match checked_name(name) {
-        Ok(()) => bounded(timeout, "Secret", secrets.get(name)).await,
+        Ok(()) => secrets.get::<Secret>("secrets", name, timeout).await,
         Err(problem) => Err(problem),
     }
     .and_then(|found| keyring(&origin, found.type_.as_deref(), found.data.as_ref()));
@@ -254,35 +257,54 @@ fn checked_name(name: &str) -> Result<(), Problem> {
     }
 }
 
-/// One GET, at most `timeout`; errors keep status codes and reasons, never a body.
-async fn bounded<T>(
-    timeout: Duration,
-    kind: &'static str,
-    get: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Problem> {
-    match tokio::time::timeout(timeout, get).await {
-        Err(_) => Err(Problem::Timeout(timeout)),
-        Ok(Ok(found)) => Ok(found),
-        Ok(Err(error)) => Err(api_problem(&error, kind)),
+/// One namespace's objects, read by name.
+struct Namespace<'a> {
+    client: &'a ApiClient,
+    namespace: &'a str,
+}
+
+/// The most of a Secret or ServiceAccount read (the API server refuses a secret over 1 MiB of
+/// data; base64 and metadata make it at most about 1.4 MiB).
+const MAX_OBJECT: usize = 2 * 1024 * 1024;
+
+impl Namespace<'_> {
+    /// One GET of `resource/name`, at most `timeout`; errors keep status codes and reasons,
+    /// never a body.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        resource: &'static str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<T, Problem> {
+        let path = format!(
+            "/api/v1/namespaces/{}/{resource}/{}",
+            api::escape(self.namespace),
+            api::escape(name)
+        );
+        let kind = if resource == "secrets" {
+            "Secret"
+        } else {
+            "ServiceAccount"
+        };
+        self.client
+            .get(&path, MAX_OBJECT, timeout)
+            .await
+            .map_err(|error| api_problem(error, kind))
     }
 }
 
 /// A client error in words that cannot carry content: a decoding error could quote bytes of the
 /// answer (a secret's data), an API error's message could be a proxy's echo.
-fn api_problem(error: &kube::Error, kind: &'static str) -> Problem {
+fn api_problem(error: ApiError, kind: &'static str) -> Problem {
     match error {
-        kube::Error::Api(status) => match status.code {
-            404 => Problem::NotFound,
-            403 => Problem::Forbidden,
-            code => Problem::Api {
-                code,
-                reason: clip(&status.reason),
-            },
-        },
-        kube::Error::SerdeError(_) | kube::Error::FromUtf8(_) => Problem::Decode(kind),
-        kube::Error::HyperError(e) => Problem::Transport(e.to_string()),
-        kube::Error::Service(e) => Problem::Transport(e.to_string()),
-        _ => Problem::Transport("the request failed".into()),
+        ApiError::Status { code: 404, .. } => Problem::NotFound,
+        ApiError::Status { code: 403, .. } => Problem::Forbidden,
+        ApiError::Status { code, reason } => Problem::Api { code, reason },
+        ApiError::Timeout(timeout) => Problem::Timeout(timeout),
+        ApiError::Decode(_) => Problem::Decode(kind),
+        other @ (ApiError::Transport(_) | ApiError::TooLarge(_) | ApiError::Credentials(_)) => {
+            Problem::Transport(other.to_string())
+        }
     }
 }
 

@@ -1,27 +1,37 @@
-//! The watch on this node's pods: a kube-rs `watcher` with `spec.nodeName=<node>` (never cluster-wide),
-//! relisting after 410 Gone, resuming after a dropped connection. Any error drops the watcher and
-//! its connection; the next one lists afresh after a jittered, bounded backoff.
+//! The watch on this node's pods: a list with `spec.nodeName=<node>` (never cluster-wide), then a
+//! watch from the list's resourceVersion, watched again from the last one seen when the API
+//! server ends it. Any error (410 Gone, a line that does not decode, a silent stream) drops the
+//! watch and its connection; the next one lists afresh after a jittered, bounded backoff.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::Stream;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
-use kube::runtime::watcher;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
+use super::api::{self, ApiClient, ApiError};
 use crate::backoff::Backoff;
 
-/// The watch's `timeoutSeconds`: the API server ends it then, and the watcher takes a stream
-/// silent for this long plus a few seconds for dead and watches again (bookmarks come about
-/// once a minute on a live one).
+/// The watch's `timeoutSeconds`: the API server ends it then, and a stream silent for this long
+/// plus [`READ_GRACE`] is taken for dead (bookmarks come about once a minute on a live one).
 pub const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How much longer than a watch's own timeout a read from the API server may take.
+const READ_GRACE: Duration = Duration::from_secs(30);
+/// A list answers within this, or is an error (one node's pods, from the API server's cache).
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// One node's pod list: 110 pods by default, a few hundred at most, tens of KiB each.
+const MAX_LIST: usize = 64 * 1024 * 1024;
+/// One watch event (one pod; etcd refuses objects over 1.5 MiB).
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+/// A watch the API server ends sooner than this without sending anything is an error (so a
+/// server that closes every watch at once is backed off from, not asked again in a loop).
+const MIN_QUIET_WATCH: Duration = Duration::from_secs(1);
 /// After an error, a fresh list waits this long, doubling, jittered.
 pub const RELIST_BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
@@ -30,28 +40,294 @@ pub const RELIST_BACKOFF: Backoff = Backoff {
 /// A watch that ran this long without an error starts the backoff over.
 const BACKOFF_RESET: Duration = Duration::from_secs(120);
 
+/// What the watch says of this node's pods: a list (`Init`, each pod, `InitDone`), then changes.
+#[derive(Debug)]
+pub enum PodEvent {
+    Init,
+    InitApply(Box<Pod>),
+    InitDone,
+    Apply(Box<Pod>),
+    Delete(Box<Pod>),
+}
+
+/// Why a list or watch ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("list: {0}")]
+    List(ApiError),
+    #[error("watch: {0}")]
+    Watch(ApiError),
+    #[error("watch: the API server sent an error: {code} {reason}")]
+    Sent { code: u16, reason: String },
+    #[error("watch: an event of unknown type {0:?}")]
+    UnknownType(String),
+    #[error("watch: ended within {}s of starting, without a word", MIN_QUIET_WATCH.as_secs())]
+    EndedAtOnce,
+}
+
 /// The pods of `node`, from a list served by the API server's cache (resourceVersion=0: at 5,000
-/// nodes a quorum read per node would weigh on etcd), then a watch with bookmarks.
+/// nodes a quorum read per node would weigh on etcd), then a watch with bookmarks. `on_ok` is
+/// told each time the API server accepts a list or a watch.
 ///
-/// kube's watcher keeps a watch whose stream sent something it cannot decode, and its resume
-/// point; the kubelet's reflector, too, drops such a watch. Here any error ends the watcher: the
-/// connection is closed at once, and what follows is a fresh list (its own resourceVersion), so
-/// nothing from a stream gone wrong is trusted.
+/// Any error ends the stream of one list and its watches, closing the connection at once; what
+/// follows is a fresh list (its own resourceVersion), so nothing from a stream gone wrong is
+/// trusted. The kubelet's reflector, too, drops a watch it cannot decode.
 pub fn pods_on_node(
-    client: kube::Client,
+    client: ApiClient,
     node: &str,
-) -> impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static {
-    let pods: Api<Pod> = Api::all(client);
-    let mut config = watcher::Config::default()
-        .fields(&node_selector(node))
-        .timeout(WATCH_TIMEOUT.as_secs() as u32)
-        .any_semantic();
-    // One node's pods fit in one answer; a paginated list could not be served from the cache.
-    config.page_size = None;
+    on_ok: Arc<dyn Fn() + Send + Sync>,
+) -> impl Stream<Item = Result<PodEvent, WatchError>> + Send + 'static {
+    let selector = api::escape(&node_selector(node));
     relisting(
-        move || watcher(pods.clone(), config.clone()).boxed(),
+        move || {
+            let watch = Watch {
+                client: client.clone(),
+                selector: selector.clone(),
+                on_ok: Arc::clone(&on_ok),
+                version: None,
+                pending: VecDeque::new(),
+                body: None,
+            };
+            futures_util::stream::unfold(watch, |mut watch| async move {
+                let item = watch.next().await;
+                Some((item, watch))
+            })
+            .boxed()
+        },
         RELIST_BACKOFF,
     )
+}
+
+/// One list and the watches that follow it.
+struct Watch {
+    client: ApiClient,
+    selector: String,
+    on_ok: Arc<dyn Fn() + Send + Sync>,
+    /// The resourceVersion to watch from; none until the list is in.
+    version: Option<String>,
+    pending: VecDeque<PodEvent>,
+    body: Option<Lines>,
+}
+
+#[derive(Deserialize)]
+struct PodList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Pod>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: Option<String>,
+}
+
+/// One line of a watch: its type and the object, decoded once the type says what it is.
+#[derive(Deserialize)]
+pub struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(borrow)]
+    object: &'a RawValue,
+}
+
+/// What a BOOKMARK's object holds.
+#[derive(Deserialize)]
+struct Bookmark {
+    #[serde(default)]
+    metadata: ListMeta,
+}
+
+/// An ERROR's object: a Status.
+#[derive(Deserialize)]
+struct SentStatus {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+impl Watch {
+    async fn next(&mut self) -> Result<PodEvent, WatchError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            if self.version.is_none() {
+                return self.list().await;
+            }
+            let started = Instant::now();
+            let body = match &mut self.body {
+                Some(body) => body,
+                None => {
+                    let response = self
+                        .client
+                        .stream(&self.watch_path(), LIST_TIMEOUT)
+                        .await
+                        .map_err(WatchError::Watch)?;
+                    (self.on_ok)();
+                    self.body.insert(Lines::new(response))
+                }
+            };
+            match body
+                .next_line(WATCH_TIMEOUT + READ_GRACE)
+                .await
+                .map_err(WatchError::Watch)?
+            {
+                Some(line) => {
+                    if let Some(event) = self.event(&line)? {
+                        return Ok(event);
+                    }
+                }
+                None => {
+                    // The API server ended the watch (its timeout): watch again from where it was.
+                    let said_nothing = !body.said_anything;
+                    self.body = None;
+                    if said_nothing && started.elapsed() < MIN_QUIET_WATCH {
+                        return Err(WatchError::EndedAtOnce);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The list: `Init`, each pod, `InitDone` queued; the resourceVersion kept to watch from.
+    async fn list(&mut self) -> Result<PodEvent, WatchError> {
+        let path = format!(
+            "/api/v1/pods?fieldSelector={}&resourceVersion=0",
+            self.selector
+        );
+        let body = self
+            .client
+            .get_bytes(&path, MAX_LIST, LIST_TIMEOUT)
+            .await
+            .map_err(WatchError::List)?;
+        (self.on_ok)();
+        let (version, pods) = parse_list(&body).map_err(WatchError::List)?;
+        drop(body);
+        self.version = Some(version.unwrap_or_default());
+        self.pending.extend(
+            pods.into_iter()
+                .map(|pod| PodEvent::InitApply(Box::new(pod))),
+        );
+        self.pending.push_back(PodEvent::InitDone);
+        Ok(PodEvent::Init)
+    }
+
+    fn watch_path(&self) -> String {
+        format!(
+            "/api/v1/pods?fieldSelector={}&watch=true&allowWatchBookmarks=true&timeoutSeconds={}&resourceVersion={}",
+            self.selector,
+            WATCH_TIMEOUT.as_secs(),
+            api::escape(self.version.as_deref().unwrap_or_default()),
+        )
+    }
+
+    /// One line of the watch: a pod event, or `None` for a bookmark (its version kept).
+    fn event(&mut self, line: &[u8]) -> Result<Option<PodEvent>, WatchError> {
+        let event = match parse_line(line)? {
+            Line::Bookmark(version) => {
+                if let Some(version) = version {
+                    self.version = Some(version);
+                }
+                return Ok(None);
+            }
+            Line::Pod(event) => event,
+        };
+        if let PodEvent::Apply(pod) | PodEvent::Delete(pod) = &event
+            && let Some(version) = &pod.metadata.resource_version
+        {
+            self.version = Some(version.clone());
+        }
+        Ok(Some(event))
+    }
+}
+
+/// What one line of a watch says.
+pub enum Line {
+    /// `Apply` or `Delete`.
+    Pod(PodEvent),
+    /// A bookmark's resourceVersion.
+    Bookmark(Option<String>),
+}
+
+/// One line of a watch, decoded; an ERROR line or a type this does not know is an error.
+pub fn parse_line(line: &[u8]) -> Result<Line, WatchError> {
+    let parsed: WatchLine<'_> = api::decode(line).map_err(WatchError::Watch)?;
+    let object = parsed.object.get().as_bytes();
+    let pod = |bytes: &[u8]| -> Result<Box<Pod>, WatchError> {
+        api::decode(bytes).map(Box::new).map_err(WatchError::Watch)
+    };
+    match parsed.kind.as_str() {
+        "ADDED" | "MODIFIED" => Ok(Line::Pod(PodEvent::Apply(pod(object)?))),
+        "DELETED" => Ok(Line::Pod(PodEvent::Delete(pod(object)?))),
+        "BOOKMARK" => {
+            let bookmark: Bookmark = api::decode(object).map_err(WatchError::Watch)?;
+            Ok(Line::Bookmark(bookmark.metadata.resource_version))
+        }
+        "ERROR" => {
+            let status: SentStatus = api::decode(object).map_err(WatchError::Watch)?;
+            Err(WatchError::Sent {
+                code: status.code,
+                reason: crate::text::clip(&status.reason, 64),
+            })
+        }
+        other => Err(WatchError::UnknownType(crate::text::clip(other, 32))),
+    }
+}
+
+/// A pod list's pods and resourceVersion.
+pub fn parse_list(body: &[u8]) -> Result<(Option<String>, Vec<Pod>), ApiError> {
+    let list: PodList = api::decode(body)?;
+    Ok((list.metadata.resource_version, list.items))
+}
+
+/// A streaming body cut into lines, each at most [`MAX_EVENT`] bytes.
+struct Lines {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+    said_anything: bool,
+}
+
+impl Lines {
+    fn new(response: reqwest::Response) -> Self {
+        Lines {
+            response,
+            buffer: Vec::new(),
+            said_anything: false,
+        }
+    }
+
+    /// The next non-empty line, or `None` at the end; a read waits at most `timeout`.
+    async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ApiError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                self.said_anything = true;
+                return Ok(Some(line));
+            }
+            if self.buffer.len() > MAX_EVENT {
+                return Err(ApiError::TooLarge(MAX_EVENT));
+            }
+            let chunk = tokio::time::timeout(timeout, self.response.chunk())
+                .await
+                .map_err(|_| ApiError::Timeout(timeout))?
+                .map_err(|e| ApiError::Transport(crate::text::error_chain(&e)))?;
+            match chunk {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None if self.buffer.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                // A last line without its newline is still a line.
+                None => {
+                    self.said_anything = true;
+                    return Ok(Some(std::mem::take(&mut self.buffer)));
+                }
+            }
+        }
+    }
 }
 
 /// Items of `start()`'s stream until it fails; then that stream is dropped and, after the
@@ -111,75 +387,11 @@ pub fn node_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
 }
 
-/// Tells `on_ok` whenever the API server answers a pod list or watch with success: the watcher
-/// says when it fails, not when a resumed watch is established again.
-#[derive(Clone)]
-pub struct Observe {
-    on_ok: Arc<dyn Fn() + Send + Sync>,
-}
-
-impl Observe {
-    pub fn new(on_ok: impl Fn() + Send + Sync + 'static) -> Self {
-        Observe {
-            on_ok: Arc::new(on_ok),
-        }
-    }
-}
-
-impl<S> Layer<S> for Observe {
-    type Service = Observed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Observed {
-            inner,
-            on_ok: Arc::clone(&self.on_ok),
-        }
-    }
-}
-
-/// The service [`Observe`] wraps.
-#[derive(Clone)]
-pub struct Observed<S> {
-    inner: S,
-    on_ok: Arc<dyn Fn() + Send + Sync>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observed<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let lists_pods =
-            request.method() == http::Method::GET && request.uri().path().ends_with("/pods");
-        let on_ok = Arc::clone(&self.on_ok);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            if lists_pods && response.status().is_success() {
-                on_ok();
-            }
-            Ok(response)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use tower::ServiceExt;
 
     /// A stream that fails is dropped at once (its connection with it) and a new one started
     /// after the backoff; what the failed one would have sent next is never read.
@@ -245,42 +457,64 @@ mod tests {
         assert_eq!(node_selector("node-1"), "spec.nodeName=node-1");
     }
 
-    #[tokio::test]
-    async fn only_successful_pod_lists_and_watches_count() {
-        let seen = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&seen);
-        let layer = Observe::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        });
-        let service = tower::service_fn(|request: http::Request<()>| async move {
-            let status = if request.uri().query() == Some("fail") {
-                500
-            } else {
-                200
-            };
-            Ok::<_, std::convert::Infallible>(
-                http::Response::builder().status(status).body(()).unwrap(),
-            )
-        });
-        let mut service = layer.layer(service);
-        for (method, uri, counted) in [
-            ("GET", "/api/v1/pods?watch=true", 1),
-            ("GET", "/api/v1/pods?fail", 0),
-            ("POST", "/apis/events.k8s.io/v1/namespaces/a/events", 0),
-            ("GET", "/api/v1/namespaces/a/pods", 1),
-        ] {
-            let before = seen.load(Ordering::SeqCst);
-            let request = http::Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(())
-                .unwrap();
-            service.ready().await.unwrap().call(request).await.unwrap();
-            assert_eq!(
-                seen.load(Ordering::SeqCst) - before,
-                counted,
-                "{method} {uri}"
-            );
+    fn watch() -> Watch {
+        let client = ApiClient::new(api::ApiConfig {
+            server: "http://127.0.0.1:1".into(),
+            ca_pem: None,
+            insecure_skip_verify: false,
+            identity_pem: None,
+            auth: api::Auth::None,
+        })
+        .unwrap();
+        Watch {
+            client,
+            selector: String::new(),
+            on_ok: Arc::new(|| {}),
+            version: Some("1".into()),
+            pending: VecDeque::new(),
+            body: None,
         }
+    }
+
+    #[test]
+    fn watch_lines_row_by_row() {
+        let pod = r#"{"metadata":{"name":"p","namespace":"a","resourceVersion":"7"}}"#;
+        let mut w = watch();
+        let event = w.event(format!(r#"{{"type":"ADDED","object":{pod}}}"#).as_bytes());
+        assert!(
+            matches!(event, Ok(Some(PodEvent::Apply(ref p))) if p.metadata.name.as_deref() == Some("p"))
+        );
+        assert_eq!(
+            w.version.as_deref(),
+            Some("7"),
+            "a pod's resourceVersion is the resume point"
+        );
+        let event = w.event(format!(r#"{{"type":"DELETED","object":{pod}}}"#).as_bytes());
+        assert!(matches!(event, Ok(Some(PodEvent::Delete(_)))));
+        let bookmark =
+            r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"12"}}}"#;
+        assert!(matches!(w.event(bookmark.as_bytes()), Ok(None)));
+        assert_eq!(w.version.as_deref(), Some("12"));
+        let gone = r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old resource version"}}"#;
+        assert_eq!(
+            w.event(gone.as_bytes()).unwrap_err().to_string(),
+            "watch: the API server sent an error: 410 Expired"
+        );
+        assert_eq!(
+            w.event(br#"{"type":"SHRUG","object":{}}"#)
+                .unwrap_err()
+                .to_string(),
+            "watch: an event of unknown type \"SHRUG\""
+        );
+        let error = w
+            .event(br#"{"type":"ADDED","object":{"metadata":{"name":["secret-ish"]}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("watch: cannot decode the answer (not the expected object"),
+            "{error}"
+        );
+        assert!(!error.contains("secret-ish"), "{error}");
+        assert!(w.event(b"{\"type\":").is_err());
     }
 }
