@@ -91,8 +91,6 @@ struct Status {
 
 /// The most of an error answer read to find its `reason`.
 const MAX_STATUS: usize = 64 * 1024;
-/// Redirects are not followed: an API server does not send them for these calls.
-const NO_REDIRECTS: usize = 0;
 
 /// A client for one API server.
 #[derive(Clone)]
@@ -108,7 +106,8 @@ impl ApiClient {
         crate::trust::install_ring_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(crate::http_client::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::limited(NO_REDIRECTS))
+            // An API server does not redirect these calls: a 3xx is an answer (an error), not followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(2)
             .pool_idle_timeout(Duration::from_secs(90))

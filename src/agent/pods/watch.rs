@@ -157,7 +157,6 @@ impl Watch {
             if self.version.is_none() {
                 return self.list().await;
             }
-            let started = Instant::now();
             let body = match &mut self.body {
                 Some(body) => body,
                 None => {
@@ -182,9 +181,9 @@ impl Watch {
                 }
                 None => {
                     // The API server ended the watch (its timeout): watch again from where it was.
-                    let said_nothing = !body.said_anything;
+                    let at_once = !body.said_anything && body.opened.elapsed() < MIN_QUIET_WATCH;
                     self.body = None;
-                    if said_nothing && started.elapsed() < MIN_QUIET_WATCH {
+                    if at_once {
                         return Err(WatchError::EndedAtOnce);
                     }
                 }
@@ -287,6 +286,7 @@ pub fn parse_list(body: &[u8]) -> Result<(Option<String>, Vec<Pod>), ApiError> {
 struct Lines {
     response: reqwest::Response,
     buffer: Vec<u8>,
+    opened: Instant,
     said_anything: bool,
 }
 
@@ -295,6 +295,7 @@ impl Lines {
         Lines {
             response,
             buffer: Vec::new(),
+            opened: Instant::now(),
             said_anything: false,
         }
     }
