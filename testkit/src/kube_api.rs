@@ -65,6 +65,8 @@ struct State {
     gone_generation: u64,
     /// While set, pod requests get 503 (the API server is down).
     failing: bool,
+    /// While set, every watch is answered 200 and ended at once, without a line.
+    end_watches_at_once: bool,
     events: Vec<Value>,
     patches: Vec<(String, Value)>,
     /// Served by name: (namespace, name) → object.
@@ -249,6 +251,22 @@ impl KubeApi {
     }
 
     /// While `failing`, pod lists and watches get 503 (and open watches are dropped).
+    /// While `on`, every watch is accepted and ended at once without a line (a broken proxy or
+    /// API server): a client that watches again at once would spin.
+    pub fn end_watches_at_once(&self, on: bool) {
+        self.shared.lock().end_watches_at_once = on;
+    }
+
+    /// Pod watches requested so far.
+    pub fn watches(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "GET" && r.target.contains("/pods") && r.target.contains("watch=true")
+            })
+            .count()
+    }
+
     pub fn set_failing(&self, failing: bool) {
         let mut state = self.shared.lock();
         state.failing = failing;
@@ -672,6 +690,11 @@ fn watch(out: &mut Exchange<'_>, request: &Request, from: u64, shared: &Shared) 
         .map_or(MAX_WATCH, Duration::from_secs);
     let ends = Instant::now() + limit;
     let mut state = shared.lock();
+    if state.end_watches_at_once {
+        drop(state);
+        let _ = out.write_raw(b"0\r\n\r\n");
+        return;
+    }
     state.open_watches += 1;
     let (drops, gones) = (state.drop_generation, state.gone_generation);
     let malformed = state.malformed_generation;

@@ -68,6 +68,35 @@ fn a_malformed_watch_event_drops_the_watch_and_relists() {
 /// 2,000 failing pods listed at once: the agent takes them in with CPU time well under what the
 /// quadratic handling took (17.8 s for 2,000), and once they are deleted no series and no status
 /// entry is left.
+/// An API server (or a proxy before it) that accepts every watch and ends it at once, without a
+/// line: the agent backs off and lists again, rather than watching again in a tight loop.
+#[test]
+fn a_watch_that_ends_at_once_is_backed_off_not_spun() {
+    let dns = DnsServer::builder().nxdomain("missing.test").start();
+    let api = KubeApi::start(NODE);
+    api.end_watches_at_once(true);
+    let agent = start_agent(&api, &dns, &[]);
+    api.wait("the first watch", Duration::from_secs(20), |api| {
+        api.watches() >= 1
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    // Backoff from 1 s, doubling: a handful of lists and watches in 6 s, not thousands.
+    let (watches, lists) = (api.watches(), api.lists());
+    assert!(watches <= 8, "{watches} watches in 6 s");
+    assert!(lists >= 2, "each failure lists afresh: {lists} lists");
+    let log = agent.stderr();
+    assert!(log.contains("ended within 1s of starting"), "{log}");
+    // Once watches are served again, the watch stays up.
+    api.end_watches_at_once(false);
+    api.wait("a watch open", Duration::from_secs(40), |api| {
+        api.open_watches() == 1
+    });
+    assert_eq!(
+        sample(&agent.metrics(), "pullwatch_kubernetes_watch_up", &[]),
+        Some(1.0)
+    );
+}
+
 #[test]
 fn thousands_of_failing_pods_cost_linear_work_and_leave_nothing() {
     const PODS: usize = 2_000;
