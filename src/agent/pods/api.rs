@@ -239,7 +239,14 @@ impl ApiClient {
 fn read_token(path: &std::path::Path) -> Result<String, ApiError> {
     let text = bounded_file::read_to_string(path, bounded_file::TOKEN)
         .map_err(|e| ApiError::Credentials(e.to_string()))?;
-    Ok(text.trim().to_string())
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ApiError::Credentials(format!(
+            "{}: the token file is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 async fn bounded<T>(

@@ -125,8 +125,11 @@ struct Kubeconfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct Cluster {
+    #[serde(default, deserialize_with = "non_empty")]
     server: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     certificate_authority: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     certificate_authority_data: Option<String>,
     #[serde(default)]
     insecure_skip_tls_verify: bool,
@@ -140,22 +143,60 @@ struct Context {
     user: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Its `Debug` names which credentials are set, never their content.
+#[derive(Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct User {
+    #[serde(default, deserialize_with = "non_empty")]
     token: Option<String>,
-    #[serde(rename = "tokenFile")]
+    #[serde(rename = "tokenFile", default, deserialize_with = "non_empty")]
     token_file: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     client_certificate: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     client_certificate_data: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     client_key: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     client_key_data: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
     password: Option<String>,
     exec: Option<serde_json::Value>,
     auth_provider: Option<serde_json::Value>,
     #[serde(rename = "as")]
     impersonate: Option<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |value: &Option<String>| value.as_ref().map(|_| "<set>");
+        f.debug_struct("User")
+            .field("token", &set(&self.token))
+            .field("token_file", &self.token_file)
+            .field("client_certificate", &self.client_certificate)
+            .field(
+                "client_certificate_data",
+                &set(&self.client_certificate_data),
+            )
+            .field("client_key", &self.client_key)
+            .field("client_key_data", &set(&self.client_key_data))
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("exec", &self.exec.is_some())
+            .field("auth_provider", &self.auth_provider.is_some())
+            .field("as", &self.impersonate)
+            .finish()
+    }
+}
+
+/// An empty string is no value (client-go tests `len(x) > 0` everywhere).
+fn non_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    Ok(value.filter(|v| !v.is_empty()))
 }
 
 /// A kubeconfig list (`- name: x` + `cluster:`/`context:`/`user:`) as a map by name; the first
@@ -219,9 +260,21 @@ impl Kubeconfig {
             .clone()
             .filter(|s| !s.is_empty())
             .ok_or_else(|| format!("cluster {cluster_name:?} has no server"))?;
-        if !(server.starts_with("https://") || server.starts_with("http://")) {
+        let Some(rest) = server
+            .strip_prefix("https://")
+            .or_else(|| server.strip_prefix("http://"))
+        else {
             return Err(format!(
                 "cluster {cluster_name:?}: server {server:?} is not an http(s) URL"
+            ));
+        };
+        if rest
+            .split('/')
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+        {
+            return Err(format!(
+                "cluster {cluster_name:?}: the server URL holds credentials (user@host): give them as the user's"
             ));
         }
         for (set, field) in [
@@ -295,8 +348,10 @@ impl Kubeconfig {
 
 /// A `*-data` field's bytes; an error names the field, never its content.
 fn decoded(data: &str, field: &str) -> Result<Vec<u8>, String> {
+    // Line breaks and spaces are skipped, as Go's decoder skips them in a wrapped value.
+    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
+        .decode(data)
         .map_err(|_| format!("{field} is not base64"))
 }
 
@@ -308,23 +363,36 @@ fn read(paths: &[PathBuf]) -> Result<Kubeconfig, KubeconfigError> {
             problem: "no home directory to look in".into(),
         });
     };
-    let mut merged = read_one(first)?;
-    for path in rest {
-        merged = merged.merge(read_one(path)?);
+    // A file that does not exist is passed over, as client-go does; none at all is an error.
+    let mut merged: Option<Kubeconfig> = None;
+    for path in std::iter::once(first).chain(rest) {
+        let Some(config) = read_one(path)? else {
+            continue;
+        };
+        merged = Some(match merged {
+            Some(earlier) => earlier.merge(config),
+            None => config,
+        });
     }
-    Ok(merged)
+    merged.ok_or_else(|| KubeconfigError {
+        path: PathBuf::from(shown(paths)),
+        problem: "no such file".into(),
+    })
 }
 
 /// One kubeconfig: read bounded, its relative paths made absolute (client-go resolves them
 /// against the file that names them), and the certificate files it names read bounded here and
 /// embedded, so no file is read later but a `tokenFile` (read again as the token rotates).
-fn read_one(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
+fn read_one(path: &Path) -> Result<Option<Kubeconfig>, KubeconfigError> {
     let fail = |problem: String| KubeconfigError {
         path: path.to_path_buf(),
         problem,
     };
-    let text = bounded_file::read_to_string(path, bounded_file::KUBECONFIG)
-        .map_err(|e| fail(e.problem.to_string()))?;
+    let text = match bounded_file::read_to_string(path, bounded_file::KUBECONFIG) {
+        Ok(text) => text,
+        Err(error) if error.is_not_found() => return Ok(None),
+        Err(error) => return Err(fail(error.problem.to_string())),
+    };
     let mut config: Kubeconfig = if text.trim().is_empty() {
         Kubeconfig::default()
     } else {
@@ -359,7 +427,7 @@ fn read_one(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
             *file = dir.join(&*file).display().to_string();
         }
     }
-    Ok(config)
+    Ok(Some(config))
 }
 
 /// A YAML error's place and kind, without the text it quotes (a kubeconfig holds credentials).
@@ -548,6 +616,27 @@ mod tests {
                 with_user("    as: admin\n"),
                 Err("impersonation (as) is not supported"),
             ),
+            // Empty values are no values: the token wins over an empty tokenFile.
+            (
+                with_user("    token: abc\n    tokenFile: \"\"\n    client-key: \"\"\n"),
+                Ok("bearer abc"),
+            ),
+            // A wrapped `*-data` value decodes as Go's decoder takes it.
+            (
+                with_user(&format!(
+                    "    client-certificate-data: |\n      {}\n      {}\n    client-key-data: {}\n",
+                    &b64("CERT")[..4],
+                    &b64("CERT")[4..],
+                    b64("KEY")
+                )),
+                Ok("none, identity"),
+            ),
+            (
+                format!(
+                    "clusters:\n- name: c\n  cluster:\n    server: https://al:pw@10.0.0.1\n{CONTEXT}"
+                ),
+                Err("the server URL holds credentials (user@host)"),
+            ),
             (format!("{CLUSTER}users: []\n"), Err("no current-context")),
             (
                 format!("{CLUSTER}current-context: y\n"),
@@ -615,6 +704,18 @@ mod tests {
         let config = resolved(&[first, &second]).unwrap();
         assert_eq!(config.server, "https://first:6443");
         assert!(matches!(config.auth, Auth::Bearer(ref t) if t == "t2"));
+    }
+
+    #[test]
+    fn files_that_do_not_exist_are_passed_over_but_not_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present");
+        std::fs::write(&present, format!("{CLUSTER}{CONTEXT}")).unwrap();
+        let missing = dir.path().join("missing");
+        let config = read_bounded(vec![missing.clone(), present.clone()]).unwrap();
+        assert_eq!(config.current_context.as_deref(), Some("x"));
+        let error = read_bounded(vec![missing.clone(), dir.path().join("gone")]).unwrap_err();
+        assert!(error.to_string().ends_with(": no such file"), "{error}");
     }
 
     #[test]
