@@ -302,22 +302,31 @@ impl Kubeconfig {
         if user.impersonate.is_some() {
             return Err(unsupported("impersonation (as)"));
         }
-        let ca_pem = cluster
-            .certificate_authority_data
-            .as_deref()
-            .map(|data| decoded(data, "certificate-authority-data"))
-            .transpose()?;
+        let ca_pem = pem(
+            cluster.certificate_authority_data.as_deref(),
+            cluster.certificate_authority.as_deref(),
+            "certificate-authority",
+        )?;
         if cluster.insecure_skip_tls_verify && ca_pem.is_some() {
             return Err(format!(
                 "cluster {cluster_name:?}: a certificate authority and insecure-skip-tls-verify together are refused (as kubectl does)"
             ));
         }
-        let identity_pem = match (&user.client_certificate_data, &user.client_key_data) {
+        let certificate = pem(
+            user.client_certificate_data.as_deref(),
+            user.client_certificate.as_deref(),
+            "client-certificate",
+        )?;
+        let key = pem(
+            user.client_key_data.as_deref(),
+            user.client_key.as_deref(),
+            "client-key",
+        )?;
+        let identity_pem = match (certificate, key) {
             (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let mut pem = decoded(cert, "client-certificate-data")?;
+            (Some(mut pem), Some(key)) => {
                 pem.push(b'\n');
-                pem.extend(decoded(key, "client-key-data")?);
+                pem.extend(key);
                 Some(pem)
             }
             _ => {
@@ -343,6 +352,17 @@ impl Kubeconfig {
             identity_pem,
             auth,
         })
+    }
+}
+
+/// A PEM given as `<field>-data` (which wins) or as the file `<field>` names, read bounded.
+fn pem(data: Option<&str>, file: Option<&str>, field: &str) -> Result<Option<Vec<u8>>, String> {
+    match (data, file) {
+        (Some(data), _) => decoded(data, &format!("{field}-data")).map(Some),
+        (None, Some(file)) => bounded_file::read(Path::new(file), bounded_file::PEM)
+            .map(Some)
+            .map_err(|e| format!("{field}: {e}")),
+        (None, None) => Ok(None),
     }
 }
 
@@ -380,9 +400,8 @@ fn read(paths: &[PathBuf]) -> Result<Kubeconfig, KubeconfigError> {
     })
 }
 
-/// One kubeconfig: read bounded, its relative paths made absolute (client-go resolves them
-/// against the file that names them), and the certificate files it names read bounded here and
-/// embedded, so no file is read later but a `tokenFile` (read again as the token rotates).
+/// One kubeconfig, read bounded, its relative paths made absolute (client-go resolves them
+/// against the file that names them); `None` when the file does not exist.
 fn read_one(path: &Path) -> Result<Option<Kubeconfig>, KubeconfigError> {
     let fail = |problem: String| KubeconfigError {
         path: path.to_path_buf(),
@@ -400,32 +419,22 @@ fn read_one(path: &Path) -> Result<Option<Kubeconfig>, KubeconfigError> {
             .map_err(|e| fail(format!("not a kubeconfig: {}", yaml_problem(&e))))?
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let embedded = |file: &str| -> Result<String, KubeconfigError> {
-        let file = dir.join(file);
-        let pem = bounded_file::read(&file, bounded_file::PEM).map_err(|e| fail(e.to_string()))?;
-        Ok(base64::engine::general_purpose::STANDARD.encode(pem))
-    };
-    for cluster in config.clusters.values_mut() {
-        if let Some(file) = cluster.certificate_authority.take()
-            && cluster.certificate_authority_data.is_none()
-        {
-            cluster.certificate_authority_data = Some(embedded(&file)?);
-        }
-    }
-    for user in config.users.values_mut() {
-        if let Some(file) = user.client_certificate.take()
-            && user.client_certificate_data.is_none()
-        {
-            user.client_certificate_data = Some(embedded(&file)?);
-        }
-        if let Some(file) = user.client_key.take()
-            && user.client_key_data.is_none()
-        {
-            user.client_key_data = Some(embedded(&file)?);
-        }
-        if let Some(file) = user.token_file.as_mut() {
-            *file = dir.join(&*file).display().to_string();
-        }
+    // Only made absolute here: the files are read for the context in use alone, so a stale
+    // entry for another cluster does not spoil the file (client-go reads them as late).
+    let absolute = |file: &mut String| *file = dir.join(&*file).display().to_string();
+    let users = config.users.values_mut().flat_map(|user| {
+        [
+            &mut user.client_certificate,
+            &mut user.client_key,
+            &mut user.token_file,
+        ]
+    });
+    let clusters = config
+        .clusters
+        .values_mut()
+        .map(|cluster| &mut cluster.certificate_authority);
+    for file in clusters.chain(users).flatten() {
+        absolute(file);
     }
     Ok(Some(config))
 }
@@ -491,12 +500,6 @@ mod tests {
             .unwrap()
             .set_len(bounded_file::KUBECONFIG.max_bytes + 1)
             .unwrap();
-        let ca_zero = dir.path().join("ca-zero");
-        std::fs::write(
-            &ca_zero,
-            "clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: /dev/zero\n",
-        )
-        .unwrap();
         let cases = [
             (
                 PathBuf::from("/dev/zero"),
@@ -516,13 +519,6 @@ mod tests {
                     big.display()
                 ),
             ),
-            (
-                ca_zero.clone(),
-                format!(
-                    "{}: /dev/zero: is a character device, not a regular file",
-                    ca_zero.display()
-                ),
-            ),
         ];
         for (path, want) in cases {
             let error = read_bounded(vec![path]).unwrap_err();
@@ -531,30 +527,40 @@ mod tests {
     }
 
     #[test]
-    fn embeds_certificate_files_relative_to_the_kubeconfig() {
+    fn reads_the_certificate_files_of_the_context_in_use_relative_to_the_kubeconfig() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.crt"), "CA PEM").unwrap();
         std::fs::write(dir.path().join("client.crt"), "CLIENT PEM").unwrap();
         std::fs::write(dir.path().join("client.key"), "KEY PEM").unwrap();
         let path = dir.path().join("config");
-        std::fs::write(
-            &path,
-            "clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: ca.crt\n\
-             users:\n- name: u\n  user:\n    client-certificate: client.crt\n    client-key: client.key\n    tokenFile: token\n",
-        )
-        .unwrap();
-        let config = read_bounded(vec![path]).unwrap();
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let cluster = &config.clusters["c"];
-        assert_eq!(cluster.certificate_authority, None);
-        assert_eq!(cluster.certificate_authority_data, Some(b64("CA PEM")));
-        let user = &config.users["u"];
-        assert_eq!(user.client_certificate_data, Some(b64("CLIENT PEM")));
-        assert_eq!(user.client_key_data, Some(b64("KEY PEM")));
-        assert!(user.client_key.is_none());
+        let kubeconfig = |ca: &str| {
+            format!(
+                "clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: {ca}\n\
+                 - name: stale\n  cluster:\n    server: https://old:6443\n    certificate-authority: deleted/ca.crt\n\
+                 users:\n- name: u\n  user:\n    client-certificate: client.crt\n    client-key: client.key\n    tokenFile: token\n\
+                 contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+            )
+        };
+        std::fs::write(&path, kubeconfig("ca.crt")).unwrap();
+        let read = read_bounded(vec![path.clone()]).unwrap();
         assert_eq!(
-            user.token_file.as_deref(),
+            read.users["u"].token_file.as_deref(),
             Some(dir.path().join("token").to_str().unwrap())
+        );
+        // The stale cluster's missing CA file is never read.
+        let config = read.resolve().unwrap();
+        assert_eq!(config.ca_pem.as_deref(), Some(&b"CA PEM"[..]));
+        assert_eq!(
+            config.identity_pem.as_deref(),
+            Some(&b"CLIENT PEM\nKEY PEM"[..])
+        );
+        assert!(matches!(config.auth, Auth::TokenFile(ref p) if p == &dir.path().join("token")));
+        // The one in use is, bounded: a device is refused, named.
+        std::fs::write(&path, kubeconfig("/dev/zero")).unwrap();
+        let error = read_bounded(vec![path]).unwrap().resolve().unwrap_err();
+        assert_eq!(
+            error,
+            "certificate-authority: /dev/zero: is a character device, not a regular file"
         );
     }
 
