@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
 use pullwatch::agent::pods::api::{ApiClient, ApiError};
 use pullwatch::agent::pods::kubeconfig;
+use pullwatch::agent::pods::object::Pod;
 use pullwatch::agent::pods::secrets::{PodSecrets, Source, read_pull_secrets};
 use testkit::kube_api::{KubeApi, pod, secret, service_account};
 

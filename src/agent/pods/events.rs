@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use std::time::SystemTime;
 
 use super::api::{self, ApiClient, ApiError};
+use super::object::{Event, ObjectMeta, ObjectReference};
 
 use super::failures::{ContainerKind, Failure, PodId};
 use crate::reason::Reason;
@@ -97,15 +96,7 @@ pub async fn post(
     note: String,
     timeout: Duration,
 ) -> Result<(), ApiError> {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let now = k8s_openapi::jiff::Timestamp::new(
-        i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
-        i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
-    )
-    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    let event = event(node, pod, kind, container, note, now);
+    let event = event(node, pod, kind, container, note, SystemTime::now());
     let path = format!(
         "/apis/events.k8s.io/v1/namespaces/{}/events",
         api::escape(&pod.namespace)
@@ -121,39 +112,38 @@ fn event(
     kind: ContainerKind,
     container: &str,
     note: String,
-    now: k8s_openapi::jiff::Timestamp,
+    now: SystemTime,
 ) -> Event {
     let regarding = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(pod.namespace.clone()),
-        name: Some(pod.name.clone()),
-        uid: Some(pod.uid.clone()),
-        field_path: Some(kind.field_path(container)),
-        resource_version: None,
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        field_path: kind.field_path(container),
     };
     // `<pod>.<nanoseconds, hex>`: a name stays within 253 characters and is unique per Event.
+    let nanos = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
     let prefix = pod.name.get(..MAX_EVENT_NAME_PREFIX).unwrap_or(&pod.name);
-    let name = format!(
-        "{}.{:x}",
-        prefix.trim_end_matches(['-', '.']),
-        now.as_nanosecond()
-    );
+    let name = format!("{}.{nanos:x}", prefix.trim_end_matches(['-', '.']));
     Event {
+        api_version: "events.k8s.io/v1",
+        kind: "Event",
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(pod.namespace.clone()),
             ..ObjectMeta::default()
         },
-        event_time: Some(MicroTime(now)),
-        type_: Some("Warning".into()),
-        reason: Some(EVENT_REASON.into()),
-        action: Some(ACTION.into()),
-        note: Some(note),
-        regarding: Some(regarding),
-        reporting_controller: Some(CONTROLLER.into()),
-        reporting_instance: Some(clip(node, MAX_INSTANCE)),
-        ..Event::default()
+        event_time: humantime::format_rfc3339_micros(now).to_string(),
+        type_: "Warning",
+        reason: EVENT_REASON,
+        action: ACTION,
+        note,
+        regarding,
+        reporting_controller: CONTROLLER,
+        reporting_instance: clip(node, MAX_INSTANCE),
     }
 }
 

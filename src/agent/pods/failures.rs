@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use super::object::{ContainerStatus, Pod};
 use serde::{Deserialize, Serialize};
 
 use crate::reason::{Reason, classify_runtime_message};
@@ -198,9 +198,9 @@ impl PodId {
 
     /// The pod as far as reading its pull secrets needs it.
     pub fn secrets_pod(&self) -> Pod {
-        use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec};
+        use super::object::{LocalObjectReference, ObjectMeta, PodSpec};
         Pod {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            metadata: ObjectMeta {
                 namespace: Some(self.namespace.clone()),
                 name: Some(self.name.clone()),
                 ..Default::default()

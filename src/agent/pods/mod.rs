@@ -5,6 +5,7 @@ pub mod api;
 mod events;
 pub mod failures;
 pub mod kubeconfig;
+pub mod object;
 pub mod secrets;
 pub mod watch;
 
@@ -504,11 +505,7 @@ impl PodWatch {
 
 /// The pull secrets of a failing pod as credentials for `image`: the pod's own first, then its
 /// service account's; a secret that cannot be read or used is a failed source, named.
-async fn pod_credentials(
-    client: &ApiClient,
-    pod: &k8s_openapi::api::core::v1::Pod,
-    image: &str,
-) -> ImageCredentials {
+async fn pod_credentials(client: &ApiClient, pod: &object::Pod, image: &str) -> ImageCredentials {
     let read = secrets::read_pull_secrets(client, pod, SECRET_TIMEOUT).await;
     let Ok(image) = ImageRef::parse(image) else {
         return ImageCredentials::default();

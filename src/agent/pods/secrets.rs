@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-
 use super::api::{self, ApiClient, ApiError};
+use super::object::{ByteString, Pod, Secret, ServiceAccount};
 use crate::credentials::Keyring;
 
 /// The secret type the kubelet reads `.dockerconfigjson` from.
@@ -522,7 +520,7 @@ mod tests {
     #[test]
     fn the_service_account_defaults_like_admission() {
         let pod = |name: Option<&str>, deprecated: Option<&str>| Pod {
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            spec: Some(crate::agent::pods::object::PodSpec {
                 service_account_name: name.map(String::from),
                 service_account: deprecated.map(String::from),
                 ..Default::default()

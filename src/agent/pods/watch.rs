@@ -10,12 +10,12 @@ use std::time::Duration;
 use futures_util::Stream;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::api::{self, ApiClient, ApiError};
+use super::object::Pod;
 use crate::backoff::Backoff;
 
 /// The watch's `timeoutSeconds`: the API server ends it then, and a stream silent for this long
