@@ -649,6 +649,18 @@ fn pods(request: &Request, shared: &Shared) -> Answer {
         state.violations.push(why.clone());
         return status(400, "BadRequest", &why);
     }
+    // The API server refuses resourceVersionMatch without a resourceVersion, and on a watch.
+    if request.param("resourceVersionMatch").is_some()
+        && (request.param("resourceVersion").is_none_or(str::is_empty)
+            || request.param("watch") == Some("true"))
+    {
+        let why = format!(
+            "resourceVersionMatch without resourceVersion, or on a watch: {:?}",
+            request.query
+        );
+        state.violations.push(why.clone());
+        return status(400, "BadRequest", &why);
+    }
     if state.failing {
         return status(
             503,

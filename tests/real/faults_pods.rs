@@ -62,6 +62,20 @@ fn a_malformed_watch_event_drops_the_watch_and_relists() {
         !versions.iter().any(|v| v == "999999"),
         "a watch resumed from the malformed event's resourceVersion: {versions:?}"
     );
+    // The relist reads no further back than what the agent had seen (client-go's reflector),
+    // and not from the malformed event.
+    let relist = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/pods") && !r.target.contains("watch=true"))
+        .nth(lists)
+        .expect("the relist");
+    assert!(
+        relist.target.contains("resourceVersionMatch=NotOlderThan")
+            && !relist.target.contains("999999"),
+        "{}",
+        relist.target
+    );
     assert!(api.violations().is_empty(), "{:?}", api.violations());
 }
 

@@ -314,17 +314,31 @@ fn pull_failures_are_counted_explained_and_cleared() {
     assert_eq!(failures[0]["pod"], "migrate");
 
     assert_eq!(api.violations(), Vec::<String>::new(), "never cluster-wide");
-    // Lists are served from the API server's cache; watches ask for bookmarks.
+    // Lists are served from the API server's cache (the first any version, a relist no older
+    // than the last seen, never a quorum read here); watches ask for bookmarks.
+    let mut lists = 0;
     for seen in api.requests() {
         if seen.method != "GET" {
             continue;
         }
         if seen.target.contains("watch=true") {
             assert!(seen.target.contains("allowWatchBookmarks=true"), "{seen:?}");
+        } else if lists == 0 {
+            lists += 1;
+            assert!(seen.target.ends_with("&resourceVersion=0"), "{seen:?}");
         } else {
-            assert!(seen.target.contains("resourceVersion=0"), "{seen:?}");
+            lists += 1;
+            assert!(
+                seen.target.contains("&resourceVersionMatch=NotOlderThan")
+                    && !seen.target.contains("resourceVersion=0&"),
+                "{seen:?}"
+            );
         }
     }
+    assert!(
+        lists >= 2,
+        "the 410 and the dropped watch bring relists: {lists}"
+    );
     let text = agent.metrics();
     assert_eq!(
         sample(&text, DROPPED, &[("metric", FAILING)]),

@@ -4,7 +4,7 @@
 //! watch and its connection; the next one lists afresh after a jittered, bounded backoff.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -65,9 +65,8 @@ pub enum WatchError {
     EndedAtOnce,
 }
 
-/// The pods of `node`, from a list served by the API server's cache (resourceVersion=0: at 5,000
-/// nodes a quorum read per node would weigh on etcd), then a watch with bookmarks. `on_ok` is
-/// told each time the API server accepts a list or a watch.
+/// The pods of `node`, from a list served by the API server's cache, then a watch with
+/// bookmarks. `on_ok` is told each time the API server accepts a list or a watch.
 ///
 /// Any error ends the stream of one list and its watches, closing the connection at once; what
 /// follows is a fresh list (its own resourceVersion), so nothing from a stream gone wrong is
@@ -78,12 +77,14 @@ pub fn pods_on_node(
     on_ok: Arc<dyn Fn() + Send + Sync>,
 ) -> impl Stream<Item = Result<PodEvent, WatchError>> + Send + 'static {
     let selector = api::escape(&node_selector(node));
+    let list_from = Arc::new(Mutex::new(ListFrom::Cache));
     relisting(
         move || {
             let watch = Watch {
                 client: client.clone(),
                 selector: selector.clone(),
                 on_ok: Arc::clone(&on_ok),
+                list_from: Arc::clone(&list_from),
                 version: None,
                 pending: VecDeque::new(),
                 body: None,
@@ -98,11 +99,39 @@ pub fn pods_on_node(
     )
 }
 
+/// Where a list reads from, as client-go's reflector chooses (tools/cache/reflector.go,
+/// `relistResourceVersion`): the first from the API server's cache, any version (at 5,000 nodes
+/// a quorum read per node would weigh on etcd); a relist from the cache but no older than the
+/// last version seen, so pods never go back in time when another API server answers; after that
+/// list is refused as expired (410), one quorum read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ListFrom {
+    Cache,
+    NotOlderThan(String),
+    Quorum,
+}
+
+impl ListFrom {
+    /// The list's query parameters for it.
+    fn query(&self) -> String {
+        match self {
+            ListFrom::Cache => "&resourceVersion=0".into(),
+            ListFrom::NotOlderThan(version) => format!(
+                "&resourceVersion={}&resourceVersionMatch=NotOlderThan",
+                api::escape(version)
+            ),
+            ListFrom::Quorum => String::new(),
+        }
+    }
+}
+
 /// One list and the watches that follow it.
 struct Watch {
     client: ApiClient,
     selector: String,
     on_ok: Arc<dyn Fn() + Send + Sync>,
+    /// Shared by every list of the stream: the last version seen, across relists.
+    list_from: Arc<Mutex<ListFrom>>,
     /// The resourceVersion to watch from; none until the list is in.
     version: Option<String>,
     pending: VecDeque<PodEvent>,
@@ -193,25 +222,46 @@ impl Watch {
 
     /// The list: `Init`, each pod, `InitDone` queued; the resourceVersion kept to watch from.
     async fn list(&mut self) -> Result<PodEvent, WatchError> {
+        let from = self.list_from().clone();
         let path = format!(
-            "/api/v1/pods?fieldSelector={}&resourceVersion=0",
-            self.selector
+            "/api/v1/pods?fieldSelector={}{}",
+            self.selector,
+            from.query()
         );
-        let body = self
-            .client
-            .get_bytes(&path, MAX_LIST, LIST_TIMEOUT)
-            .await
-            .map_err(WatchError::List)?;
+        let body = match self.client.get_bytes(&path, MAX_LIST, LIST_TIMEOUT).await {
+            Ok(body) => body,
+            Err(error) => {
+                if matches!(error, ApiError::Status { code: 410, .. }) {
+                    *self.list_from() = ListFrom::Quorum;
+                }
+                return Err(WatchError::List(error));
+            }
+        };
         (self.on_ok)();
         let (version, pods) = parse_list(&body).map_err(WatchError::List)?;
         drop(body);
-        self.version = Some(version.unwrap_or_default());
+        self.seen(version.unwrap_or_default());
         self.pending.extend(
             pods.into_iter()
                 .map(|pod| PodEvent::InitApply(Box::new(pod))),
         );
         self.pending.push_back(PodEvent::InitDone);
         Ok(PodEvent::Init)
+    }
+
+    fn list_from(&self) -> std::sync::MutexGuard<'_, ListFrom> {
+        self.list_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `version` is where the watch goes on from, and no list after this goes back before it.
+    fn seen(&mut self, version: String) {
+        if version.is_empty() && self.version.is_some() {
+            return;
+        }
+        if !version.is_empty() {
+            *self.list_from() = ListFrom::NotOlderThan(version.clone());
+        }
+        self.version = Some(version);
     }
 
     fn watch_path(&self) -> String {
@@ -228,16 +278,16 @@ impl Watch {
         let event = match parse_line(line)? {
             Line::Bookmark(version) => {
                 if let Some(version) = version {
-                    self.version = Some(version);
+                    self.seen(version);
                 }
                 return Ok(None);
             }
             Line::Pod(event) => event,
         };
         if let PodEvent::Apply(pod) | PodEvent::Delete(pod) = &event
-            && let Some(version) = &pod.metadata.resource_version
+            && let Some(version) = pod.metadata.resource_version.clone()
         {
-            self.version = Some(version.clone());
+            self.seen(version);
         }
         Ok(Some(event))
     }
@@ -471,6 +521,7 @@ mod tests {
             client,
             selector: String::new(),
             on_ok: Arc::new(|| {}),
+            list_from: Arc::new(Mutex::new(ListFrom::Cache)),
             version: Some("1".into()),
             pending: VecDeque::new(),
             body: None,
@@ -496,6 +547,11 @@ mod tests {
             r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"12"}}}"#;
         assert!(matches!(w.event(bookmark.as_bytes()), Ok(None)));
         assert_eq!(w.version.as_deref(), Some("12"));
+        assert_eq!(
+            *w.list_from(),
+            ListFrom::NotOlderThan("12".into()),
+            "a relist goes no further back"
+        );
         let gone = r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old resource version"}}"#;
         assert_eq!(
             w.event(gone.as_bytes()).unwrap_err().to_string(),
@@ -517,5 +573,15 @@ mod tests {
         );
         assert!(!error.contains("secret-ish"), "{error}");
         assert!(w.event(b"{\"type\":").is_err());
+    }
+
+    #[test]
+    fn lists_read_from_the_cache_then_no_older_than_the_last_version() {
+        assert_eq!(ListFrom::Cache.query(), "&resourceVersion=0");
+        assert_eq!(
+            ListFrom::NotOlderThan("12".into()).query(),
+            "&resourceVersion=12&resourceVersionMatch=NotOlderThan"
+        );
+        assert_eq!(ListFrom::Quorum.query(), "");
     }
 }
