@@ -156,7 +156,7 @@ impl Agent {
                 .with_reported_runtime(version.kind(), &version.runtime_version);
             diagnoser.routes = node.routes.clone();
         }
-        let found = node.apply(&first, None).await.unwrap_or_default();
+        let found = node.first_apply(&first).await.unwrap_or_default();
         status.discovered(found.iter().map(|t| t.route.registry.as_str()));
         info!(
             registries = found.len(),

@@ -184,6 +184,30 @@ impl NodeWatch {
         }
     }
 
+    /// The first discovery. The files' fingerprint is taken before they are read, and the run
+    /// loop polls from it: a change made while they are read, or before the loop starts, is seen
+    /// by the loop's first poll (a fingerprint taken when the loop started missed it until the
+    /// next interval).
+    pub async fn first_apply(&mut self, refresh: &Refresh) -> Option<Vec<WatchedRegistry>> {
+        let before = fingerprint(&self.config_files()).await;
+        self.apply(refresh, Some(before)).await
+    }
+
+    fn config_files(&self) -> ConfigFiles {
+        ConfigFiles {
+            certs_dir: self.routes.containerd_certs_dir.clone(),
+            registries_conf: self.routes.registries_conf.clone(),
+        }
+    }
+
+    /// Where the run loop's polling starts: the fingerprint the current routes were made with.
+    async fn polled_from(&self, files: &ConfigFiles) -> u64 {
+        match &self.routed {
+            Some(routed) => routed.fingerprint,
+            None => fingerprint(files).await,
+        }
+    }
+
     /// Refreshes every interval (±10 %), and within [`CONFIG_POLL`] of a change to the registry
     /// config files, until `cancel`, publishing changed routes to `targets`.
     pub async fn run(
@@ -195,11 +219,8 @@ impl NodeWatch {
         let heart = self.liveness.register("node watch", self.max_quiet);
         let mut was_up = was_up;
         let mut next = Instant::now() + jittered(self.interval);
-        let files = ConfigFiles {
-            certs_dir: self.routes.containerd_certs_dir.clone(),
-            registries_conf: self.routes.registries_conf.clone(),
-        };
-        let mut seen = fingerprint(&files).await;
+        let files = self.config_files();
+        let mut seen = self.polled_from(&files).await;
         let mut poll = tokio::time::interval(CONFIG_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -319,5 +340,30 @@ mod tests {
         hosts("four.example");
         let unkeyed = node.apply(&with_images, None).await.unwrap();
         assert_eq!(endpoints(&unkeyed)[0], "https://four.example");
+    }
+
+    /// A hosts.toml written after the first discovery read the files, before the run loop
+    /// started: the loop's first poll sees it (the agent_metrics test that writes one at once
+    /// flaked when the loop took its first fingerprint after the write).
+    #[tokio::test]
+    async fn a_change_before_the_loop_starts_is_seen_by_its_first_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs.d")).unwrap();
+        let mut node = node(dir.path());
+        let refresh = node.refresh().await;
+        node.first_apply(&refresh).await.unwrap();
+        let host_dir = dir.path().join("certs.d/new.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            "server = \"https://new.example\"\n",
+        )
+        .unwrap();
+        let files = node.config_files();
+        assert_ne!(
+            node.polled_from(&files).await,
+            fingerprint(&files).await,
+            "the loop would poll from after the change and never see it"
+        );
     }
 }
