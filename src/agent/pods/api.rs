@@ -175,7 +175,8 @@ impl ApiClient {
         bounded(timeout, call).await
     }
 
-    /// POSTs `body` as JSON to `path`; the answer's content is not read beyond its status.
+    /// POSTs `body` as JSON to `path`; the answer (the object created) is read, capped, only so
+    /// its connection can be used again, and not kept.
     pub async fn post<B: serde::Serialize>(
         &self,
         path: &str,
@@ -188,7 +189,13 @@ impl ApiClient {
             .post(self.url(path))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
-        bounded(timeout, async { self.send(request).await.map(drop) }).await
+        let call = async {
+            let response = self.send(request).await?;
+            // An answer over the cap only costs the connection its reuse.
+            let _ = read_capped(response, MAX_STATUS).await;
+            Ok(())
+        };
+        bounded(timeout, call).await
     }
 
     /// Starts a streaming GET (a watch): the response once its headers are in, within `timeout`.
