@@ -67,6 +67,8 @@ struct State {
     failing: bool,
     /// While set, every watch is answered 200 and ended at once, without a line.
     end_watches_at_once: bool,
+    /// While set, a list that names a resourceVersion is refused 410 Expired.
+    expire_versioned_lists: bool,
     events: Vec<Value>,
     patches: Vec<(String, Value)>,
     /// Served by name: (namespace, name) → object.
@@ -217,6 +219,12 @@ impl KubeApi {
         state.oldest_valid = state.rv;
         state.gone_generation += 1;
         self.shared.changed.notify_all();
+    }
+
+    /// While `on`, a list that names a resourceVersion is refused 410 Expired (as by a server
+    /// that cannot serve that version any more); a list without one is served.
+    pub fn expire_versioned_lists(&self, on: bool) {
+        self.shared.lock().expire_versioned_lists = on;
     }
 
     /// Drops every open watch connection without ending the response.
@@ -674,6 +682,13 @@ fn pods(request: &Request, shared: &Shared) -> Answer {
             .and_then(|v| v.parse().ok())
             .unwrap_or(state.rv);
         return Answer::Watch(from);
+    }
+    if state.expire_versioned_lists
+        && request
+            .param("resourceVersion")
+            .is_some_and(|v| !v.is_empty())
+    {
+        return status(410, "Expired", "too old resource version (test)");
     }
     let items: Vec<Value> = state
         .pods

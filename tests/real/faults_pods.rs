@@ -111,6 +111,45 @@ fn a_watch_that_ends_at_once_is_backed_off_not_spun() {
     );
 }
 
+/// After a 410 the agent relists no older than what it saw; when that list is refused as
+/// expired too, the next is a quorum read (no resourceVersion), as client-go's reflector does,
+/// and what changed meanwhile is seen.
+#[test]
+fn an_expired_relist_falls_back_to_a_quorum_read() {
+    let dns = DnsServer::builder().nxdomain("missing.test").start();
+    let api = KubeApi::start(NODE);
+    let (image, nxdomain) = kubelet_message("dns_nxdomain");
+    let failing_pod = |name: &str| {
+        pod("shop", name, &format!("uid-{name}"), NODE)
+            .waiting("app", &image, "ErrImagePull", &nxdomain)
+            .build()
+    };
+    api.apply_pod(failing_pod("web"));
+    let agent = start_agent(&api, &dns, &[]);
+    api.wait("an open watch", Duration::from_secs(20), |a| {
+        a.open_watches() > 0
+    });
+    let before = api.requests().len();
+    api.expire_versioned_lists(true);
+    api.expire();
+    api.apply_pod(failing_pod("api"));
+    agent.wait_metrics("api failing", Duration::from_secs(20), |m| {
+        sample(m, FAILING, &failing("api")) == Some(1.0)
+    });
+    let lists: Vec<String> = api.requests()[before..]
+        .iter()
+        .filter(|r| r.target.contains("/pods") && !r.target.contains("watch=true"))
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        lists.len() >= 2
+            && lists[0].contains("resourceVersionMatch=NotOlderThan")
+            && !lists[1].contains("resourceVersion"),
+        "a no-older-than relist, refused, then a quorum read: {lists:#?}"
+    );
+    assert!(api.violations().is_empty(), "{:?}", api.violations());
+}
+
 #[test]
 fn thousands_of_failing_pods_cost_linear_work_and_leave_nothing() {
     const PODS: usize = 2_000;
