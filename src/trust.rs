@@ -134,11 +134,7 @@ impl Trust {
     pub fn load(ca_files: &[PathBuf]) -> Result<Self, TrustError> {
         install_ring_provider();
         let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            tracing::warn!(%error, "some system CA certificates could not be loaded");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        let (added, ignored) = roots.add_parsable_certificates(system_roots());
         tracing::debug!(added, ignored, "system CA certificates");
         let trust = Trust {
             roots: Arc::new(roots),
@@ -233,6 +229,15 @@ impl Trust {
             skip_verify: options.skip_verify,
         })
     }
+}
+
+/// The system's CA certificates; those that cannot be loaded are logged and left out.
+pub fn system_roots() -> Vec<CertificateDer<'static>> {
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "some system CA certificates could not be loaded");
+    }
+    native.certs
 }
 
 /// Makes ring the process-wide provider too, for clients that build their own TLS config

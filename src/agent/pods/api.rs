@@ -127,8 +127,7 @@ impl ApiClient {
                     .into_iter()
                     .fold(builder, |b, c| b.add_root_certificate(c))
             }
-            None => rustls_native_certs::load_native_certs()
-                .certs
+            None => crate::trust::system_roots()
                 .into_iter()
                 .filter_map(|der| reqwest::Certificate::from_der(&der).ok())
                 .fold(builder, |b, c| b.add_root_certificate(c)),

@@ -145,11 +145,7 @@ pub async fn read_pull_secrets(client: &ApiClient, pod: &Pod, timeout: Duration)
 
     let account = service_account_name(pod);
     let fetched = match checked_name(account) {
-        Ok(()) => {
-            secrets
-                .get::<ServiceAccount>("serviceaccounts", account, timeout)
-                .await
-        }
+        Ok(()) => secrets.get::<ServiceAccount>(account, timeout).await,
         Err(problem) => Err(problem),
     };
     match fetched {
@@ -208,7 +204,7 @@ async fn read_one(
     read.push(name.to_string());
     let origin = format!("pull secret {secret}");
     let parsed = match checked_name(name) {
-        Ok(()) => secrets.get::<Secret>("secrets", name, timeout).await,
+        Ok(()) => secrets.get::<Secret>(name, timeout).await,
         Err(problem) => Err(problem),
     }
     .and_then(|found| keyring(&origin, found.type_.as_deref(), found.data.as_ref()));
@@ -265,29 +261,36 @@ struct Namespace<'a> {
 /// data; base64 and metadata make it at most about 1.4 MiB).
 const MAX_OBJECT: usize = 2 * 1024 * 1024;
 
+/// An object read by name: its resource in the API's path and its kind in errors.
+trait ByName: serde::de::DeserializeOwned {
+    const RESOURCE: &'static str;
+    const KIND: &'static str;
+}
+
+impl ByName for Secret {
+    const RESOURCE: &'static str = "secrets";
+    const KIND: &'static str = "Secret";
+}
+
+impl ByName for ServiceAccount {
+    const RESOURCE: &'static str = "serviceaccounts";
+    const KIND: &'static str = "ServiceAccount";
+}
+
 impl Namespace<'_> {
-    /// One GET of `resource/name`, at most `timeout`; errors keep status codes and reasons,
+    /// One GET of the object `name`, at most `timeout`; errors keep status codes and reasons,
     /// never a body.
-    async fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        resource: &'static str,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<T, Problem> {
+    async fn get<T: ByName>(&self, name: &str, timeout: Duration) -> Result<T, Problem> {
         let path = format!(
-            "/api/v1/namespaces/{}/{resource}/{}",
+            "/api/v1/namespaces/{}/{}/{}",
             api::escape(self.namespace),
+            T::RESOURCE,
             api::escape(name)
         );
-        let kind = if resource == "secrets" {
-            "Secret"
-        } else {
-            "ServiceAccount"
-        };
         self.client
             .get(&path, MAX_OBJECT, timeout)
             .await
-            .map_err(|error| api_problem(error, kind))
+            .map_err(|error| api_problem(error, T::KIND))
     }
 }
 

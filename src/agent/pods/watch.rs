@@ -154,7 +154,7 @@ struct ListMeta {
 
 /// One line of a watch: its type and the object, decoded once the type says what it is.
 #[derive(Deserialize)]
-pub struct WatchLine<'a> {
+struct WatchLine<'a> {
     #[serde(rename = "type")]
     kind: String,
     #[serde(borrow)]
