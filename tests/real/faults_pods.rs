@@ -9,7 +9,7 @@ use testkit::agent::{NODE, sample};
 use testkit::dns::DnsServer;
 use testkit::kube_api::{KubeApi, kubelet_message, pod};
 
-use crate::kube_pods::start_agent;
+use crate::kube_pods::{failing_pod, start_agent};
 
 const FAILING: &str = "pullwatch_container_pull_failing";
 const WAITING: &str = "pullwatch_containers_waiting_on_pull";
@@ -119,11 +119,7 @@ fn an_expired_relist_falls_back_to_a_quorum_read() {
     let dns = DnsServer::builder().nxdomain("missing.test").start();
     let api = KubeApi::start(NODE);
     let (image, nxdomain) = kubelet_message("dns_nxdomain");
-    let failing_pod = |name: &str| {
-        pod("shop", name, &format!("uid-{name}"), NODE)
-            .waiting("app", &image, "ErrImagePull", &nxdomain)
-            .build()
-    };
+    let failing_pod = |name: &str| failing_pod(name, &image, &nxdomain);
     api.apply_pod(failing_pod("web"));
     let agent = start_agent(&api, &dns, &[]);
     api.wait("an open watch", Duration::from_secs(20), |a| {

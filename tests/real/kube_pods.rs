@@ -34,6 +34,14 @@ pub(crate) fn start_agent(api: &KubeApi, dns: &DnsServer, agent: &[&str]) -> Age
     )
 }
 
+/// Pod `name` in `shop` on this node, its container `app` failing to pull `image` with the
+/// kubelet's `message` (ErrImagePull).
+pub(crate) fn failing_pod(name: &str, image: &str, message: &str) -> Value {
+    pod("shop", name, &format!("uid-{name}"), NODE)
+        .waiting("app", image, "ErrImagePull", message)
+        .build()
+}
+
 /// The Events posted about pod `name`.
 fn events_for(api: &KubeApi, name: &str) -> Vec<Value> {
     api.events()
@@ -595,11 +603,7 @@ fn the_watch_over_tls_sends_the_token_file_and_follows_its_rotation() {
     let dns = DnsServer::builder().nxdomain("missing.test").start();
     let api = KubeApi::start_tls(NODE, FIRST);
     let (image, nxdomain) = kubelet_message("dns_nxdomain");
-    let failing = |name: &str| {
-        pod("shop", name, &format!("uid-{name}"), NODE)
-            .waiting("app", &image, "ErrImagePull", &nxdomain)
-            .build()
-    };
+    let failing = |name: &str| failing_pod(name, &image, &nxdomain);
     api.apply_pod(failing("a"));
     let agent = start_agent(&api, &dns, &[]);
     agent.wait_metrics("the watch up over TLS", SETTLE, |m| {
