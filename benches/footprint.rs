@@ -124,6 +124,7 @@ fn node_at_defaults(site: &TrustedRegistries) {
 struct Rep {
     agent_ms_per_check: f64,
     floor_ms: f64,
+    openssl_ms: f64,
     lookup_ms: f64,
     registry_ms_per_check: f64,
     registry_floor_ms: f64,
@@ -181,11 +182,13 @@ fn cpu_per_check(site: &TrustedRegistries) {
 
         let floor_registry_at = cost::process_cpu(floor_registry.pid());
         let floor_cpu = floor.burst(FLOOR_PER_REP);
-        let lookup_cpu = floor.lookups(FLOOR_PER_REP);
         let floor_registry_cpu = cost::process_cpu(floor_registry.pid()) - floor_registry_at;
+        let lookup_cpu = floor.lookups(FLOOR_PER_REP);
+        let openssl_ms = floor.openssl();
         reps.push(Rep {
             agent_ms_per_check: agent_cpu.as_secs_f64() * 1000.0 / checks,
             floor_ms: floor_cpu.as_secs_f64() * 1000.0 / FLOOR_PER_REP as f64,
+            openssl_ms,
             lookup_ms: lookup_cpu.as_secs_f64() * 1000.0 / FLOOR_PER_REP as f64,
             registry_ms_per_check: registry_cpu.as_secs_f64() * 1000.0 / checks,
             registry_floor_ms: floor_registry_cpu.as_secs_f64() * 1000.0 / FLOOR_PER_REP as f64,
@@ -218,6 +221,15 @@ fn cpu_per_check(site: &TrustedRegistries) {
     println!(
         "  ratio agent / floor            {:.2}×",
         agent_ms / floor_ms.max(f64::MIN_POSITIVE)
+    );
+    let openssl_ms = med(|r| r.openssl_ms);
+    println!(
+        "  floor: TLS handshake + GET /v2/, `openssl s_time -new` (OpenSSL's own client): {openssl_ms:.3} ms (reps: {})",
+        list(reps.iter().map(|r| r.openssl_ms))
+    );
+    println!(
+        "  ratio agent / openssl floor    {:.2}×",
+        agent_ms / openssl_ms.max(f64::MIN_POSITIVE)
     );
     // The floor does no lookup, a check must: the leanest one, for what is left of the gap.
     let lookup_ms = med(|r| r.lookup_ms);
@@ -278,6 +290,8 @@ struct Floor {
     queries: [Vec<u8>; 2],
     name: rustls::pki_types::ServerName<'static>,
     request: Vec<u8>,
+    /// The CA's file, for OpenSSL's client.
+    ca: String,
 }
 
 impl Floor {
@@ -305,6 +319,7 @@ impl Floor {
                 "GET /v2/ HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pullwatch-bench-floor\r\n\r\n"
             )
             .into_bytes(),
+            ca: site.ca.cert_path_str().to_owned(),
         }
     }
 
@@ -327,6 +342,50 @@ impl Floor {
             }
         }
         cost::thread_cpu() - before
+    }
+
+    /// OpenSSL's client doing the same exchange, `openssl s_time -new -www /v2/` (a full
+    /// handshake per connection, the CA verified, `GET /v2/ HTTP/1.0`): its CPU per connection,
+    /// in ms, from two runs of different lengths, so its start-up (loading the library and the
+    /// CA) cancels out.
+    fn openssl(&self) -> f64 {
+        let (short, long) = (self.s_time(1), self.s_time(3));
+        let connections = long.1.saturating_sub(short.1).max(1);
+        long.0.saturating_sub(short.0).as_secs_f64() * 1000.0 / connections as f64
+    }
+
+    /// One `openssl s_time` run of `seconds`: its CPU (user + system, from the parent shell's
+    /// children times) and the connections it made.
+    fn s_time(&self, seconds: u32) -> (Duration, usize) {
+        let script = format!(
+            "openssl s_time -connect {} -CAfile {} -verify 2 -new -www /v2/ -time {seconds} 2>&1; \
+             echo; echo children $(cut -d' ' -f16,17 /proc/$$/stat)",
+            self.addr, self.ca
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh runs openssl s_time");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let connections = text
+            .lines()
+            .find_map(|l| {
+                l.split_once(" connections in ")
+                    .map(|(n, _)| n.trim().to_owned())
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("openssl s_time printed no count: {text}"));
+        let ticks: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("children "))
+            .map(|t| {
+                t.split_whitespace()
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or_else(|| panic!("no children times: {text}"));
+        let hz = 100; // USER_HZ, the unit of /proc/PID/stat's times on Linux
+        (Duration::from_millis(ticks * 1000 / hz), connections)
     }
 
     fn once(&self) -> std::io::Result<()> {
