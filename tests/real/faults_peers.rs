@@ -133,6 +133,66 @@ fn no_credentials(server: &ScriptedServer) -> bool {
         .all(|r| r.header("authorization").is_none())
 }
 
+/// As the runtime's (Go's) resolver: a nameserver that fails (SERVFAIL) passes the question to
+/// the next one, and a name with fewer dots than `ndots` is asked with the search suffixes first,
+/// so a registry found through a suffix is found there, the bare name never asked.
+#[test]
+fn a_failing_nameserver_passes_the_question_on_and_search_suffixes_come_first() {
+    let suffixed = format!("{HOST}.corp.test");
+    let broken = DnsServer::builder()
+        .servfail(&suffixed)
+        .servfail(HOST)
+        .start();
+    let good = DnsServer::builder()
+        .a(&suffixed, Ipv4Addr::LOCALHOST)
+        .start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        format!(
+            "nameserver {}\nnameserver {}\nsearch corp.test\noptions ndots:5 timeout:1 attempts:1\n",
+            broken.ip(),
+            good.ip()
+        ),
+    )
+    .expect("write resolv.conf");
+    let registry = registry(Response::registry_v2(), false);
+
+    let report = diagnose(
+        resolv_conf.to_str().expect("UTF-8"),
+        registry.port(),
+        "3s",
+        &[],
+    );
+
+    assert_eq!(report["pullable"], true, "{report}");
+    let evidence = detail(&report, "dns");
+    assert!(
+        evidence.contains("A 127.0.0.1")
+            && evidence.contains(&format!("nameserver {},{}", broken.ip(), good.ip())),
+        "{evidence}"
+    );
+    let first = broken.query_log().first().map(|q| q.name.clone());
+    assert_eq!(
+        first.as_deref(),
+        Some(suffixed.as_str()),
+        "the suffixed name is asked first"
+    );
+    // The A walk stops at the suffix that resolved. (The AAAA walk may go on to the bare name
+    // before A's answer is in: the check walks the families apart, see the dns check's notes.)
+    let asked_bare_a = |dns: &DnsServer| {
+        dns.query_log()
+            .iter()
+            .any(|q| q.name == HOST && q.record_type.to_string() == "A")
+    };
+    assert!(
+        !asked_bare_a(&broken) && !asked_bare_a(&good),
+        "the bare name's A is not asked once a suffix resolved"
+    );
+    assert!(good.queries(&suffixed) > 0, "the second server was asked");
+}
+
 #[test]
 fn a_resolver_that_drops_aaaa_behind_a_long_search_list_still_resolves_within_the_timeout() {
     // Every AAAA query is dropped; six search domains come first (ndots:5), each NXDOMAIN for A,
