@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::dns_exchange::try_one_name;
+use super::dns_exchange::{FamilyError, try_one_name};
 use super::dns_wire::Family;
 use super::resolv_conf::{Nameservers, ResolvConf};
 use super::{CheckError, Evidence};
@@ -149,35 +149,6 @@ impl std::fmt::Display for FamilyAnswer {
             Err(error) => write!(f, "{error}")?,
         }
         write!(f, " in {}", short_duration(self.took))
-    }
-}
-
-/// How one family's query failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum FamilyError {
-    NxDomain,
-    NoData,
-    /// An answer with an error code (SERVFAIL, REFUSED, …), a lame referral, or one that is no
-    /// answer to the query: the words for it.
-    ServerFailure(String),
-    Timeout,
-    /// The query could not even be sent (a local firewall makes `sendto` fail with EPERM): no
-    /// answer, as for a timeout, with the OS's own words.
-    NotSent(String),
-    /// Sent, but the server's host refused it (ICMP port unreachable, a TCP reset): no answer.
-    NoAnswer(String),
-}
-
-impl std::fmt::Display for FamilyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FamilyError::NxDomain => f.write_str("NXDOMAIN"),
-            FamilyError::NoData => f.write_str("none"),
-            FamilyError::ServerFailure(what) => write!(f, "failed ({what})"),
-            FamilyError::Timeout => f.write_str("timed out"),
-            FamilyError::NotSent(why) => write!(f, "not sent ({why})"),
-            FamilyError::NoAnswer(why) => write!(f, "no answer ({why})"),
-        }
     }
 }
 

@@ -14,9 +14,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use super::dns::FamilyError;
 use super::dns_wire::{self, Answer, Family, MAX_UDP_ANSWER, Rcode};
 use super::resolv_conf::ResolvConf;
+
+/// How one family's query failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FamilyError {
+    NxDomain,
+    NoData,
+    /// An answer with an error code (SERVFAIL, REFUSED, …), a lame referral, or one that is no
+    /// answer to the query: the words for it.
+    ServerFailure(String),
+    Timeout,
+    /// The query could not even be sent (a local firewall makes `sendto` fail with EPERM): no
+    /// answer, as for a timeout, with the OS's own words.
+    NotSent(String),
+    /// Sent, but the server's host refused it (ICMP port unreachable, a TCP reset): no answer.
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for FamilyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FamilyError::NxDomain => f.write_str("NXDOMAIN"),
+            FamilyError::NoData => f.write_str("none"),
+            FamilyError::ServerFailure(what) => write!(f, "failed ({what})"),
+            FamilyError::Timeout => f.write_str("timed out"),
+            FamilyError::NotSent(why) => write!(f, "not sent ({why})"),
+            FamilyError::NoAnswer(why) => write!(f, "no answer ({why})"),
+        }
+    }
+}
 
 /// The `family` addresses of `name` (rooted), or why there are none; never past `deadline`.
 pub(super) async fn try_one_name(
