@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("provider_response", provider_response),
     ("manifest_index", manifest_index),
     ("watch_event", watch_event),
+    ("dns_answer", dns_answer),
 ];
 
 /// Images looked up where a target needs some (credentials, provider patterns, routes).
@@ -171,6 +172,23 @@ pub fn resolv_conf(data: &[u8]) {
             let _ = DnsResolver::from_resolv_conf(&path);
         }
     });
+}
+
+/// A DNS answer off the network, read as the answer to an A query for a fixed name, and as the
+/// answer to its own question (the first 12 bytes and question taken as the query's).
+pub fn dns_answer(data: &[u8]) {
+    use crate::check::dns_wire::{Family, answer, query};
+    if let Some(asked) = query(
+        u16::from_be_bytes([
+            data.first().copied().unwrap_or(0),
+            data.get(1).copied().unwrap_or(0),
+        ]),
+        "registry.example.",
+        Family::A,
+    ) {
+        let _ = answer(data, &asked, Family::A);
+    }
+    let _ = answer(data, data, Family::Aaaa);
 }
 
 /// `<waiting reason>\n<message>`: what a runtime or the kubelet says of a failed pull, classified;

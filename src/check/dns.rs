@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::dns_exchange::{FamilyError, try_one_name};
 use super::dns_wire::Family;
+use super::hosts_file::HostsFile;
 use super::resolv_conf::{Nameservers, ResolvConf};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
@@ -27,6 +28,8 @@ pub struct DnsResolver {
     nameservers: String,
     /// `options rotate`: where the next lookup starts in the server list.
     next_server: Arc<AtomicUsize>,
+    /// Asked first, as Go does.
+    hosts: Arc<HostsFile>,
 }
 
 /// A resolv.conf that cannot be used; names the file.
@@ -71,7 +74,14 @@ impl DnsResolver {
             conf: Arc::new(conf),
             nameservers,
             next_server: Arc::new(AtomicUsize::new(0)),
+            hosts: Arc::new(HostsFile::new("/etc/hosts")),
         })
+    }
+
+    /// The same resolver with another hosts file than `/etc/hosts` (for tests).
+    pub fn with_hosts_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.hosts = Arc::new(HostsFile::new(path));
+        self
     }
 }
 
@@ -83,6 +93,8 @@ pub struct DnsOutcome {
     a: FamilyAnswer,
     aaaa: FamilyAnswer,
     nameservers: String,
+    /// The hosts file that named the host (then nothing was asked of DNS).
+    hosts_file: Option<String>,
 }
 
 impl DnsOutcome {
@@ -108,12 +120,19 @@ impl DnsOutcome {
             a: answer.clone(),
             aaaa: answer,
             nameservers: String::new(),
+            hosts_file: None,
         }
     }
 }
 
 impl Evidence for DnsOutcome {
     fn detail(&self) -> String {
+        if let Some(hosts_file) = &self.hosts_file {
+            return format!(
+                "A {}, AAAA {} ({hosts_file}, no DNS query)",
+                self.a, self.aaaa
+            );
+        }
         if self.nameservers.is_empty() {
             return format!("{} is an IP address, no lookup", self.addresses()[0]);
         }
@@ -221,6 +240,10 @@ pub async fn check(
             invalid_name: Some(problem),
         });
     }
+    let pinned = resolver.hosts.lookup(host);
+    if !pinned.is_empty() {
+        return Ok(from_hosts_file(&resolver.hosts, pinned, start));
+    }
     let conf = &resolver.conf;
     let offset = match conf.rotate {
         true => resolver.next_server.fetch_add(1, Ordering::Relaxed),
@@ -253,7 +276,37 @@ pub async fn check(
         a,
         aaaa,
         nameservers: resolver.nameservers.clone(),
+        hosts_file: None,
     })
+}
+
+/// The outcome when the hosts file names the host: its addresses, capped per family.
+fn from_hosts_file(hosts: &HostsFile, addresses: Vec<IpAddr>, start: Instant) -> DnsOutcome {
+    let family = |v4: bool| {
+        let mut found: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .collect();
+        found.truncate(MAX_ADDRESSES_PER_FAMILY);
+        found
+    };
+    let answer = |found: &Vec<IpAddr>| FamilyAnswer {
+        result: match found.is_empty() {
+            true => Err(FamilyError::NoData),
+            false => Ok(found.clone()),
+        },
+        took: start.elapsed(),
+    };
+    let (v4, v6) = (family(true), family(false));
+    DnsOutcome {
+        a: answer(&v4),
+        aaaa: answer(&v6),
+        v4,
+        v6,
+        nameservers: String::new(),
+        hosts_file: Some(hosts.path().display().to_string()),
+    }
 }
 
 /// One family's way down the search list: its answer for each name asked, in order, and
@@ -416,5 +469,41 @@ mod tests {
             error.to_string(),
             format!("--resolv-conf {}: no nameserver lines", empty.display())
         );
+    }
+
+    /// A name the hosts file pins is answered from it, with no query: the nameserver here is a
+    /// closed port that would fail every query.
+    #[tokio::test]
+    async fn a_name_in_the_hosts_file_is_not_asked_of_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolv_conf = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv_conf,
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "10.1.2.3 registry.air-gapped.example\n").unwrap();
+        let resolver = DnsResolver::from_resolv_conf(&resolv_conf)
+            .unwrap()
+            .with_hosts_file(&hosts);
+        let started = Instant::now();
+        let outcome = check(
+            &resolver,
+            "registry.air-gapped.example",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.addresses(), [IpAddr::from([10, 1, 2, 3])]);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let detail = outcome.detail();
+        assert!(
+            detail.starts_with("A 10.1.2.3 in ") && detail.contains("no DNS query"),
+            "{detail}"
+        );
+        // A name it does not pin goes to DNS (and fails there: nothing listens).
+        let other = check(&resolver, "other.example", Duration::from_secs(2)).await;
+        assert!(other.is_err());
     }
 }

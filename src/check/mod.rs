@@ -9,6 +9,7 @@ pub mod dns;
 pub mod dns_exchange;
 pub mod dns_name;
 pub mod dns_wire;
+pub mod hosts_file;
 pub mod http;
 pub mod manifest;
 pub mod resolv_conf;
