@@ -133,6 +133,14 @@ fn no_credentials(server: &ScriptedServer) -> bool {
         .all(|r| r.header("authorization").is_none())
 }
 
+/// A resolv.conf holding `text`, in a directory kept as long as the first value.
+fn resolv_conf_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("resolv.conf");
+    std::fs::write(&path, text).expect("write resolv.conf");
+    (dir, path)
+}
+
 /// As the runtime's (Go's) resolver: a nameserver that fails (SERVFAIL) passes the question to
 /// the next one, and a name with fewer dots than `ndots` is asked with the search suffixes first,
 /// so a registry found through a suffix is found there, the bare name never asked.
@@ -146,17 +154,11 @@ fn a_failing_nameserver_passes_the_question_on_and_search_suffixes_come_first() 
     let good = DnsServer::builder()
         .a(&suffixed, Ipv4Addr::LOCALHOST)
         .start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv_conf = dir.path().join("resolv.conf");
-    std::fs::write(
-        &resolv_conf,
-        format!(
-            "nameserver {}\nnameserver {}\nsearch corp.test\noptions ndots:5 timeout:1 attempts:1\n",
-            broken.ip(),
-            good.ip()
-        ),
-    )
-    .expect("write resolv.conf");
+    let (_dir, resolv_conf) = resolv_conf_file(&format!(
+        "nameserver {}\nnameserver {}\nsearch corp.test\noptions ndots:5 timeout:1 attempts:1\n",
+        broken.ip(),
+        good.ip()
+    ));
     let registry = registry(Response::registry_v2(), false);
 
     let report = diagnose(
@@ -201,16 +203,10 @@ fn a_resolver_that_drops_aaaa_behind_a_long_search_list_still_resolves_within_th
         .a(HOST, Ipv4Addr::LOCALHOST)
         .drop_aaaa()
         .start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv_conf = dir.path().join("resolv.conf");
-    std::fs::write(
-        &resolv_conf,
-        format!(
-            "nameserver {}\nsearch a.test b.test c.test d.test e.test f.test\noptions ndots:5 timeout:1 attempts:2\n",
-            dns.ip()
-        ),
-    )
-    .expect("write resolv.conf");
+    let (_dir, resolv_conf) = resolv_conf_file(&format!(
+        "nameserver {}\nsearch a.test b.test c.test d.test e.test f.test\noptions ndots:5 timeout:1 attempts:2\n",
+        dns.ip()
+    ));
     let registry = registry(Response::registry_v2(), false);
 
     let started = Instant::now();
