@@ -38,6 +38,18 @@ pub const RESOLV_CONF: Kind = Kind {
     max_bytes: MIB,
 };
 /// containerd's hosts.toml, CRI-O's registries.conf and each of its drop-ins.
+/// /etc/hosts: Go reads it whole, whatever its size; blocklist files run to tens of MiB.
+pub const HOSTS: Kind = Kind {
+    what: "hosts file",
+    max_bytes: 32 * MIB,
+};
+
+/// A one-line sysfs or procfs value (an interface index, the host name).
+pub const SYS_VALUE: Kind = Kind {
+    what: "system value",
+    max_bytes: 4096,
+};
+
 pub const ROUTE_CONFIG: Kind = Kind {
     what: "runtime registry config",
     max_bytes: 4 * MIB,

@@ -6,19 +6,17 @@
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use super::dns_exchange::{FamilyError, try_one_name};
+use super::dns_exchange::FamilyError;
+pub use super::dns_search::MAX_ADDRESSES_PER_FAMILY;
+use super::dns_search::{FamilyAnswer, settle, walk};
 use super::dns_wire::Family;
 use super::hosts_file::HostsFile;
 use super::resolv_conf::{Nameservers, ResolvConf};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
-use crate::text::short_duration;
-
-/// Addresses per family kept for the tcp check (up to 4 per family, as `docs/` says).
-pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
 
 /// The node's resolver settings, read from a resolv.conf file once. Nothing is cached: every
 /// check asks the servers.
@@ -53,6 +51,7 @@ impl DnsResolver {
         let shown = path.display().to_string();
         let data = crate::bounded_file::read(path, crate::bounded_file::RESOLV_CONF)?;
         let (conf, found) = ResolvConf::parse(&data);
+        let conf = conf.with_default_search(&hostname());
         match found {
             Nameservers::Usable => {}
             Nameservers::None => return Err(ResolvConfError::NoNameserver { path: shown }),
@@ -143,34 +142,6 @@ impl Evidence for DnsOutcome {
     }
 }
 
-#[derive(Clone, Debug)]
-struct FamilyAnswer {
-    result: Result<Vec<IpAddr>, FamilyError>,
-    took: Duration,
-}
-
-impl FamilyAnswer {
-    fn not_asked() -> Self {
-        FamilyAnswer {
-            result: Err(FamilyError::NoData),
-            took: Duration::ZERO,
-        }
-    }
-}
-
-impl std::fmt::Display for FamilyAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.result {
-            Ok(addresses) => {
-                let shown: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
-                write!(f, "{}", shown.join(" "))?;
-            }
-            Err(error) => write!(f, "{error}")?,
-        }
-        write!(f, " in {}", short_duration(self.took))
-    }
-}
-
 /// The dns check failed: no usable address.
 #[derive(Debug)]
 pub struct LookupFailed {
@@ -224,6 +195,11 @@ pub async fn check(
 ) -> Result<DnsOutcome, LookupFailed> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + budget;
+    // Go asks the hosts file before it even judges the name.
+    let pinned = resolver.hosts.lookup(host);
+    if !pinned.is_empty() {
+        return Ok(from_hosts_file(&resolver.hosts, pinned, start));
+    }
     let names = resolver.conf.names(host);
     let problem = super::dns_name::problem(host).or_else(|| {
         names
@@ -240,18 +216,11 @@ pub async fn check(
             invalid_name: Some(problem),
         });
     }
-    let pinned = resolver.hosts.lookup(host);
-    if !pinned.is_empty() {
-        return Ok(from_hosts_file(&resolver.hosts, pinned, start));
-    }
     let conf = &resolver.conf;
-    let offset = match conf.rotate {
-        true => resolver.next_server.fetch_add(1, Ordering::Relaxed),
-        false => 0,
-    };
     let original = format!("{}.", host.trim_end_matches('.'));
     let found_at = AtomicUsize::new(usize::MAX);
-    let walk = |family| walk(conf, offset, &names, family, deadline, start, &found_at);
+    let rotation = &*resolver.next_server;
+    let walk = |family| walk(conf, rotation, &names, family, deadline, start, &found_at);
     let (a, aaaa) = match conf.single_request {
         true => (walk(Family::A).await, walk(Family::Aaaa).await),
         false => tokio::join!(walk(Family::A), walk(Family::Aaaa)),
@@ -278,6 +247,14 @@ pub async fn check(
         nameservers: resolver.nameservers.clone(),
         hosts_file: None,
     })
+}
+
+/// This host's name, as Go's `os.Hostname` reads it on Linux; empty when unreadable.
+fn hostname() -> String {
+    let path = Path::new("/proc/sys/kernel/hostname");
+    crate::bounded_file::read(path, crate::bounded_file::SYS_VALUE)
+        .map(|name| String::from_utf8_lossy(&name).trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The outcome when the hosts file names the host: its addresses, capped per family.
@@ -307,92 +284,6 @@ fn from_hosts_file(hosts: &HostsFile, addresses: Vec<IpAddr>, start: Instant) ->
         nameservers: String::new(),
         hosts_file: Some(hosts.path().display().to_string()),
     }
-}
-
-/// One family's way down the search list: its answer for each name asked, in order, and
-/// whether `deadline` cut it short.
-struct Walked {
-    answers: Vec<FamilyAnswer>,
-    cut: bool,
-}
-
-/// One family's way down the search list, each name asked as Go asks it (see `try_one_name`),
-/// until a name has addresses, or the other family found some at an earlier name.
-///
-/// Modelled, not copied: Go asks A and AAAA of each name together and waits for both before the
-/// next name, so one dropped family delays the whole list. Here each family walks on its own and
-/// waits only to stop at the first name either found addresses for (`found_at`), so within the
-/// check's budget the family that answers is not held up by the one that does not. [`settle`]
-/// then takes both families' answers at that name, as Go does; Go just takes longer.
-async fn walk(
-    conf: &ResolvConf,
-    offset: usize,
-    names: &[String],
-    family: Family,
-    deadline: tokio::time::Instant,
-    start: Instant,
-    found_at: &AtomicUsize,
-) -> Walked {
-    let mut answers = Vec::with_capacity(names.len());
-    for (index, name) in names.iter().enumerate() {
-        if index > found_at.load(Ordering::Acquire) {
-            break;
-        }
-        if index > 0 && tokio::time::Instant::now() >= deadline {
-            return Walked { answers, cut: true };
-        }
-        let result = try_one_name(conf, offset, name, family, deadline)
-            .await
-            .map(|mut addresses| {
-                addresses.truncate(MAX_ADDRESSES_PER_FAMILY);
-                addresses
-            });
-        let found = result.is_ok();
-        answers.push(FamilyAnswer {
-            result,
-            took: start.elapsed(),
-        });
-        if found {
-            found_at.fetch_min(index, Ordering::AcqRel);
-            break;
-        }
-    }
-    Walked {
-        answers,
-        cut: false,
-    }
-}
-
-/// Both families' answers as Go would give them: at the first name that has addresses in
-/// either family; with none, the original name's when it was asked (Go reports that one's
-/// error), else the last name's. A family that did not get that far in time timed out.
-fn settle(
-    names: &[String],
-    original: &str,
-    a: Walked,
-    aaaa: Walked,
-) -> (FamilyAnswer, FamilyAnswer) {
-    let has_addresses = |w: &Walked, i: usize| w.answers.get(i).is_some_and(|x| x.result.is_ok());
-    let first_found = (0..names.len()).find(|&i| has_addresses(&a, i) || has_addresses(&aaaa, i));
-    let at = |walked: &Walked, index: Option<usize>| {
-        let timed_out = || FamilyAnswer {
-            result: Err(FamilyError::Timeout),
-            took: walked.answers.last().map_or(Duration::ZERO, |x| x.took),
-        };
-        match index {
-            Some(i) => walked.answers.get(i).cloned().unwrap_or_else(timed_out),
-            None if walked.cut => timed_out(),
-            None => {
-                let original = names.iter().position(|n| n == original);
-                original
-                    .and_then(|i| walked.answers.get(i))
-                    .or(walked.answers.last())
-                    .cloned()
-                    .unwrap_or_else(FamilyAnswer::not_asked)
-            }
-        }
-    };
-    (at(&a, first_found), at(&aaaa, first_found))
 }
 
 /// Both families failed: the more specific answer wins (a missing name beats a flaky server).

@@ -1,5 +1,6 @@
 //! Asking the nameservers for one name and one family, as Go's resolver does (`tryOneName`,
-//! `exchange` and `checkHeader` in `net/dnsclient_unix.go`, Go 1.17 to 1.25): `attempts` rounds
+//! `exchange` and `checkHeader` in `net/dnsclient_unix.go`; where Go changed, its later rule:
+//! the lame-referral test with `hasAdd` and a truncated TCP answer taken as it is, Go 1.23+): `attempts` rounds
 //! over the servers (from the rotation's offset), each exchange over UDP from a fresh socket
 //! (a new random source port) and again over TCP when the answer is truncated; a server that
 //! fails (no answer, SERVFAIL, REFUSED, a lame referral) passes the question to the next one,
@@ -7,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustls::crypto::SecureRandom;
 
@@ -49,12 +51,17 @@ impl std::fmt::Display for FamilyError {
 /// The `family` addresses of `name` (rooted), or why there are none; never past `deadline`.
 pub(super) async fn try_one_name(
     conf: &ResolvConf,
-    offset: usize,
+    rotation: &AtomicUsize,
     name: &str,
     family: Family,
     deadline: Instant,
 ) -> Result<Vec<IpAddr>, FamilyError> {
     let servers = &conf.servers;
+    // Go's `serverOffset`: with `rotate`, every name and family starts one server further on.
+    let offset = match conf.rotate {
+        true => rotation.fetch_add(1, Ordering::Relaxed),
+        false => 0,
+    };
     let mut last = FamilyError::Timeout;
     for _ in 0..conf.attempts {
         for index in 0..servers.len() {
@@ -71,11 +78,17 @@ pub(super) async fn try_one_name(
             };
             match verdict(&answer) {
                 Verdict::Found => {
-                    return Ok(answer
+                    let addresses: Vec<IpAddr> = answer
                         .addresses
                         .into_iter()
                         .filter(|ip| ip.is_ipv4() == (family == Family::A))
-                        .collect());
+                        .collect();
+                    // Records of the type, none usable: Go finds no address at this name and
+                    // goes on to the next one.
+                    return match addresses.is_empty() {
+                        true => Err(FamilyError::NoData),
+                        false => Ok(addresses),
+                    };
                 }
                 Verdict::Settled(error) => return Err(error),
                 Verdict::NextServer(error) => last = error,
@@ -108,6 +121,10 @@ fn verdict(answer: &Answer) -> Verdict {
             Verdict::NextServer(FamilyError::ServerFailure("lame referral".into()))
         }
         Rcode::NoError if answer.has_asked_type => Verdict::Found,
+        // Go cannot read the records: "cannot unmarshal DNS message", the next server.
+        Rcode::NoError if answer.damaged => Verdict::NextServer(FamilyError::ServerFailure(
+            "an answer that cannot be read".into(),
+        )),
         Rcode::NoError => Verdict::Settled(FamilyError::NoData),
         other => Verdict::NextServer(FamilyError::ServerFailure(other.name())),
     }
@@ -139,7 +156,9 @@ async fn exchange(
         let answer = tokio::time::timeout_at(until, round_trip)
             .await
             .map_err(|_| FamilyError::Timeout)??;
-        if !answer.truncated {
+        // A truncated UDP answer is asked again over TCP; a TCP one is taken as it is (Go since
+        // golang/go#64896; before, it was "no answer from DNS server").
+        if !answer.truncated || matches!(transport, Transport::Tcp) {
             return Ok(answer);
         }
     }
@@ -228,6 +247,7 @@ mod tests {
             addresses: vec![],
             answer_count: answers,
             additional_count: additional,
+            damaged: false,
         }
     }
 
@@ -260,6 +280,21 @@ mod tests {
             (
                 answer(Rcode::Refused, false, true, 0, 1, false),
                 "next failed (REFUSED)",
+            ),
+            (
+                Answer {
+                    damaged: true,
+                    ..answer(Rcode::NoError, false, true, 2, 1, false)
+                },
+                "next failed (an answer that cannot be read)",
+            ),
+            // Records of the type read before the damage are kept.
+            (
+                Answer {
+                    damaged: true,
+                    ..answer(Rcode::NoError, false, true, 2, 1, true)
+                },
+                "found",
             ),
         ];
         for (answer, want) in cases {

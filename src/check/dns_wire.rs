@@ -73,12 +73,15 @@ pub struct Answer {
     pub recursion_available: bool,
     /// Whether the answer section holds a record of the asked type (Go's `skipToAnswer`).
     pub has_asked_type: bool,
-    /// A and AAAA records of class IN in the answer section, in order (Go takes both, whatever
-    /// was asked, without checking their owner names).
+    /// A and AAAA records of class IN in the answer section, in order, up to the first record
+    /// that cannot be read (Go keeps what it read before it).
     pub addresses: Vec<IpAddr>,
     /// Records in the answer and additional sections (Go's lame-referral test needs both).
     pub answer_count: u16,
     pub additional_count: u16,
+    /// The message goes wrong after its question: more than one question, or a record that
+    /// cannot be read (an answer cut at the UDP buffer, garbage).
+    pub damaged: bool,
 }
 
 /// An answer that cannot be read, or is not the answer to the query sent.
@@ -126,8 +129,9 @@ fn encode_name(packet: &mut Vec<u8>, name: &str) -> Option<()> {
     Some(())
 }
 
-/// Reads `message` as the answer to `query` (same ID, a response, the same question, as Go's
-/// `checkResponse`).
+/// Reads `message` as the answer to `query`. It is ours when its header and first question
+/// are (same ID, a response, the same question, as Go's `checkResponse`); what follows is read
+/// as far as it can be, the rest marked `damaged`, as Go reads records one at a time.
 pub fn answer(message: &[u8], query: &[u8], family: Family) -> Result<Answer, WireError> {
     let mut reader = Reader {
         data: message,
@@ -140,7 +144,7 @@ pub fn answer(message: &[u8], query: &[u8], family: Family) -> Result<Answer, Wi
     let _authorities = reader.u16()?;
     let additional_count = reader.u16()?;
     let is_response = flags & 0x8000 != 0;
-    if query.get(..2) != Some(&id.to_be_bytes()[..]) || !is_response || questions != 1 {
+    if query.get(..2) != Some(&id.to_be_bytes()[..]) || !is_response || questions == 0 {
         return Err(WireError::NotOurs);
     }
     // The question must be ours: the same name (ASCII case aside), type and class.
@@ -154,15 +158,37 @@ pub fn answer(message: &[u8], query: &[u8], family: Family) -> Result<Answer, Wi
     if !asked.eq_ignore_ascii_case(&question) || qtype != family.code() || qclass != CLASS_IN {
         return Err(WireError::NotOurs);
     }
-    let mut has_asked_type = false;
-    let mut addresses = Vec::new();
-    for _ in 0..answer_count {
+    let mut answer = Answer {
+        rcode: Rcode::from_bits((flags & 0x000f) as u8),
+        truncated: flags & 0x0200 != 0,
+        authoritative: flags & 0x0400 != 0,
+        recursion_available: flags & 0x0080 != 0,
+        has_asked_type: false,
+        addresses: Vec::new(),
+        answer_count,
+        additional_count,
+        damaged: questions > 1,
+    };
+    if !answer.damaged {
+        answer.damaged = read_records(&mut reader, answer_count, family, &mut answer).is_err();
+    }
+    Ok(answer)
+}
+
+/// The answer section's records, into `answer`, until one cannot be read.
+fn read_records(
+    reader: &mut Reader<'_>,
+    count: u16,
+    family: Family,
+    answer: &mut Answer,
+) -> Result<(), WireError> {
+    for _ in 0..count {
         reader.skip_name()?;
         let (rtype, class) = (reader.u16()?, reader.u16()?);
         reader.take(4)?;
         let length = usize::from(reader.u16()?);
         let data = reader.take(length)?;
-        has_asked_type |= rtype == family.code();
+        answer.has_asked_type |= rtype == family.code();
         if class != CLASS_IN {
             continue;
         }
@@ -171,18 +197,9 @@ pub fn answer(message: &[u8], query: &[u8], family: Family) -> Result<Answer, Wi
             28 => <[u8; 16]>::try_from(data).map(IpAddr::from).ok(),
             _ => None,
         };
-        addresses.extend(address);
+        answer.addresses.extend(address);
     }
-    Ok(Answer {
-        rcode: Rcode::from_bits((flags & 0x000f) as u8),
-        truncated: flags & 0x0200 != 0,
-        authoritative: flags & 0x0400 != 0,
-        recursion_available: flags & 0x0080 != 0,
-        has_asked_type,
-        addresses,
-        answer_count,
-        additional_count,
-    })
+    Ok(())
 }
 
 /// A cursor over a message; every read checks the bounds.
@@ -222,13 +239,15 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A name's labels joined by dots, following compression pointers (at most 32 hops; the
-    /// name at most 255 bytes), the cursor left after the name where it is written.
+    /// A name's labels joined by dots, following compression pointers (at most 10 of them, as
+    /// Go; the name at most 255 bytes, so at most 128 labels), the cursor left after the name
+    /// where it is written.
     fn name_labels(&mut self) -> Result<String, WireError> {
         let mut name = String::new();
         let mut at = self.at;
         let mut resume = None;
-        for _ in 0..32 {
+        let mut pointers = 0;
+        for _ in 0..(128 + 10) {
             let length = *self.data.get(at).ok_or(WireError::Malformed)?;
             match length {
                 0 => {
@@ -250,6 +269,10 @@ impl<'a> Reader<'a> {
                     at += 1 + usize::from(length);
                 }
                 0xc0..=0xff => {
+                    pointers += 1;
+                    if pointers > 10 {
+                        return Err(WireError::Malformed);
+                    }
                     let low = *self.data.get(at + 1).ok_or(WireError::Malformed)?;
                     resume.get_or_insert(at + 2);
                     at = (usize::from(length & 0x3f) << 8) | usize::from(low);
@@ -375,25 +398,41 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_answer_is_an_error_not_a_panic() {
+    fn a_damaged_answer_is_read_as_far_as_it_goes_never_a_panic() {
         let q = query(7, "registry.test.", Family::A).unwrap();
-        let ok = response(&q, 0x8180, &[(1, 1, &[10, 0, 0, 1])], 0);
-        for cut in 0..ok.len() {
-            assert!(
-                super::answer(&ok[..cut], &q, Family::A).is_err(),
-                "cut at {cut}"
-            );
+        let two = response(
+            &q,
+            0x8180,
+            &[(1, 1, &[10, 0, 0, 1]), (1, 1, &[10, 0, 0, 2])],
+            0,
+        );
+        let question_end = q.len() - 11;
+        for cut in 0..two.len() {
+            let read = super::answer(&two[..cut], &q, Family::A);
+            if cut < question_end {
+                // Without the whole header and question it is nobody's answer.
+                assert!(read.is_err(), "cut at {cut}");
+                continue;
+            }
+            let read = read.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(read.damaged, cut < two.len(), "cut at {cut}");
+            let whole = usize::from(cut >= question_end + 16) + usize::from(cut == two.len());
+            assert_eq!(read.addresses.len(), whole, "cut at {cut}");
         }
-        // A record claiming more data than there is; a pointer loop in the question.
-        let mut long = ok.clone();
+        // A record claiming more data than there is; more than one question; a pointer loop.
+        let mut long = two.clone();
         let at = long.len() - 5;
         long[at] = 0xff;
-        assert_eq!(
-            super::answer(&long, &q, Family::A),
-            Err(WireError::Malformed)
-        );
-        let mut looped = ok[..12].to_vec();
+        assert!(super::answer(&long, &q, Family::A).unwrap().damaged);
+        let mut questions = two.clone();
+        questions[5] = 2;
+        assert!(super::answer(&questions, &q, Family::A).unwrap().damaged);
+        let mut looped = two[..12].to_vec();
         looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
         assert!(super::answer(&looped, &q, Family::A).is_err());
+        // A question of many short labels (within 255 bytes) is still read.
+        let many = format!("{}example.", "a.".repeat(100));
+        let mq = query(9, &many, Family::A).unwrap();
+        assert!(super::answer(&response(&mq, 0x8180, &[], 0), &mq, Family::A).is_ok());
     }
 }

@@ -50,16 +50,26 @@ impl HostsFile {
                 .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
             match read.as_mut() {
                 Some(reading) if reading.stamp == stamp => reading.at = Instant::now(),
-                _ => {
-                    let data =
-                        crate::bounded_file::read(&self.path, crate::bounded_file::RESOLV_CONF)
-                            .unwrap_or_default();
-                    *read = Some(Reading {
-                        at: Instant::now(),
-                        stamp,
-                        by_name: parse(&data),
-                    });
-                }
+                _ => match crate::bounded_file::read(&self.path, crate::bounded_file::HOSTS) {
+                    Ok(data) => {
+                        *read = Some(Reading {
+                            at: Instant::now(),
+                            stamp,
+                            by_name: parse(&data),
+                        });
+                    }
+                    // Go keeps what it had when the file cannot be read (or is gone: then nothing).
+                    Err(_) => match read.as_mut() {
+                        Some(reading) if stamp.is_some() => reading.at = Instant::now(),
+                        _ => {
+                            *read = Some(Reading {
+                                at: Instant::now(),
+                                stamp,
+                                by_name: HashMap::new(),
+                            });
+                        }
+                    },
+                },
             }
         }
         read.as_ref()

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod dns;
 pub mod dns_exchange;
 pub mod dns_name;
+pub mod dns_search;
 pub mod dns_wire;
 pub mod hosts_file;
 pub mod http;

@@ -2,13 +2,18 @@
 //! own resolver, so its rules are modelled here (Go's `net/dnsconfig_unix.go` and the name list
 //! of `net/dnsclient_unix.go`, unchanged in substance from Go 1.17 through 1.25).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 /// Go reads at most this many `nameserver` lines (`maxNameservers`).
 const MAX_NAMESERVERS: usize = 3;
 /// Go's caps on the options.
 const MAX_NDOTS: usize = 15;
+/// Go takes any number of attempts; glibc at most 5, and so does the check: against a server
+/// that refuses at once, more rounds only send more packets, they cannot change the answer.
+const MAX_ATTEMPTS: usize = 5;
+/// Go's `dtoi` stops counting here.
+const GO_DTOI_BIG: usize = 0xFF_FFFF;
 
 /// The settings of one resolv.conf, with Go's defaults for what it leaves out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +26,7 @@ pub struct ResolvConf {
     pub ndots: usize,
     /// `options timeout:N`: the wait for one answer (default 5 s, at least 1 s).
     pub timeout: Duration,
-    /// `options attempts:N`: rounds over the servers (default 2, at least 1).
+    /// `options attempts:N`: rounds over the servers (default 2, at least 1, at most 5).
     pub attempts: usize,
     /// `options rotate`: each lookup starts at the next server.
     pub rotate: bool,
@@ -63,17 +68,24 @@ impl ResolvConf {
         };
         let mut first_bad = None;
         for (index, line) in data.split(|b| *b == b'\n').enumerate() {
-            let Ok(line) = std::str::from_utf8(line) else {
+            // Go: a comment is a line that starts with `#` or `;`; elsewhere they are text.
+            if line.first().is_some_and(|b| *b == b'#' || *b == b';') {
                 continue;
-            };
-            let text = line.split(['#', ';']).next().unwrap_or_default();
-            let words: Vec<&str> = text.split_whitespace().collect();
+            }
+            // Fields split on ASCII space, tab and CR only; bytes that are not UTF-8 stay in
+            // their field (and make it match nothing), as in Go's byte-wise parser.
+            let fields: Vec<String> = line
+                .split(|b| matches!(b, b' ' | b'\t' | b'\r'))
+                .filter(|field| !field.is_empty())
+                .map(|field| String::from_utf8_lossy(field).into_owned())
+                .collect();
+            let words: Vec<&str> = fields.iter().map(String::as_str).collect();
             match words.as_slice() {
                 ["nameserver", rest @ ..] => {
                     let value = rest.first().copied().unwrap_or_default();
                     match nameserver(value) {
-                        Some(ip) if conf.servers.len() < MAX_NAMESERVERS => {
-                            conf.servers.push(SocketAddr::new(ip, 53));
+                        Some(server) if conf.servers.len() < MAX_NAMESERVERS => {
+                            conf.servers.push(server);
                         }
                         Some(_) => {}
                         None => {
@@ -115,7 +127,7 @@ impl ResolvConf {
         } else if let Some(value) = option.strip_prefix("timeout:") {
             self.timeout = Duration::from_secs(number(value).unwrap_or(0).max(1) as u64);
         } else if let Some(value) = option.strip_prefix("attempts:") {
-            self.attempts = number(value).unwrap_or(0).max(1);
+            self.attempts = number(value).unwrap_or(0).clamp(1, MAX_ATTEMPTS);
         } else {
             match option {
                 "rotate" => self.rotate = true,
@@ -124,6 +136,18 @@ impl ResolvConf {
                 _ => {}
             }
         }
+    }
+
+    /// Go's default search list when resolv.conf leaves it empty: the domain of this host's
+    /// name (`node-1.corp.example` searches `corp.example.`).
+    pub fn with_default_search(mut self, hostname: &str) -> Self {
+        if self.search.is_empty()
+            && let Some((_, domain)) = hostname.trim().split_once('.')
+            && !domain.is_empty()
+        {
+            self.search = vec![rooted(domain)];
+        }
+        self
     }
 
     /// The names asked for `host`, in order (Go's `nameList`): a rooted name alone; else the
@@ -160,18 +184,38 @@ impl ResolvConf {
     }
 }
 
-/// A `nameserver` value Go accepts: an IP address, an IPv6 one possibly with a `%zone` (kept
-/// when numeric; an interface name cannot be turned into an index here and is dropped).
-fn nameserver(value: &str) -> Option<IpAddr> {
+/// A `nameserver` value Go accepts, port 53 of it: an IP address, an IPv6 one possibly with a
+/// `%zone` (an interface index, or a name whose index the kernel gives in sysfs; a name it does
+/// not know leaves the address without a zone, and a link-local one then cannot be reached).
+fn nameserver(value: &str) -> Option<SocketAddr> {
     let (address, zone) = match value.split_once('%') {
         Some((address, zone)) => (address, Some(zone)),
         None => (value, None),
     };
     match (address.parse::<IpAddr>().ok()?, zone) {
-        (ip, None) => Some(ip),
-        (IpAddr::V6(v6), Some(zone)) if !zone.is_empty() => Some(IpAddr::V6(v6)),
+        (ip, None) => Some(SocketAddr::new(ip, 53)),
+        (IpAddr::V6(v6), Some(zone)) if !zone.is_empty() => {
+            let scope = zone
+                .parse::<u32>()
+                .ok()
+                .or_else(|| interface_index(zone))
+                .unwrap_or(0);
+            Some(SocketAddr::V6(SocketAddrV6::new(v6, 53, 0, scope)))
+        }
         _ => None,
     }
+}
+
+/// The kernel's index of interface `name`, from sysfs.
+fn interface_index(name: &str) -> Option<u32> {
+    if name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let path = format!("/sys/class/net/{name}/ifindex");
+    let text =
+        crate::bounded_file::read(std::path::Path::new(&path), crate::bounded_file::SYS_VALUE)
+            .ok()?;
+    String::from_utf8_lossy(&text).trim().parse().ok()
 }
 
 fn rooted(name: &str) -> String {
@@ -187,13 +231,18 @@ fn avoid(name: &str) -> bool {
     name.len() >= 6 && name[name.len() - 6..].eq_ignore_ascii_case(".onion")
 }
 
-/// Go's `dtoi`: the leading decimal digits (at least one), saturating; else nothing.
+/// Go's `dtoi`: the leading decimal digits (at least one), stopping at 0xFFFFFF; else nothing.
 fn go_dtoi(value: &str) -> Option<usize> {
     let digits: &str = &value[..value.bytes().take_while(u8::is_ascii_digit).count()];
     if digits.is_empty() {
         return None;
     }
-    Some(digits.parse::<usize>().unwrap_or(usize::MAX))
+    Some(
+        digits
+            .parse::<usize>()
+            .unwrap_or(GO_DTOI_BIG)
+            .min(GO_DTOI_BIG),
+    )
 }
 
 #[cfg(test)]
@@ -211,12 +260,19 @@ mod tests {
             (conf.ndots, conf.timeout, conf.attempts, conf.rotate),
             (1, Duration::from_secs(5), 2, false)
         );
-        let cases: [(&str, usize, u64, usize); 6] = [
+        let cases: [(&str, usize, u64, usize); 7] = [
             ("options ndots:5 timeout:2 attempts:3", 5, 2, 3),
             ("options ndots:99 timeout:0 attempts:0", 15, 1, 1),
             ("options ndots:x timeout:x attempts:x", 0, 1, 1),
             ("options ndots:3\noptions ndots:2", 2, 5, 2),
-            ("options   timeout:7   # attempts:4", 1, 7, 2),
+            // Only a line's first byte starts a comment: `#` here is an unknown option.
+            ("options   timeout:7   # attempts:4", 1, 7, 4),
+            (
+                "options attempts:99 timeout:99999999999999999999999999",
+                1,
+                0xFF_FFFF,
+                5,
+            ),
             ("options ndots:2abc", 2, 5, 2),
         ];
         for (options, ndots, timeout, attempts) in cases {
@@ -235,7 +291,7 @@ mod tests {
     fn reads_nameservers_and_search_as_go_does() {
         let (conf, found) = ResolvConf::parse(
             b"search a.example b.example.\ndomain ignored.example\nsearch c.example .\n\
-              nameserver 10.0.0.1\nnameserver dns.example\nnameserver fe80::1%eth0\n\
+              nameserver 10.0.0.1\nnameserver dns.example\nnameserver fe80::1%lo\n\
               nameserver 10.0.0.2\nnameserver 10.0.0.3\n",
         );
         assert_eq!(found, Nameservers::Usable);
@@ -247,7 +303,7 @@ mod tests {
         let servers: Vec<String> = conf.servers.iter().map(|s| s.to_string()).collect();
         assert_eq!(
             servers,
-            ["10.0.0.1:53", "[fe80::1]:53", "10.0.0.2:53"],
+            ["10.0.0.1:53", "[fe80::1%1]:53", "10.0.0.2:53"],
             "at most three, the bad one skipped"
         );
         assert_eq!(parse("domain corp.example\n").search, ["corp.example."]);
@@ -305,8 +361,9 @@ mod tests {
                 want: bad(1, ""),
             },
             Case {
+                // Go reads bytes: a stray byte after the address is just another field.
                 input: b"nameserver 1.1.1.1 \xff\n",
-                want: Nameservers::None,
+                want: Nameservers::Usable,
             },
             Case {
                 input: b"nameserver 8.8.8.8%eth0\n",
@@ -321,6 +378,32 @@ mod tests {
                 String::from_utf8_lossy(case.input)
             );
         }
+    }
+
+    #[test]
+    fn follows_go_on_comments_zones_and_the_default_search() {
+        let conf =
+            parse("nameserver 10.0.0.1;x\nnameserver 10.0.0.2 ; old\nsearch a.example # b\n");
+        let servers: Vec<String> = conf.servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(servers, ["10.0.0.2:53"], "`;` inside a value is no comment");
+        assert_eq!(conf.search, ["a.example.", "#.", "b."]);
+        let zoned = parse("nameserver fe80::1%7\nnameserver fe80::2%no-such-interface\n");
+        let servers: Vec<String> = zoned.servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(servers, ["[fe80::1%7]:53", "[fe80::2]:53"]);
+
+        let node = "node-1.corp.example";
+        let none = parse("nameserver 10.0.0.1\n").with_default_search(node);
+        assert_eq!(none.search, ["corp.example."]);
+        let root_only = parse("nameserver 10.0.0.1\nsearch .\n").with_default_search(node);
+        assert_eq!(root_only.search, ["corp.example."]);
+        let own = parse("nameserver 10.0.0.1\nsearch x.example\n").with_default_search(node);
+        assert_eq!(own.search, ["x.example."]);
+        assert!(
+            parse("nameserver 10.0.0.1\n")
+                .with_default_search("node-1")
+                .search
+                .is_empty()
+        );
     }
 
     #[test]
