@@ -180,14 +180,12 @@ impl CheckError for LookupFailed {
 }
 
 /// Resolves `host` (a name, not an IP literal) as Go's resolver does (`goLookupIPCNAMEOrder`):
-/// each name of the search list in turn, A and AAAA asked together for it (one after the other
-/// with `single-request`), until a name gives an address; all of it within `budget`. One family's
-/// addresses suffice: a server that answers A but drops AAAA still resolves, its AAAA shown as
-/// timed out. `budget` is shorter than the caller's timeout, so the family that never answers is
-/// cut here and the one that did is not lost with it.
-///
-/// The evidence shows each family's answer for the original name when it was asked (Go reports
-/// that name's error too), else for the last name asked.
+/// the hosts file first, then the search list's names in Go's order until one gives an address,
+/// A and AAAA asked at once (one after the other with `single-request`; the walk is in the
+/// search module); all of it within `budget`. One family's addresses suffice: a server that
+/// answers A but drops AAAA still resolves, its AAAA shown as timed out. `budget` is shorter than
+/// the caller's timeout, so the family that never answers is cut here and the one that did is
+/// not lost with it.
 pub async fn check(
     resolver: &DnsResolver,
     host: &str,
