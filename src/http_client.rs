@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::check::dns::DnsResolver;
 use crate::peer_guard::{self, Named};
 use crate::proxy::Proxy;
 use crate::route::Endpoint;
@@ -21,6 +22,7 @@ pub fn build(
     connect_to: Option<SocketAddr>,
     tls: Option<&TlsClient>,
     proxy: Option<&Proxy>,
+    dns: &DnsResolver,
     timeout: Duration,
 ) -> Result<reqwest::Client, reqwest::Error> {
     let named = Named {
@@ -50,10 +52,14 @@ pub fn build(
         builder = builder.use_preconfigured_tls((*tls.config).clone());
     }
     if let Some(addr) = connect_to {
-        // The endpoint's own host is pinned; any other name (a redirect's) resolves without the
-        // internal addresses the route does not name.
+        // The endpoint's own host is pinned; any other name (a redirect's) is looked up as the
+        // dns check does, without the internal addresses the route does not name.
         builder = builder
-            .dns_resolver(peer_guard::resolver(named))
+            .dns_resolver(peer_guard::resolver(
+                named,
+                dns.clone(),
+                timeout.mul_f64(0.9),
+            ))
             .resolve(&endpoint.host, addr);
     }
     if let Some(proxy) = proxy {

@@ -5,8 +5,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::Url;
+
+use crate::check::dns::DnsResolver;
 
 /// Loopback, link-local, unspecified: the node's own services and the metadata service, which no
 /// registry has a reason to send a node to unless the route itself points there.
@@ -73,10 +76,14 @@ pub fn cleartext_elsewhere(realm: &Url, registry_host: &str) -> bool {
 }
 
 /// The resolver of an endpoint's client for every host but the endpoint's own (which is pinned
-/// to the address the tcp check reached): the system's, without the internal addresses the
-/// route does not name, so a redirect by name to the metadata service goes nowhere.
+/// to the address the tcp check reached): the dns check's own lookup (the node's resolv.conf and
+/// hosts file, by the runtime's rules), without the internal addresses the route does not name,
+/// so a redirect by name to the metadata service goes nowhere.
 pub struct GuardedResolver {
     pub named: Named,
+    dns: DnsResolver,
+    /// The lookup's own bound.
+    budget: Duration,
 }
 
 /// A redirect target resolved only to refused addresses.
@@ -89,11 +96,15 @@ pub struct Refused {
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let named = self.named.clone();
+        let (named, dns, budget) = (self.named.clone(), self.dns.clone(), self.budget);
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = crate::check::dns::check(&dns, &host, budget)
+                .await?
+                .addresses()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             let (kept, why) = keep_allowed(&named, &host, found);
             if kept.is_empty()
                 && let Some(why) = why
@@ -127,9 +138,9 @@ fn keep_allowed(
     (kept, why)
 }
 
-/// The resolver for a client of the endpoint `named`.
-pub fn resolver(named: Named) -> Arc<GuardedResolver> {
-    Arc::new(GuardedResolver { named })
+/// The resolver for a client of the endpoint `named`: `dns`, each lookup within `budget`.
+pub fn resolver(named: Named, dns: DnsResolver, budget: Duration) -> Arc<GuardedResolver> {
+    Arc::new(GuardedResolver { named, dns, budget })
 }
 
 #[cfg(test)]

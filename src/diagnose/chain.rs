@@ -280,6 +280,7 @@ impl Diagnoser {
             connect_to,
             reached.tls_client.as_ref(),
             reached.proxy.as_ref(),
+            &self.resolver,
             self.timeout,
         )
         .map(|client| Link {

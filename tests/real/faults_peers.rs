@@ -334,6 +334,30 @@ fn a_cleartext_realm_on_another_host_gets_no_credentials() {
     assert!(manifest.contains("credentials withheld"), "{manifest}");
 }
 
+/// A redirect to another name is looked up as the dns check looks names up (the node's
+/// resolv.conf, by the runtime's rules), not by the agent's own system resolver, which knows
+/// nothing of the test's names.
+#[test]
+fn a_redirect_by_name_is_resolved_with_the_nodes_resolver() {
+    let dns = dns();
+    let moved = ScriptedServer::builder()
+        .route("GET", "/v2/", Response::registry_v2())
+        .start();
+    let location = format!("http://{AUTH_HOST}:{}/v2/", moved.port());
+    let registry = registry(Response::new(302).header("Location", &location), false);
+    let report = diagnose(dns.resolv_conf_str(), registry.port(), "3s", &[]);
+    assert_eq!(
+        moved.requests().len(),
+        1,
+        "the redirect was followed: {report}"
+    );
+    assert_eq!(check(&report, "http")["ok"], true, "{report}");
+    assert!(
+        dns.queries(AUTH_HOST) > 0,
+        "the redirect's host was asked of the node's DNS"
+    );
+}
+
 #[test]
 fn redirects_to_addresses_the_route_does_not_name_are_not_followed() {
     let dns = dns();
