@@ -127,3 +127,93 @@ pub fn settle(
     };
     (at(&a, first_found), at(&aaaa, first_found))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(result: Result<&str, FamilyError>, at_ms: u64) -> FamilyAnswer {
+        FamilyAnswer {
+            result: result.map(|ip| vec![ip.parse().unwrap()]),
+            took: Duration::from_millis(at_ms),
+        }
+    }
+
+    fn walked(answers: Vec<FamilyAnswer>, cut: bool) -> Walked {
+        Walked { answers, cut }
+    }
+
+    /// (A's walk, AAAA's walk) → what each family shows.
+    #[test]
+    fn settles_on_the_first_name_either_family_found() {
+        use FamilyError::*;
+        let names: Vec<String> = ["r.corp.a.", "r.corp.b.", "r.corp."]
+            .map(String::from)
+            .to_vec();
+        let nx = |ms| answered(Err(NxDomain), ms);
+        let none = |ms| answered(Err(NoData), ms);
+        let cases: Vec<(Walked, Walked, &str, &str)> = vec![
+            // A finds at the second name; AAAA's answer there is shown with it.
+            (
+                walked(vec![nx(1), answered(Ok("10.0.0.1"), 2)], false),
+                walked(vec![nx(1), none(2)], false),
+                "10.0.0.1 in 2ms",
+                "none in 2ms",
+            ),
+            // AAAA finds at the first name, A ran on and found later: Go takes the first name.
+            (
+                walked(vec![none(1), nx(2), answered(Ok("10.0.0.3"), 3)], false),
+                walked(vec![answered(Ok("fd00::1"), 1)], false),
+                "none in 1ms",
+                "fd00::1 in 1ms",
+            ),
+            // Nothing anywhere: the original name's answer (the last one asked here).
+            (
+                walked(
+                    vec![
+                        nx(1),
+                        nx(2),
+                        answered(Err(ServerFailure("SERVFAIL".into())), 3),
+                    ],
+                    false,
+                ),
+                walked(vec![nx(1), nx(2), nx(3)], false),
+                "failed (SERVFAIL) in 3ms",
+                "NXDOMAIN in 3ms",
+            ),
+            // A family cut short by the budget before the list ended timed out.
+            (
+                walked(vec![nx(1), nx(2), nx(3)], false),
+                walked(vec![answered(Err(Timeout), 900)], true),
+                "NXDOMAIN in 3ms",
+                "timed out in 900ms",
+            ),
+            // Found where the other family never got to: that one timed out.
+            (
+                walked(vec![nx(1), answered(Ok("10.0.0.1"), 2)], false),
+                walked(vec![answered(Err(Timeout), 900)], true),
+                "10.0.0.1 in 2ms",
+                "timed out in 900ms",
+            ),
+        ];
+        for (a, aaaa, want_a, want_aaaa) in cases {
+            let (a, aaaa) = settle(&names, "r.corp.", a, aaaa);
+            assert_eq!(
+                (a.to_string(), aaaa.to_string()),
+                (want_a.to_string(), want_aaaa.to_string())
+            );
+        }
+        // The original name asked first (enough dots) is the one reported when nothing resolves.
+        let first = ["r.corp.", "r.corp.a."].map(String::from).to_vec();
+        let (a, _) = settle(
+            &first,
+            "r.corp.",
+            walked(
+                vec![answered(Err(ServerFailure("REFUSED".into())), 1), nx(2)],
+                false,
+            ),
+            walked(vec![nx(1), nx(2)], false),
+        );
+        assert_eq!(a.to_string(), "failed (REFUSED) in 1ms");
+    }
+}
