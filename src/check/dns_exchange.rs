@@ -65,7 +65,7 @@ pub(super) async fn try_one_name(
     let mut last = FamilyError::Timeout;
     for _ in 0..conf.attempts {
         for index in 0..servers.len() {
-            let server = servers[(offset + index) % servers.len()];
+            let server = servers[offset.wrapping_add(index) % servers.len()];
             if Instant::now() >= deadline {
                 return Err(last);
             }
