@@ -4,10 +4,12 @@
 //! check's budget.
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::warn;
 
 use super::dns_exchange::FamilyError;
 pub use super::dns_search::MAX_ADDRESSES_PER_FAMILY;
@@ -18,16 +20,34 @@ use super::resolv_conf::{Nameservers, ResolvConf};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
 
-/// The node's resolver settings, read from a resolv.conf file once. Nothing is cached: every
-/// check asks the servers.
+/// The node's resolver: its resolv.conf (looked at again every 5 seconds and re-read when it
+/// changed, as Go does), its hosts file, and where `rotate` is. Nothing is cached: every check
+/// asks the servers.
 #[derive(Clone)]
 pub struct DnsResolver {
-    conf: Arc<ResolvConf>,
-    nameservers: String,
+    path: Arc<PathBuf>,
+    loaded: Arc<Mutex<Loaded>>,
     /// `options rotate`: where the next lookup starts in the server list.
     next_server: Arc<AtomicUsize>,
     /// Asked first, as Go does.
     hosts: Arc<HostsFile>,
+}
+
+/// How long a reading of resolv.conf is trusted before the file is looked at again (Go's
+/// `resolverConfig.tryUpdate`).
+const RELOAD_AFTER: Duration = Duration::from_secs(5);
+
+/// The last usable reading of resolv.conf.
+struct Loaded {
+    settings: Arc<Settings>,
+    checked: Instant,
+    stamp: Option<(SystemTime, u64)>,
+}
+
+/// What a lookup uses of resolv.conf, and the nameservers as the evidence names them.
+struct Settings {
+    conf: ResolvConf,
+    nameservers: String,
 }
 
 /// A resolv.conf that cannot be used; names the file.
@@ -46,35 +66,39 @@ pub enum ResolvConfError {
 }
 
 impl DnsResolver {
-    /// Reads and parses `path` once (at start-up), so a bad file is a clear error, not a failed check.
+    /// Reads and parses `path` at start-up, so a bad file is a clear error, not a failed check.
     pub fn from_resolv_conf(path: &Path) -> Result<Self, ResolvConfError> {
-        let shown = path.display().to_string();
-        let data = crate::bounded_file::read(path, crate::bounded_file::RESOLV_CONF)?;
-        let (conf, found) = ResolvConf::parse(&data);
-        let conf = conf.with_default_search(&hostname());
-        match found {
-            Nameservers::Usable => {}
-            Nameservers::None => return Err(ResolvConfError::NoNameserver { path: shown }),
-            Nameservers::NotAnAddress { line, value } => {
-                return Err(ResolvConfError::BadNameserver {
-                    path: shown,
-                    line,
-                    value,
-                });
-            }
-        }
-        let nameservers = conf
-            .servers
-            .iter()
-            .map(|server| server.ip().to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let settings = load(path)?;
         Ok(DnsResolver {
-            conf: Arc::new(conf),
-            nameservers,
+            path: Arc::new(path.to_path_buf()),
+            loaded: Arc::new(Mutex::new(Loaded {
+                settings: Arc::new(settings),
+                checked: Instant::now(),
+                stamp: stamp(path),
+            })),
             next_server: Arc::new(AtomicUsize::new(0)),
             hosts: Arc::new(HostsFile::new("/etc/hosts")),
         })
+    }
+
+    /// The settings to use now: read again when the file changed since it was last looked at
+    /// (at most every [`RELOAD_AFTER`]); a changed file that is no longer usable leaves the last
+    /// good reading in place, with a warning.
+    fn current(&self) -> Arc<Settings> {
+        // A panic while it was held leaves a reading that is still whole: use it.
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.checked.elapsed() >= RELOAD_AFTER {
+            loaded.checked = Instant::now();
+            let now = stamp(&self.path);
+            if now != loaded.stamp {
+                loaded.stamp = now;
+                match load(&self.path) {
+                    Ok(settings) => loaded.settings = Arc::new(settings),
+                    Err(error) => warn!("{error}; the last usable reading is kept"),
+                }
+            }
+        }
+        loaded.settings.clone()
     }
 
     /// The same resolver with another hosts file than `/etc/hosts` (for tests).
@@ -198,7 +222,8 @@ pub async fn check(
     if !pinned.is_empty() {
         return Ok(from_hosts_file(&resolver.hosts, pinned, start));
     }
-    let names = resolver.conf.names(host);
+    let settings = resolver.current();
+    let names = settings.conf.names(host);
     let problem = super::dns_name::problem(host).or_else(|| {
         names
             .is_empty()
@@ -209,12 +234,12 @@ pub async fn check(
             host: host.to_string(),
             a: FamilyAnswer::not_asked(),
             aaaa: FamilyAnswer::not_asked(),
-            nameservers: resolver.nameservers.clone(),
+            nameservers: settings.nameservers.clone(),
             reason: Reason::DnsNxdomain,
             invalid_name: Some(problem),
         });
     }
-    let conf = &resolver.conf;
+    let conf = &settings.conf;
     let original = format!("{}.", host.trim_end_matches('.'));
     let found_at = AtomicUsize::new(usize::MAX);
     let rotation = &*resolver.next_server;
@@ -232,7 +257,7 @@ pub async fn check(
             host: host.to_string(),
             a,
             aaaa,
-            nameservers: resolver.nameservers.clone(),
+            nameservers: settings.nameservers.clone(),
             reason,
             invalid_name: None,
         });
@@ -242,9 +267,42 @@ pub async fn check(
         v6,
         a,
         aaaa,
-        nameservers: resolver.nameservers.clone(),
+        nameservers: settings.nameservers.clone(),
         hosts_file: None,
     })
+}
+
+/// Reads and checks resolv.conf at `path`.
+fn load(path: &Path) -> Result<Settings, ResolvConfError> {
+    let shown = path.display().to_string();
+    let data = crate::bounded_file::read(path, crate::bounded_file::RESOLV_CONF)?;
+    let (conf, found) = ResolvConf::parse(&data);
+    match found {
+        Nameservers::Usable => {}
+        Nameservers::None => return Err(ResolvConfError::NoNameserver { path: shown }),
+        Nameservers::NotAnAddress { line, value } => {
+            return Err(ResolvConfError::BadNameserver {
+                path: shown,
+                line,
+                value,
+            });
+        }
+    }
+    let conf = conf.with_default_search(&hostname());
+    let nameservers = conf
+        .servers
+        .iter()
+        .map(|server| server.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Settings { conf, nameservers })
+}
+
+/// A file's modification time and size: what tells a changed file (as Go's resolver checks it).
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 /// This host's name, as Go's `os.Hostname` reads it on Linux; empty when unreadable.
@@ -394,5 +452,41 @@ mod tests {
         // A name it does not pin goes to DNS (and fails there: nothing listens).
         let other = check(&resolver, "other.example", Duration::from_secs(2)).await;
         assert!(other.is_err());
+    }
+
+    /// A changed resolv.conf is read again within 5 s, as Go does; one that became unusable
+    /// leaves the last good reading in place.
+    #[tokio::test]
+    async fn a_changed_resolv_conf_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(
+            &path,
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        let resolver = DnsResolver::from_resolv_conf(&path)
+            .unwrap()
+            .with_hosts_file(dir.path().join("no-hosts"));
+        assert_eq!(resolver.current().nameservers, "127.0.0.1");
+
+        std::fs::write(&path, "nameserver 127.0.0.2\nnameserver 127.0.0.3\n").unwrap();
+        assert_eq!(
+            resolver.current().nameservers,
+            "127.0.0.1",
+            "not before 5 s"
+        );
+        tokio::time::sleep(RELOAD_AFTER + Duration::from_millis(100)).await;
+        assert_eq!(resolver.current().nameservers, "127.0.0.2,127.0.0.3");
+        let failed = check(&resolver, "registry.example", Duration::from_millis(300)).await;
+        let detail = failed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            detail.contains("nameserver 127.0.0.2,127.0.0.3"),
+            "{detail}"
+        );
+
+        std::fs::write(&path, "# emptied by mistake\n").unwrap();
+        tokio::time::sleep(RELOAD_AFTER + Duration::from_millis(100)).await;
+        assert_eq!(resolver.current().nameservers, "127.0.0.2,127.0.0.3");
     }
 }
