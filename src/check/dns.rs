@@ -4,10 +4,10 @@
 //! check's budget.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
@@ -16,6 +16,7 @@ pub use super::dns_search::MAX_ADDRESSES_PER_FAMILY;
 use super::dns_search::{FamilyAnswer, settle, walk};
 use super::dns_wire::Family;
 use super::hosts_file::HostsFile;
+use super::reread::Reread;
 use super::resolv_conf::{Nameservers, ResolvConf};
 use super::{CheckError, Evidence};
 use crate::reason::Reason;
@@ -25,23 +26,11 @@ use crate::reason::Reason;
 /// asks the servers.
 #[derive(Clone)]
 pub struct DnsResolver {
-    path: Arc<PathBuf>,
-    loaded: Arc<Mutex<Loaded>>,
+    resolv_conf: Arc<Reread<Settings>>,
     /// `options rotate`: where the next lookup starts in the server list.
     next_server: Arc<AtomicUsize>,
     /// Asked first, as Go does.
     hosts: Arc<HostsFile>,
-}
-
-/// How long a reading of resolv.conf is trusted before the file is looked at again (Go's
-/// `resolverConfig.tryUpdate`).
-const RELOAD_AFTER: Duration = Duration::from_secs(5);
-
-/// The last usable reading of resolv.conf.
-struct Loaded {
-    settings: Arc<Settings>,
-    checked: Instant,
-    stamp: Option<(SystemTime, u64)>,
 }
 
 /// What a lookup uses of resolv.conf, and the nameservers as the evidence names them.
@@ -70,35 +59,18 @@ impl DnsResolver {
     pub fn from_resolv_conf(path: &Path) -> Result<Self, ResolvConfError> {
         let settings = load(path)?;
         Ok(DnsResolver {
-            path: Arc::new(path.to_path_buf()),
-            loaded: Arc::new(Mutex::new(Loaded {
-                settings: Arc::new(settings),
-                checked: Instant::now(),
-                stamp: stamp(path),
-            })),
+            resolv_conf: Arc::new(Reread::read_now(path, settings)),
             next_server: Arc::new(AtomicUsize::new(0)),
             hosts: Arc::new(HostsFile::new("/etc/hosts")),
         })
     }
 
-    /// The settings to use now: read again when the file changed since it was last looked at
-    /// (at most every [`RELOAD_AFTER`]); a changed file that is no longer usable leaves the last
-    /// good reading in place, with a warning.
+    /// The settings to use now: read again when the file changed (see the reread module); a
+    /// changed file that is no longer usable leaves the last good reading, with a warning.
     fn current(&self) -> Arc<Settings> {
-        // A panic while it was held leaves a reading that is still whole: use it.
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if loaded.checked.elapsed() >= RELOAD_AFTER {
-            loaded.checked = Instant::now();
-            let now = stamp(&self.path);
-            if now != loaded.stamp {
-                loaded.stamp = now;
-                match load(&self.path) {
-                    Ok(settings) => loaded.settings = Arc::new(settings),
-                    Err(error) => warn!("{error}; the last usable reading is kept"),
-                }
-            }
-        }
-        loaded.settings.clone()
+        self.resolv_conf.get(load, |error| {
+            warn!("{error}; the last usable reading is kept")
+        })
     }
 
     /// The same resolver with another hosts file than `/etc/hosts` (for tests).
@@ -298,13 +270,6 @@ fn load(path: &Path) -> Result<Settings, ResolvConfError> {
     Ok(Settings { conf, nameservers })
 }
 
-/// A file's modification time and size: what tells a changed file (as Go's resolver checks it).
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-}
-
 /// This host's name, as Go's `os.Hostname` reads it on Linux; empty when unreadable.
 fn hostname() -> String {
     let path = Path::new("/proc/sys/kernel/hostname");
@@ -458,6 +423,7 @@ mod tests {
     /// leaves the last good reading in place.
     #[tokio::test]
     async fn a_changed_resolv_conf_is_read_again() {
+        use crate::check::reread::LOOK_AGAIN_AFTER;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
         std::fs::write(
@@ -476,7 +442,7 @@ mod tests {
             "127.0.0.1",
             "not before 5 s"
         );
-        tokio::time::sleep(RELOAD_AFTER + Duration::from_millis(100)).await;
+        tokio::time::sleep(LOOK_AGAIN_AFTER + Duration::from_millis(100)).await;
         assert_eq!(resolver.current().nameservers, "127.0.0.2,127.0.0.3");
         let failed = check(&resolver, "registry.example", Duration::from_millis(300)).await;
         let detail = failed.err().map(|e| e.to_string()).unwrap_or_default();
@@ -486,7 +452,7 @@ mod tests {
         );
 
         std::fs::write(&path, "# emptied by mistake\n").unwrap();
-        tokio::time::sleep(RELOAD_AFTER + Duration::from_millis(100)).await;
+        tokio::time::sleep(LOOK_AGAIN_AFTER + Duration::from_millis(100)).await;
         assert_eq!(resolver.current().nameservers, "127.0.0.2,127.0.0.3");
     }
 }

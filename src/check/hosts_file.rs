@@ -6,75 +6,40 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
 
-/// How long a reading of the file is trusted before it is looked at again (Go's `cacheMaxAge`).
-const MAX_AGE: Duration = Duration::from_secs(5);
+use super::reread::Reread;
 
 /// The hosts file and its last reading.
 pub struct HostsFile {
-    path: PathBuf,
-    read: Mutex<Option<Reading>>,
-}
-
-struct Reading {
-    at: Instant,
-    stamp: Option<(SystemTime, u64)>,
-    by_name: HashMap<String, Vec<IpAddr>>,
+    read: Reread<HashMap<String, Vec<IpAddr>>>,
 }
 
 impl HostsFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         HostsFile {
-            path: path.into(),
-            read: Mutex::new(None),
+            read: Reread::unread(path, HashMap::new()),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.read.path()
     }
 
     /// The addresses the file gives `host` (any case, with or without the final dot), in the
     /// file's order; none when the file does not name it or cannot be read (Go goes on to DNS).
     pub fn lookup(&self, host: &str) -> Vec<IpAddr> {
         let key = host.trim_end_matches('.').to_ascii_lowercase();
-        let Ok(mut read) = self.read.lock() else {
-            return vec![];
-        };
-        let fresh = read.as_ref().is_some_and(|r| r.at.elapsed() < MAX_AGE);
-        if !fresh {
-            let stamp = std::fs::metadata(&self.path)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-            match read.as_mut() {
-                Some(reading) if reading.stamp == stamp => reading.at = Instant::now(),
-                _ => match crate::bounded_file::read(&self.path, crate::bounded_file::HOSTS) {
-                    Ok(data) => {
-                        *read = Some(Reading {
-                            at: Instant::now(),
-                            stamp,
-                            by_name: parse(&data),
-                        });
-                    }
-                    // Go keeps what it had when the file cannot be read (or is gone: then nothing).
-                    Err(_) => match read.as_mut() {
-                        Some(reading) if stamp.is_some() => reading.at = Instant::now(),
-                        _ => {
-                            *read = Some(Reading {
-                                at: Instant::now(),
-                                stamp,
-                                by_name: HashMap::new(),
-                            });
-                        }
-                    },
-                },
-            }
-        }
-        read.as_ref()
-            .and_then(|r| r.by_name.get(&key).cloned())
-            .unwrap_or_default()
+        let by_name = self.read.get(
+            |path| {
+                // Go: a file that is gone names nothing; one that cannot be read keeps the last.
+                if !path.exists() {
+                    return Ok(HashMap::new());
+                }
+                crate::bounded_file::read(path, crate::bounded_file::HOSTS).map(|data| parse(&data))
+            },
+            |_| {},
+        );
+        by_name.get(&key).cloned().unwrap_or_default()
     }
 }
 

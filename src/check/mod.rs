@@ -13,6 +13,7 @@ pub mod dns_wire;
 pub mod hosts_file;
 pub mod http;
 pub mod manifest;
+pub mod reread;
 pub mod resolv_conf;
 pub mod runtime;
 pub mod tags;
